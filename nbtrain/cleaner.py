@@ -1,0 +1,396 @@
+"""ImageClassifierCleaner: review a dataset's images worst first, mark each one, apply the choices safely.
+
+It is built from plain ipywidgets 8 (no front-end build), so it renders in JupyterLab 4, Notebook 7,
+VS Code, Colab and Kaggle. The scores are computed once, from images without augmentation; a page
+shows `max_n` images and makes only their thumbnails, so a dataset of any size opens quickly.
+
+Choices are kept per file, across categories, splits and pages. `delete()`, `change()` and `fns`
+describe the current view, as fastai's do, so the fastai book's loops work unchanged; `apply()`
+applies every choice in every view through `nbtrain.fileops`, which journals each step, never
+overwrites, never leaves the dataset's root, and can resume or undo a cut-off run.
+"""
+from __future__ import annotations
+
+import io
+from collections import OrderedDict
+from pathlib import Path
+from typing import Sequence
+
+import ipywidgets as W
+import pandas as pd
+import torch
+from IPython.display import display
+from PIL import Image, ImageDraw
+
+from . import fileops
+from .data import load_image
+from .learner import Learner
+
+KEEP, DELETE = "<Keep>", "<Delete>"
+ANY = "(any)"
+SPLITS = ("Train", "Valid")
+
+# How each score ranks: a high loss, a low confidence in the given label, a low margin are suspicious.
+SORTS = {"loss": False, "self_confidence": True, "margin": True}
+
+
+def item_scores(probs: torch.Tensor, targets: torch.Tensor, losses: torch.Tensor) -> pd.DataFrame:
+    """Per-item scores from probabilities, single-label targets and losses.
+
+    self_confidence is the probability of the given label; margin is cleanlab's normalised margin,
+    (p[given] - max p[other] + 1) / 2, in [0, 1]. Unreadable files (NaN rows) rank first.
+    """
+    ok = ~torch.isnan(probs).any(dim=1)
+    p = torch.nan_to_num(probs, nan=0.0)
+    t = targets.long()
+    self_conf = p.gather(1, t[:, None]).squeeze(1)
+    others = p.scatter(1, t[:, None], -1.0)
+    margin = (self_conf - others.max(dim=1).values + 1) / 2
+    pred = p.argmax(dim=1)
+    return pd.DataFrame({
+        "target": t.numpy(), "pred_idx": pred.numpy(), "prob": p.gather(1, pred[:, None]).squeeze(1).numpy(),
+        "loss": torch.where(ok, losses, torch.tensor(float("inf"))).numpy(),
+        "self_confidence": torch.where(ok, self_conf, torch.tensor(-1.0)).numpy(),
+        "margin": torch.where(ok, margin, torch.tensor(-1.0)).numpy(),
+        "readable": ok.numpy(),
+    })
+
+
+def multilabel_scores(probs: torch.Tensor, targets: torch.Tensor, losses: torch.Tensor, thresh: float) -> pd.DataFrame:
+    """Per-item scores for multi-hot targets: the loss, and the confidence in the worst given decision."""
+    ok = ~torch.isnan(probs).any(dim=1)
+    p = torch.nan_to_num(probs, nan=0.5)
+    agree = torch.where(targets > 0.5, p, 1 - p)
+    worst = agree.min(dim=1).values
+    return pd.DataFrame({
+        "target": [-1] * len(p), "pred_idx": [-1] * len(p), "prob": worst.numpy(),
+        "loss": torch.where(ok, losses, torch.tensor(float("inf"))).numpy(),
+        "self_confidence": torch.where(ok, worst, torch.tensor(-1.0)).numpy(),
+        "margin": torch.where(ok, worst, torch.tensor(-1.0)).numpy(),
+        "readable": ok.numpy(),
+        "pred_set": [frozenset(torch.nonzero(r > thresh).flatten().tolist()) for r in p],
+    })
+
+
+def score_table(learn: Learner, with_bar: bool = True) -> pd.DataFrame:
+    """Scores for every training and validation image, from one pass of `learn` without augmentation."""
+    frames = []
+    for ds_idx, split in enumerate(SPLITS):
+        ds = learn.dls[ds_idx].dataset
+        if not len(ds):
+            continue
+        probs, targets, losses = learn.get_preds(ds_idx=ds_idx, with_loss=True, with_bar=with_bar)
+        if learn.dls.multi_label:
+            df = multilabel_scores(probs, targets, losses, learn.thresh)
+        else:
+            df = item_scores(probs, targets, losses)
+        df.insert(0, "path", ds.items)
+        df.insert(1, "split", split)
+        df.insert(2, "labels", [tuple(lab) if ds.multi_label else (str(lab),) for lab in ds.labels])
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)
+
+
+class ThumbnailCache:
+    """JPEG thumbnails made on demand and kept for the most recent `capacity` files, so memory stays flat."""
+
+    def __init__(self, height: int, width: int, capacity: int = 512):
+        self.height, self.width, self.capacity = height, width, capacity
+        self._items: OrderedDict[Path, bytes] = OrderedDict()
+
+    def __call__(self, path: Path) -> bytes:
+        if path in self._items:
+            self._items.move_to_end(path)
+            return self._items[path]
+        data = self._make(path)
+        self._items[path] = data
+        if len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+        return data
+
+    def _make(self, path: Path) -> bytes:
+        try:
+            img = load_image(path, draft=(self.width, self.height))
+            img.thumbnail((self.width, self.height))
+            if img.height < self.height // 2:  # tiny images (MNIST) are scaled up, crisp
+                scale = max(1, (self.height // 2) // max(img.height, 1))
+                img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+        except Exception as e:
+            img = Image.new("RGB", (self.width, self.height), (230, 230, 230))
+            ImageDraw.Draw(img).text((6, 6), f"cannot open:\n{type(e).__name__}", fill=(180, 0, 0))
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=85)
+        return buf.getvalue()
+
+
+class _Cell:
+    """One image of the grid: its thumbnail, a caption, and the menu of choices."""
+
+    def __init__(self, options: Sequence[str], height: int, width: int):
+        self.image = W.Image(format="jpeg", layout=W.Layout(height=f"{height}px", width="auto", object_fit="contain"))
+        self.caption = W.HTML(layout=W.Layout(width=f"{width}px"))
+        self.menu = W.Dropdown(options=list(options), layout=W.Layout(width=f"{min(width, 200)}px"))
+        self.box = W.VBox([self.image, self.caption, self.menu],
+                          layout=W.Layout(border="1px solid #ddd", padding="4px", margin="2px", align_items="center"))
+        self.path: Path | None = None
+
+
+class ImageClassifierCleaner:
+    """Review the images of a dataset worst first, choose <Keep>, <Delete> or a new class for each,
+    then `apply()` the choices to the files.
+
+    Args:
+        learn: a trained Learner; its data and model give the images and their scores.
+        max_n: images per page; Next and Previous go further.
+        height, width: the size of each thumbnail, in pixels.
+        ranking: "loss" ranks by the trained model's own loss (fastai's way, fast), "oof" by
+            out-of-fold predictions (see `find_label_issues`; slower, finds more wrong labels), or a
+            table of scores that `find_label_issues` returned.
+        sort_by: "loss", "self_confidence" or "margin"; the widget's Sort menu changes it.
+        trash: whether `apply()` moves deleted files into a trash folder inside the dataset rather than unlinking them.
+    """
+
+    def __init__(self, learn: Learner, max_n: int = 30, height: int = 128, width: int = 256,
+                 ranking: str | pd.DataFrame = "loss", sort_by: str = "loss", trash: bool = False,
+                 scores: pd.DataFrame | None = None):
+        if sort_by not in SORTS:
+            raise ValueError(f"sort_by must be one of {list(SORTS)}, not {sort_by!r}.")
+        self.learn, self.max_n, self.trash = learn, max_n, trash
+        self.vocab = list(learn.dls.vocab)
+        self.multi_label = learn.dls.multi_label
+        self.scores = self._scores(ranking) if scores is None else scores
+        self.choices: dict[Path, str] = {}
+        self.thumbs = ThumbnailCache(height, width)
+        self.page = 0
+        self.last_report: fileops.ApplyReport | None = None
+        self._updating = False
+
+        self.dd_cats = W.Dropdown(options=self._category_options(), description="Category")
+        self.dd_ds = W.Dropdown(options=list(SPLITS), description="Set")
+        self.dd_pred = W.Dropdown(options=[ANY, *self.vocab], description="Predicted")
+        self.dd_sort = W.Dropdown(options=[("highest loss", "loss"), ("lowest confidence", "self_confidence"),
+                                           ("lowest margin", "margin")], value=sort_by, description="Sort by")
+        self.prev_button = W.Button(description="◀ Previous", layout=W.Layout(width="110px"))
+        self.next_button = W.Button(description="Next ▶", layout=W.Layout(width="110px"))
+        self.page_label = W.HTML()
+        self.summary = W.HTML()
+        self.status = W.HTML()
+        options = [KEEP, DELETE, *self.vocab]
+        self.cells = [_Cell(options, height, width) for _ in range(max_n)]
+        for cell in self.cells:
+            cell.menu.observe(self._on_choice(cell), names="value")
+        self.grid = W.GridBox([c.box for c in self.cells], layout=W.Layout(
+            grid_template_columns=f"repeat(auto-fill, minmax({width + 16}px, 1fr))", width="100%"))
+        for dd in (self.dd_cats, self.dd_ds, self.dd_pred, self.dd_sort):
+            dd.observe(self._on_view_change, names="value")
+        self.prev_button.on_click(lambda _: self.show_page(self.page - 1))
+        self.next_button.on_click(lambda _: self.show_page(self.page + 1))
+        self.widget = W.VBox([
+            W.HBox([self.dd_cats, self.dd_ds]), W.HBox([self.dd_pred, self.dd_sort]),
+            W.HBox([self.prev_button, self.page_label, self.next_button, self.summary],
+                   layout=W.Layout(align_items="center", grid_gap="12px")),
+            self.status, self.grid])
+        self._view: pd.DataFrame = self.scores.iloc[:0]
+        self._on_view_change()
+
+    # -- scores and views ------------------------------------------------------------------------
+
+    def _scores(self, ranking: str | pd.DataFrame) -> pd.DataFrame:
+        if isinstance(ranking, pd.DataFrame):
+            return ranking
+        if ranking == "loss":
+            return score_table(self.learn)
+        if ranking == "oof":
+            from .label_issues import find_label_issues
+
+            return find_label_issues(self.learn)
+        raise ValueError(f"ranking must be 'loss', 'oof' or a table from find_label_issues(), not {ranking!r}.")
+
+    def _category_options(self) -> list[tuple[str, str]]:
+        counts: dict[str, int] = {}
+        for labels in self.scores["labels"]:
+            for lab in labels:
+                counts[lab] = counts.get(lab, 0) + 1
+        return [(f"{c} ({counts.get(c, 0)})", c) for c in self.vocab]
+
+    def _select(self) -> pd.DataFrame:
+        df = self.scores
+        cat, split = self.dd_cats.value, self.dd_ds.value
+        df = df[(df["split"] == split) & df["labels"].map(lambda labs: cat in labs)]
+        if self.dd_pred.value != ANY:
+            want = self.vocab.index(self.dd_pred.value)
+            if self.multi_label:
+                df = df[df["pred_set"].map(lambda s: want in s)]
+            else:
+                df = df[df["pred_idx"] == want]
+        key = self.dd_sort.value
+        return df.sort_values(key, ascending=SORTS[key], kind="stable")
+
+    def _on_view_change(self, change=None) -> None:
+        self._view = self._select()
+        self.show_page(0)
+
+    @property
+    def n_pages(self) -> int:
+        return max(1, -(-len(self._view) // self.max_n))
+
+    @property
+    def fns(self) -> list[Path]:
+        """The paths of the current page, in display order."""
+        return list(self._view["path"].iloc[self.page * self.max_n:(self.page + 1) * self.max_n])
+
+    def show_page(self, page: int) -> None:
+        """Show page `page` of the current view (clamped to the pages there are)."""
+        self.page = min(max(0, page), self.n_pages - 1)
+        rows = self._view.iloc[self.page * self.max_n:(self.page + 1) * self.max_n]
+        self._updating = True
+        try:
+            for cell, row in zip(self.cells, rows.itertuples(index=False)):
+                cell.path = row.path
+                cell.image.value = self.thumbs(row.path)
+                cell.caption.value = self._caption(row)
+                cell.menu.value = self.choices.get(row.path, KEEP)
+                cell.box.layout.display = None
+            for cell in self.cells[len(rows):]:
+                cell.path = None
+                cell.box.layout.display = "none"
+        finally:
+            self._updating = False
+        self.prev_button.disabled = self.page == 0
+        self.next_button.disabled = self.page >= self.n_pages - 1
+        self.page_label.value = f"page {self.page + 1} of {self.n_pages} ({len(self._view)} images)"
+        self._update_summary()
+
+    def _caption(self, row) -> str:
+        if not row.readable:
+            return "<b style='color:#b00'>unreadable file</b>"
+        if self.multi_label:
+            pred = ", ".join(self.vocab[i] for i in sorted(row.pred_set)) or "(none)"
+            return (f"<small>labels: {', '.join(row.labels)}<br>predicted: {pred}<br>"
+                    f"loss {row.loss:.3f}</small>")
+        pred = self.vocab[row.pred_idx]
+        colour = "#070" if pred in row.labels else "#b00"
+        return (f"<small>predicted <b style='color:{colour}'>{pred}</b> ({row.prob:.2f})<br>"
+                f"loss {row.loss:.3f}</small>")
+
+    # -- choices -----------------------------------------------------------------------------------
+
+    def _on_choice(self, cell: _Cell):
+        def handler(change) -> None:
+            if self._updating or cell.path is None:
+                return
+            self.set_choice(cell.path, change["new"])
+        return handler
+
+    def _own_labels(self, path: Path) -> tuple[str, ...]:
+        row = self.scores.loc[self.scores["path"] == path]
+        return tuple(row["labels"].iloc[0]) if len(row) else ()
+
+    def set_choice(self, path: Path, choice: str) -> None:
+        """Record `choice` (<Keep>, <Delete> or a class name) for `path`; its own class means keep."""
+        if choice not in (KEEP, DELETE) and choice not in self.vocab:
+            raise ValueError(f"{choice!r} is not <Keep>, <Delete> or one of the classes {self.vocab}.")
+        if choice == KEEP or choice in self._own_labels(Path(path)):
+            self.choices.pop(Path(path), None)
+        else:
+            self.choices[Path(path)] = choice
+        self._update_summary()
+
+    def _update_summary(self) -> None:
+        n_del = sum(v == DELETE for v in self.choices.values())
+        n_rel = len(self.choices) - n_del
+        self.summary.value = f"<b>{n_del} to delete, {n_rel} to relabel</b>"
+
+    def values(self) -> list[str]:
+        """The choice shown under each image of the current page."""
+        return [self.choices.get(p, KEEP) for p in self.fns]
+
+    def delete(self) -> list[int]:
+        """Indices into `fns` of the images marked <Delete> on the current page."""
+        return [i for i, v in enumerate(self.values()) if v == DELETE]
+
+    def change(self) -> list[tuple[int, str]]:
+        """(index into `fns`, new class) for the images on the current page given another class."""
+        return [(i, v) for i, v in enumerate(self.values()) if v not in (KEEP, DELETE)]
+
+    def pending(self) -> pd.DataFrame:
+        """Every choice not yet applied, in all views: path, split, current label(s) and the choice."""
+        rows = [(p, *self._row_info(p), c) for p, c in self.choices.items()]
+        return pd.DataFrame(rows, columns=["path", "split", "labels", "choice"])
+
+    def _row_info(self, path: Path) -> tuple[str, tuple]:
+        row = self.scores.loc[self.scores["path"] == path]
+        return (row["split"].iloc[0], tuple(row["labels"].iloc[0])) if len(row) else ("", ())
+
+    # -- applying ------------------------------------------------------------------------------------
+
+    def actions(self) -> list[fileops.Action]:
+        """The pending choices as file operations."""
+        return [fileops.Action("delete", p, None) if c == DELETE else fileops.Action("relabel", p, c)
+                for p, c in self.choices.items()]
+
+    def apply(self, dry_run: bool = False, trash: bool | None = None) -> fileops.ApplyReport | pd.DataFrame:
+        """Apply every pending choice, in all views, to the files (or, for a table dataset, to its CSV).
+
+        Deleting unlinks the file (or moves it to the dataset's trash folder with `trash=True`);
+        relabelling moves it into the class folder, with a new name if that one is taken. Each step
+        is journaled first, so `nbtrain.fileops.resume(journal)` finishes a cut-off apply and
+        `nbtrain.fileops.undo(journal)` puts every file back. Afterwards the learner's loaders point
+        at the files where they now are; retrain with `learn.fine_tune(...)`.
+        """
+        trash = self.trash if trash is None else trash
+        table = self.learn.dls.table
+        if table is not None:
+            return self._apply_table(dry_run)
+        root = Path(self.learn.dls.path)
+        try:
+            report = fileops.apply_actions(self.actions(), root, trash=trash, dry_run=dry_run)
+        except Exception as e:
+            self.status.value = f"<b style='color:#b00'>Nothing applied: {e}</b>"
+            raise
+        if dry_run:
+            return report
+        self.last_report = report
+        moved = {Path(src): Path(dst) for src, dst in report.moved}
+        gone = {Path(p) for p in report.deleted} | {Path(p) for p in report.missing}
+        self._after_apply(moved, gone)
+        self.status.value = f"Applied: {report.summary()}. Journal: {report.journal}"
+        return report
+
+    def _apply_table(self, dry_run: bool):
+        t = self.learn.dls.table
+        by_file = {}
+        for p, c in self.choices.items():
+            rel = str(Path(p).relative_to(t.folder))
+            name = rel[: -len(t.suff)] if t.suff and rel.endswith(t.suff) else rel
+            by_file[name] = fileops.Action("delete", Path(name), None) if c == DELETE else fileops.Action("relabel", Path(name), c)
+        if dry_run:
+            return t.df.copy()
+        df = fileops.apply_table_actions(t.df, list(by_file.values()), fn_col=t.fn_col, label_col=t.label_col,
+                                         label_delim=t.label_delim, csv_path=t.csv_path)
+        t.df = df
+        deleted = {t.folder / f"{name}{t.suff}" for name, a in by_file.items() if a.kind == "delete"}
+        relabelled = {t.folder / f"{name}{t.suff}": a.label for name, a in by_file.items() if a.kind == "relabel"}
+        self._after_apply({}, deleted, relabelled)
+        self.status.value = f"Applied to the table: {len(deleted)} rows removed, {len(relabelled)} relabelled."
+        return df
+
+    def _after_apply(self, moved: dict[Path, Path], gone: set[Path], relabelled: dict[Path, str] | None = None) -> None:
+        """Point the cleaner and the learner's loaders at where the files are now."""
+        relabelled = dict(relabelled or {})
+        for src, dst in moved.items():
+            relabelled[src] = dst.parent.name
+        self.learn.dls = self.learn.dls.with_changes(moved, gone, relabelled)
+        keep = ~self.scores["path"].isin(gone)
+        scores = self.scores[keep].copy()
+        for src, label in relabelled.items():
+            mask = scores["path"] == src
+            scores.loc[mask, "path"] = moved.get(src, src)
+            scores.loc[mask, "labels"] = pd.Series([(label,)] * int(mask.sum()), index=scores.index[mask], dtype=object)
+        self.scores = scores.reset_index(drop=True)
+        self.choices.clear()
+        self.dd_cats.options = self._category_options()
+        self._on_view_change()
+
+    def _ipython_display_(self) -> None:
+        display(self.widget)

@@ -1,0 +1,706 @@
+"""Image files on disk to batches on the device: finding files, opening any image, datasets, loaders.
+
+Bad files, the policy: the loaders open every file's header when they are built and refuse
+files that are not images at all, listing every one with the fix (delete them, or pass
+`bad_files="skip"`). A file whose header is fine but whose pixels are broken (a truncated
+download) is only found when it is decoded: it is then skipped, with one warning that names it,
+and the run goes on. `get_preds` gives such a file a row of NaN, so the cleaner can show it.
+"""
+from __future__ import annotations
+
+import random
+import re
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image, ImageOps
+from torch.utils.data import DataLoader as TorchDataLoader
+from torch.utils.data import Dataset
+from torchvision.transforms.v2 import functional as TF
+
+from .augmentation import BatchTransform, Normalize, RandomResizedCrop, Resize
+from .environment import available_memory, default_device, default_num_workers
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
+# Files that operating systems and tools leave in folders; never worth a complaint.
+_JUNK_NAMES = {".DS_Store", "Thumbs.db", "desktop.ini"}
+
+
+class DataError(ValueError):
+    """A dataset that cannot be used as it is; the message says what to change."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Files and images
+
+
+def _is_hidden(p: Path) -> bool:
+    return p.name.startswith(".") or p.name in _JUNK_NAMES
+
+
+def get_image_files(path: Path | str, recurse: bool = True, folders: Sequence[str] | None = None) -> list[Path]:
+    """The image files under `path` (by extension), sorted, skipping hidden files and folders."""
+    path = Path(path)
+    roots = [path / f for f in folders] if folders else [path]
+    out: list[Path] = []
+    for root in roots:
+        if not root.is_dir():
+            continue
+        walker = root.rglob("*") if recurse else root.iterdir()
+        for p in walker:
+            rel = p.relative_to(root).parts
+            if any(part.startswith(".") for part in rel):
+                continue
+            if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file():
+                out.append(p)
+    return sorted(out)
+
+
+def _non_image_files(path: Path) -> list[Path]:
+    return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() not in IMAGE_EXTENSIONS
+                  and not any(part.startswith(".") or part in _JUNK_NAMES for part in p.relative_to(path).parts)
+                  and p.suffix.lower() not in {".csv", ".txt", ".json", ".md", ".pth", ".jsonl"})
+
+
+def load_image(fn: Path | str | Image.Image, draft: tuple[int, int] | None = None) -> Image.Image:
+    """Open any image PIL can read as 8-bit RGB, upright as its EXIF says.
+
+    Greyscale, palette, RGBA (composited on white), CMYK and 16-bit images are converted;
+    an animated GIF gives its first frame. `draft` lets JPEG decode at a reduced size, much faster
+    for photos far larger than the model's input.
+    """
+    if isinstance(fn, Image.Image):
+        return _to_rgb(fn)
+    with Image.open(fn) as img:
+        if draft is not None and img.format == "JPEG":
+            img.draft("RGB", draft)
+        img.load()
+        out = _to_rgb(img)
+        # Closing the file frees the decoded pixels too, so keep a copy when nothing was converted.
+        return out.copy() if out is img else out
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """`img` upright and in 8-bit RGB."""
+    img = ImageOps.exif_transpose(img) or img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        scale = 255.0 / max(arr.max(), 1.0) if arr.max() > 255 else 1.0
+        img = Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8))
+    elif img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        img = Image.fromarray(((arr - lo) / max(hi - lo, 1e-12) * 255).astype(np.uint8))
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img)
+    return img.convert("RGB") if img.mode != "RGB" else img
+
+
+def _check_header(fn: Path) -> str | None:
+    """Why `fn` cannot be an image, from its header alone, or None when it looks fine."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(fn) as img:
+                if img.width < 1 or img.height < 1:
+                    return "has no pixels"
+        return None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        return f"is too large to open safely ({e})"
+    except Exception as e:  # PIL raises many types for non-images
+        return f"is not an image PIL can open ({type(e).__name__}: {e})"
+
+
+def _check_full(fn: Path) -> str | None:
+    reason = _check_header(fn)
+    if reason is not None:
+        return reason
+    try:
+        with Image.open(fn) as img:
+            img.draft(img.mode, (32, 32))
+            img.load()
+        return None
+    except Exception as e:
+        return f"cannot be decoded ({type(e).__name__}: {e})"
+
+
+def verify_images(fns: Sequence[Path | str], n_workers: int = 4) -> list[Path]:
+    """The files among `fns` that cannot be opened and fully decoded, as fastai's `verify_images`.
+
+    Remove them with `for f in verify_images(fns): f.unlink()`.
+    """
+    fns = [Path(f) for f in fns]
+    with ThreadPoolExecutor(max(1, n_workers)) as pool:
+        reasons = list(pool.map(_check_full, fns))
+    return [f for f, r in zip(fns, reasons) if r is not None]
+
+
+def _bad_headers(fns: Sequence[Path]) -> dict[Path, str]:
+    with ThreadPoolExecutor(4) as pool:
+        reasons = list(pool.map(_check_header, fns))
+    return {f: r for f, r in zip(fns, reasons) if r is not None}
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets
+
+
+class ImageDataset(Dataset):
+    """Image files with their targets. An item is `(uint8 CHW tensor or None, index)`.
+
+    `items` are the paths in dataset order and `labels` the given label of each (a string, or a
+    list of strings for multi-label data). Decoded images can be kept in `cache` once they have
+    their final size, so later epochs skip the decoding.
+    """
+
+    def __init__(self, items: Sequence[Path], labels: Sequence, vocab: Sequence[str], multi_label: bool = False,
+                 item_tfms: Sequence | None = None, train: bool = False):
+        self.items = [Path(p) for p in items]
+        self.labels = list(labels)
+        self.vocab = list(vocab)
+        self.multi_label = multi_label
+        self.item_tfms = list(item_tfms or [])
+        self.train = train
+        index = {c: i for i, c in enumerate(self.vocab)}
+        if multi_label:
+            targets = torch.zeros(len(self.items), len(self.vocab))
+            for i, labs in enumerate(self.labels):
+                for lab in labs:
+                    targets[i, index[lab]] = 1.0
+            self.targets = targets
+        else:
+            self.targets = torch.tensor([index[lab] for lab in self.labels], dtype=torch.long)
+        self.bad: set[int] = set()
+        self.cache: torch.Tensor | None = None
+        self.cached: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def deterministic(self) -> bool:
+        return all(getattr(t, "deterministic", False) for t in self.item_tfms) or not (self.train and self.item_tfms)
+
+    def _draft_size(self) -> tuple[int, int] | None:
+        for t in self.item_tfms:
+            if isinstance(t, Resize) and t.method != "pad":
+                side = max(t.size)
+                return side, side
+        return None
+
+    def decode(self, i: int) -> torch.Tensor:
+        img = load_image(self.items[i], draft=self._draft_size())
+        for t in self.item_tfms:
+            img = t(img, train=self.train)
+        return TF.pil_to_tensor(img)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int]:
+        if self.cached is not None and self.cached[i]:
+            return self.cache[i], i
+        try:
+            return self.decode(i), i
+        except Exception as e:  # a broken file must not end a long run
+            return None, (i, f"{type(e).__name__}: {e}")  # type: ignore[return-value]
+
+    def prepare_cache(self, example: torch.Tensor, budget: int) -> None:
+        """Make room to keep every decoded image, when they fit in `budget` bytes."""
+        if self.cache is not None or not self.deterministic:
+            return
+        need = example.numel() * len(self)
+        if need <= budget:
+            self.cache = torch.empty((len(self), *example.shape), dtype=torch.uint8)
+            self.cached = torch.zeros(len(self), dtype=torch.bool)
+
+    @property
+    def fully_cached(self) -> bool:
+        if self.cached is None:
+            return False
+        done = self.cached.clone()
+        for i in self.bad:
+            done[i] = True
+        return bool(done.all())
+
+    def label_str(self, i: int) -> str:
+        lab = self.labels[i]
+        return ";".join(lab) if self.multi_label else str(lab)
+
+
+def _collate(samples: list) -> tuple[torch.Tensor | None, torch.Tensor, list]:
+    good = [(img, i) for img, i in samples if img is not None]
+    bad = [i for img, i in samples if img is None]
+    if not good:
+        return None, torch.empty(0, dtype=torch.long), bad
+    shapes = {tuple(img.shape) for img, _ in good}
+    if len(shapes) > 1:
+        (c1, h1, w1), (c2, h2, w2) = sorted(shapes)[:2]
+        raise DataError(f"Images in one batch have different sizes ({h1}x{w1} and {h2}x{w2}): "
+                        "add item_tfms=Resize(224) (or another size) when you build the loaders.")
+    return torch.stack([img for img, _ in good]), torch.tensor([i for _, i in good]), bad
+
+
+def _cache_budget() -> int:
+    import os
+    if os.environ.get("NBTRAIN_CACHE_BYTES"):
+        return int(os.environ["NBTRAIN_CACHE_BYTES"])
+    return min(int(available_memory() * 0.3), 8 * 1024**3)
+
+
+class DataLoader:
+    """Batches of one dataset, ready for the model: on the device, scaled to [0, 1], augmented on
+    the training set, normalised. Iterating gives `(images, targets)`.
+
+    The first pass decodes files in worker processes; when every resized image fits in memory
+    (30% of what is free, at most 8 GB), they are kept, and later passes only index that tensor.
+    """
+
+    def __init__(self, dataset: ImageDataset, bs: int = 64, shuffle: bool = False, drop_last: bool = False,
+                 batch_tfms: Sequence[BatchTransform] | None = None, normalize: Normalize | None = None,
+                 device: torch.device | str | None = None, num_workers: int | None = None, seed: int | None = None,
+                 augment: bool | None = None, cache: bool = True):
+        self.dataset, self.bs, self.shuffle, self.drop_last = dataset, bs, shuffle, drop_last
+        self.batch_tfms = list(batch_tfms or [])
+        self.augment = bool(self.batch_tfms) if augment is None else augment
+        self.normalize = normalize
+        self.device = torch.device(device) if device is not None else default_device()
+        self.num_workers = default_num_workers() if num_workers is None else num_workers
+        self.seed, self.cache = seed, cache
+        self.memory_format = torch.contiguous_format
+        self._generator = torch.Generator().manual_seed(seed if seed is not None else random.randrange(2**31))
+        self._warned: set[int] = set()
+
+    def new(self, **kwargs) -> "DataLoader":
+        """A loader over the same dataset (and cache) with some settings changed."""
+        args = dict(dataset=self.dataset, bs=self.bs, shuffle=self.shuffle, drop_last=self.drop_last,
+                    batch_tfms=self.batch_tfms, normalize=self.normalize, device=self.device,
+                    num_workers=self.num_workers, seed=self.seed, augment=self.augment, cache=self.cache)
+        args.update(kwargs)
+        dl = DataLoader(**args)
+        dl.memory_format = self.memory_format
+        return dl
+
+    @property
+    def items(self) -> list[Path]:
+        return self.dataset.items
+
+    @property
+    def n(self) -> int:
+        return len(self.dataset) - len(self.dataset.bad)
+
+    def __len__(self) -> int:
+        n = self.n
+        return n // self.bs if self.drop_last else -(-n // self.bs)
+
+    def _order(self) -> torch.Tensor:
+        idx = torch.arange(len(self.dataset))
+        if self.shuffle:
+            idx = idx[torch.randperm(len(idx), generator=self._generator)]
+        if self.dataset.bad:
+            keep = torch.tensor([int(i) not in self.dataset.bad for i in idx], dtype=torch.bool)
+            idx = idx[keep]
+        return idx
+
+    def _batches(self) -> list[list[int]]:
+        order = self._order().tolist()
+        stop = len(order) - len(order) % self.bs if self.drop_last else len(order)
+        return [order[i:i + self.bs] for i in range(0, stop, self.bs)]
+
+    def _note_bad(self, bad: list) -> None:
+        for i, reason in bad:
+            self.dataset.bad.add(i)
+            if i not in self._warned:
+                self._warned.add(i)
+                warnings.warn(f"Skipping {self.dataset.items[i]}: it cannot be decoded ({reason}). "
+                              "Delete the file, or find all such files with verify_images().", stacklevel=3)
+
+    def _raw_batches(self, fill_cache: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        ds = self.dataset
+        batches = self._batches()
+        if ds.fully_cached:
+            for b in batches:
+                idx = torch.tensor(b)
+                yield ds.cache[idx], idx
+            return
+        loader = TorchDataLoader(ds, batch_sampler=batches, num_workers=self.num_workers, collate_fn=_collate,
+                                 pin_memory=self.device.type == "cuda",
+                                 persistent_workers=False, prefetch_factor=4 if self.num_workers else None)
+        for imgs, idx, bad in loader:
+            if bad:
+                self._note_bad(bad)
+            if imgs is None:
+                continue
+            if fill_cache and self.cache:
+                if ds.cache is None:
+                    ds.prepare_cache(imgs[0], _cache_budget())
+                if ds.cache is not None and ds.cache.shape[1:] == imgs.shape[1:]:
+                    ds.cache[idx] = imgs
+                    ds.cached[idx] = True
+            yield imgs, idx
+
+    def to_model_input(self, imgs: torch.Tensor) -> torch.Tensor:
+        """uint8 images to the model's input: device, [0, 1], augmentation, normalisation."""
+        x = imgs.to(self.device, non_blocking=True).float().div_(255)
+        if self.augment:
+            for t in self.batch_tfms:
+                x = t(x)
+        if self.normalize is not None:
+            x = self.normalize(x)
+        return x.contiguous(memory_format=self.memory_format)
+
+    def iter_with_index(self, fill_cache: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Like iterating, with each item's index in the dataset as a third element."""
+        targets = self.dataset.targets
+        for imgs, idx in self._raw_batches(fill_cache):
+            yield self.to_model_input(imgs), targets[idx].to(self.device, non_blocking=True), idx
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x, y, _ in self.iter_with_index():
+            yield x, y
+
+    def one_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first batch, decoded without filling the cache."""
+        for x, y, _ in self.new(num_workers=0).iter_with_index(fill_cache=False):
+            return x, y
+        raise DataError("This loader has no batch: the dataset is empty, or smaller than one batch with drop_last.")
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Model input back to displayable images in [0, 1]."""
+        return self.normalize.decode(x) if self.normalize is not None else x.clamp(0, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# DataLoaders and their constructors
+
+
+@dataclass
+class TableSource:
+    """Where a table-based dataset came from, so the cleaner can write its choices back to it."""
+
+    df: pd.DataFrame
+    fn_col: str
+    label_col: str
+    label_delim: str | None
+    folder: Path
+    suff: str = ""
+    csv_path: Path | None = None
+
+
+class DataLoaders:
+    """A training and a validation loader, with the class names in `vocab`."""
+
+    def __init__(self, train: DataLoader, valid: DataLoader, path: Path | str = ".", table: TableSource | None = None):
+        self.train, self.valid, self.path, self.table = train, valid, Path(path), table
+
+    def __getitem__(self, i: int) -> DataLoader:
+        return (self.train, self.valid)[i]
+
+    @property
+    def loaders(self) -> list[DataLoader]:
+        return [self.train, self.valid]
+
+    train_ds = property(lambda self: self.train.dataset, doc="The training dataset; `.items` are its paths.")
+    valid_ds = property(lambda self: self.valid.dataset, doc="The validation dataset; `.items` are its paths.")
+    vocab = property(lambda self: self.train.dataset.vocab, doc="The class names, in the order of the model's outputs.")
+    c = property(lambda self: len(self.vocab), doc="The number of classes.")
+    multi_label = property(lambda self: self.train.dataset.multi_label)
+    device = property(lambda self: self.train.device)
+
+    @property
+    def item_tfms(self) -> list:
+        return self.valid.dataset.item_tfms
+
+    @property
+    def normalize(self) -> Normalize | None:
+        return self.train.normalize
+
+    def set_normalize(self, normalize: Normalize | None) -> None:
+        for dl in self.loaders:
+            dl.normalize = normalize
+
+    def to(self, device: torch.device | str) -> "DataLoaders":
+        for dl in self.loaders:
+            dl.device = torch.device(device)
+        return self
+
+    def set_memory_format(self, fmt: torch.memory_format) -> None:
+        for dl in self.loaders:
+            dl.memory_format = fmt
+
+    def one_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.train.one_batch()
+
+    def with_changes(self, moved: dict[Path, Path], gone: set[Path], relabelled: dict[Path, str]) -> "DataLoaders":
+        """These loaders after files were moved, deleted or relabelled (what the cleaner's apply did).
+
+        The class list stays the same, so a trained model still fits; decoded images are dropped
+        from memory and decoded afresh on the next pass.
+        """
+        loaders = []
+        for dl in self.loaders:
+            ds = dl.dataset
+            items, labels = [], []
+            for path, label in zip(ds.items, ds.labels):
+                if path in gone:
+                    continue
+                new_label = relabelled.get(path)
+                if new_label is not None:
+                    label = list(new_label) if ds.multi_label and not isinstance(new_label, str) else new_label
+                    if ds.multi_label and isinstance(label, str):
+                        label = [label]
+                items.append(moved.get(path, path))
+                labels.append(label)
+            new_ds = ImageDataset(items, labels, ds.vocab, ds.multi_label, ds.item_tfms, ds.train)
+            loaders.append(dl.new(dataset=new_ds))
+        return DataLoaders(*loaders, path=self.path, table=self.table)
+
+    def test_dl(self, items: Sequence[Path | str], bs: int | None = None) -> DataLoader:
+        """A loader over other image files, with the validation set's transforms and no labels."""
+        ds = ImageDataset(items, [[] if self.multi_label else self.vocab[0]] * len(items), self.vocab,
+                          self.multi_label, self.item_tfms, train=False)
+        return self.valid.new(dataset=ds, bs=bs or self.valid.bs, shuffle=False, drop_last=False, augment=False)
+
+    def show_batch(self, max_n: int = 9, nrows: int | None = None, figsize: tuple[float, float] | None = None,
+                   unique: bool = False):
+        """A grid of one training batch with its labels (augmented, as the model sees it)."""
+        import matplotlib.pyplot as plt
+
+        x, y = self.train.new(shuffle=True, num_workers=0).one_batch()
+        x = self.train.decode(x[:max_n].float()).cpu()
+        n = x.shape[0]
+        nrows = nrows or int(np.ceil(np.sqrt(n)))
+        ncols = int(np.ceil(n / nrows))
+        fig, axes = plt.subplots(nrows, ncols, figsize=figsize or (2.2 * ncols, 2.4 * nrows), squeeze=False)
+        for k, ax in enumerate(axes.flat):
+            ax.axis("off")
+            if k < n:
+                ax.imshow(x[k].permute(1, 2, 0).numpy())
+                ax.set_title(self.label_of(y[k]), fontsize=10)
+        fig.tight_layout()
+        return fig
+
+    def label_of(self, target: torch.Tensor) -> str:
+        if self.multi_label:
+            return ";".join(self.vocab[i] for i in torch.nonzero(target > 0.5).flatten().tolist()) or "(none)"
+        return self.vocab[int(target)]
+
+    def __repr__(self) -> str:
+        return (f"DataLoaders(train={self.train.n} images, valid={self.valid.n} images, {self.c} classes: "
+                f"{self.vocab[:10]}{'...' if self.c > 10 else ''})")
+
+
+def _listing(paths: Sequence[Path], limit: int = 10) -> str:
+    shown = "\n  ".join(str(p) for p in paths[:limit])
+    more = f"\n  ... and {len(paths) - limit} more" if len(paths) > limit else ""
+    return f"\n  {shown}{more}"
+
+
+class ImageDataLoaders:
+    """Constructors for `DataLoaders` from the usual dataset layouts, under fastai's names."""
+
+    @staticmethod
+    def from_lists(path: Path | str, fnames: Sequence[Path | str], labels: Sequence, valid_idx: Sequence[int] | None = None,
+                   valid_pct: float | None = 0.2, seed: int | None = None, vocab: Sequence[str] | None = None,
+                   multi_label: bool = False, item_tfms=None, batch_tfms=None, bs: int = 64, val_bs: int | None = None,
+                   shuffle: bool = True, device=None, num_workers: int | None = None, bad_files: str = "error",
+                   table: TableSource | None = None) -> DataLoaders:
+        """Loaders from parallel lists of files and labels (a label list per file for multi-label)."""
+        path, fnames, labels = Path(path), [Path(f) for f in fnames], list(labels)
+        if len(fnames) != len(labels):
+            raise DataError(f"{len(fnames)} files but {len(labels)} labels: give one label per file.")
+        if not fnames:
+            raise DataError(f"No image files found under {path}. Check the path, and that the images have an "
+                            f"image extension ({', '.join(sorted(IMAGE_EXTENSIONS))}).")
+        if bad_files not in ("error", "skip"):
+            raise DataError(f"bad_files must be 'error' or 'skip', not {bad_files!r}.")
+        bad = _bad_headers(fnames)
+        if bad and bad_files == "error":
+            lines = "\n  ".join(f"{f}: {r}" for f, r in list(bad.items())[:10])
+            more = f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ""
+            raise DataError(f"{len(bad)} file(s) are not usable images:\n  {lines}{more}\n"
+                            "Delete them (`for f in verify_images(get_image_files(path)): f.unlink()`), "
+                            "or pass bad_files='skip' to leave them out.")
+        if bad:
+            warnings.warn(f"Leaving out {len(bad)} file(s) that are not usable images:{_listing(list(bad))}", stacklevel=3)
+            keep = [i for i, f in enumerate(fnames) if f not in bad]
+            fnames, labels = [fnames[i] for i in keep], [labels[i] for i in keep]
+            valid_idx = None if valid_idx is None else [keep.index(i) for i in valid_idx if i in set(keep)]
+        if vocab is None:
+            seen = {lab for labs in labels for lab in labs} if multi_label else set(labels)
+            vocab = sorted(seen, key=str)
+        vocab = [str(v) for v in vocab]
+        if not multi_label and len(vocab) < 2:
+            raise DataError(f"Only one class ({vocab[0]!r}) found under {path}: a classifier needs at least two. "
+                            "Put each class's images in a folder named for the class.")
+        if valid_idx is None:
+            if valid_pct is None or not 0 < valid_pct < 1:
+                raise DataError(f"valid_pct must be between 0 and 1 (e.g. 0.2 for 20%), not {valid_pct!r}.")
+            rng = random.Random(seed)
+            order = list(range(len(fnames)))
+            rng.shuffle(order)
+            valid_idx = order[:max(1, int(round(valid_pct * len(fnames))))]
+        vset = set(valid_idx)
+        t_idx = [i for i in range(len(fnames)) if i not in vset]
+        v_idx = sorted(vset)
+        if not t_idx:
+            raise DataError("The training set is empty: every image went to the validation set.")
+        tfms = list(item_tfms) if isinstance(item_tfms, (list, tuple)) else ([item_tfms] if item_tfms else [])
+        train_ds = ImageDataset([fnames[i] for i in t_idx], [labels[i] for i in t_idx], vocab, multi_label, tfms, train=True)
+        valid_ds = ImageDataset([fnames[i] for i in v_idx], [labels[i] for i in v_idx], vocab, multi_label, tfms, train=False)
+        btfms = list(batch_tfms) if isinstance(batch_tfms, (list, tuple)) else ([batch_tfms] if batch_tfms else [])
+        train = DataLoader(train_ds, bs=bs, shuffle=shuffle, drop_last=shuffle and len(train_ds) > bs, batch_tfms=btfms,
+                           device=device, num_workers=num_workers, seed=seed)
+        valid = DataLoader(valid_ds, bs=val_bs or bs * 2, shuffle=False, batch_tfms=btfms, augment=False,
+                           device=device, num_workers=num_workers, seed=seed)
+        return DataLoaders(train, valid, path=path, table=table)
+
+    @classmethod
+    def from_folder(cls, path: Path | str, train: str = "train", valid: str = "valid", valid_pct: float | None = None,
+                    seed: int | None = None, vocab: Sequence[str] | None = None, item_tfms=None, batch_tfms=None,
+                    bs: int = 64, ignore_non_images: bool = False, **kwargs) -> DataLoaders:
+        """Loaders from class folders: the label of an image is the name of its parent folder.
+
+        Without `valid_pct`, the split comes from the `train` and `valid` folders; with it, every
+        image under `path` is split at random, seeded by `seed`.
+        """
+        path = Path(path)
+        if not path.is_dir():
+            raise DataError(f"{path} is not a folder. Give the folder that holds the class folders "
+                            f"(or the {train!r} and {valid!r} folders).")
+        if valid_pct is not None and not 0 < valid_pct < 1:
+            raise DataError(f"valid_pct must be between 0 and 1 (e.g. 0.2 for 20%), not {valid_pct!r}.")
+        folders = None if valid_pct is not None else [train, valid]
+        if not get_image_files(path):
+            raise DataError(f"No image files found under {path}: the folder is empty or holds no images "
+                            f"({', '.join(sorted(IMAGE_EXTENSIONS))}). Images go in one folder per class, "
+                            f"e.g. {path / train}/cat/1.jpg and {path / valid}/cat/2.jpg.")
+        if folders is not None:
+            missing = [f for f in folders if not (path / f).is_dir()]
+            if missing:
+                found = sorted(p.name for p in path.iterdir() if p.is_dir() and not _is_hidden(p))
+                raise DataError(f"No {' or '.join(repr(m) for m in missing)} folder in {path} (found: {found}). "
+                                f"Pass valid_pct=0.2 to split the images at random, or name the folders "
+                                f"with train=... and valid=....")
+        roots = [path / f for f in folders] if folders else [path]
+        for root in roots:
+            others = _non_image_files(root)
+            if others and not ignore_non_images:
+                raise DataError(f"{len(others)} file(s) under {root} are not images:{_listing(others)}\n"
+                                "Move them out of the dataset, or pass ignore_non_images=True.")
+            class_dirs = [d for d in root.iterdir() if d.is_dir() and not _is_hidden(d)] if folders else []
+            for d in sorted(class_dirs):
+                if not get_image_files(d):
+                    raise DataError(f"The class folder {d} has no images. Add images or remove the folder.")
+        fnames = get_image_files(path, folders=folders)
+        if not fnames:
+            raise DataError(f"No image files found under {path}. Images go in one folder per class, e.g. "
+                            f"{path / (train if folders else '')}/cat/1.jpg.")
+        labels = [f.parent.name for f in fnames]
+        valid_idx = [i for i, f in enumerate(fnames) if (path / valid) in f.parents] if folders else None
+        if folders and not valid_idx:
+            raise DataError(f"The {valid!r} folder in {path} has no images. Put some in it, or pass valid_pct=0.2.")
+        return cls.from_lists(path, fnames, labels, valid_idx=valid_idx, valid_pct=valid_pct, seed=seed, vocab=vocab,
+                              item_tfms=item_tfms, batch_tfms=batch_tfms, bs=bs, **kwargs)
+
+    @classmethod
+    def from_df(cls, df: pd.DataFrame, path: Path | str = ".", folder: str | None = None, suff: str = "",
+                fn_col: int | str = 0, label_col: int | str = 1, label_delim: str | None = None,
+                valid_col: int | str | None = None, valid_pct: float = 0.2, seed: int | None = None,
+                item_tfms=None, batch_tfms=None, bs: int = 64, csv_path: Path | None = None, **kwargs) -> DataLoaders:
+        """Loaders from a table of file names and labels; `label_delim` makes it multi-label."""
+        path = Path(path)
+        cols = list(df.columns)
+
+        def col(c: int | str, what: str) -> str:
+            if isinstance(c, int):
+                if c >= len(cols):
+                    raise DataError(f"{what}={c} but the table has only {len(cols)} columns: {cols}.")
+                return cols[c]
+            if c not in cols:
+                raise DataError(f"{what}={c!r} is not a column of the table; its columns are {cols}.")
+            return c
+
+        fn_name, label_name = col(fn_col, "fn_col"), col(label_col, "label_col")
+        base = path / folder if folder else path
+        fnames = [base / f"{f}{suff}" for f in df[fn_name].astype(str)]
+        missing = [f for f in fnames if not f.exists()]
+        if missing:
+            raise DataError(f"{len(missing)} file(s) named in the table do not exist:{_listing(missing)}\n"
+                            f"Check path= ({path}), folder= and suff=, or remove those rows.")
+        raw = df[label_name]
+        if label_delim is not None:
+            labels = [[s for s in str(v).split(label_delim) if s] if pd.notna(v) else [] for v in raw]
+        else:
+            if raw.isna().any():
+                rows = list(df.index[raw.isna()][:10])
+                raise DataError(f"Rows {rows} of the table have no label. Fill them in or drop those rows.")
+            labels = [str(v) for v in raw]
+        valid_idx = None
+        if valid_col is not None:
+            valid_idx = list(np.flatnonzero(df[col(valid_col, "valid_col")].astype(bool).to_numpy()))
+        table = TableSource(df, fn_name, label_name, label_delim, base, suff, csv_path)
+        return cls.from_lists(path, fnames, labels, valid_idx=valid_idx, valid_pct=valid_pct, seed=seed,
+                              multi_label=label_delim is not None, item_tfms=item_tfms, batch_tfms=batch_tfms,
+                              bs=bs, table=table, **kwargs)
+
+    @classmethod
+    def from_csv(cls, path: Path | str, csv_fname: str = "labels.csv", header: str | int | None = "infer",
+                 delimiter: str | None = None, **kwargs) -> DataLoaders:
+        """Loaders from a CSV file in `path`; the other arguments are `from_df`'s."""
+        path = Path(path)
+        csv_path = path / csv_fname
+        if not csv_path.exists():
+            raise DataError(f"No CSV file at {csv_path}. Give its name with csv_fname=.")
+        df = pd.read_csv(csv_path, header=header, delimiter=delimiter or ",")
+        return cls.from_df(df, path=path, csv_path=csv_path, **kwargs)
+
+    @classmethod
+    def from_name_func(cls, path: Path | str, fnames: Sequence[Path | str], label_func: Callable[[str], str],
+                       valid_pct: float = 0.2, seed: int | None = None, **kwargs) -> DataLoaders:
+        """Loaders whose labels come from each file's name through `label_func`."""
+        fnames = [Path(f) for f in fnames]
+        return cls.from_lists(path, fnames, [label_func(f.name) for f in fnames], valid_pct=valid_pct, seed=seed, **kwargs)
+
+    @classmethod
+    def from_path_func(cls, path: Path | str, fnames: Sequence[Path | str], label_func: Callable[[Path], str],
+                       valid_pct: float = 0.2, seed: int | None = None, **kwargs) -> DataLoaders:
+        """Loaders whose labels come from each file's full path through `label_func`."""
+        fnames = [Path(f) for f in fnames]
+        return cls.from_lists(path, fnames, [label_func(f) for f in fnames], valid_pct=valid_pct, seed=seed, **kwargs)
+
+    @classmethod
+    def from_name_re(cls, path: Path | str, fnames: Sequence[Path | str], pat: str, valid_pct: float = 0.2,
+                     seed: int | None = None, **kwargs) -> DataLoaders:
+        """Loaders whose label is the first group of the regular expression `pat` in each file name,
+        e.g. `r'^(.+)_\\d+\\.jpg$'` for Oxford-IIIT Pets."""
+        regex = re.compile(pat)
+        fnames = [Path(f) for f in fnames]
+        labels, unmatched = [], []
+        for f in fnames:
+            m = regex.search(f.name)
+            if m is None or not m.groups():
+                unmatched.append(f)
+            else:
+                labels.append(m.group(1))
+        if unmatched:
+            raise DataError(f"The pattern {pat!r} does not match {len(unmatched)} file name(s), or has no group:"
+                            f"{_listing(unmatched)}\nFix the pattern (its first group is the label) or leave those files out.")
+        return cls.from_lists(path, fnames, labels, valid_pct=valid_pct, seed=seed, **kwargs)
+
+    @classmethod
+    def from_path_re(cls, path: Path | str, fnames: Sequence[Path | str], pat: str, **kwargs) -> DataLoaders:
+        """Like `from_name_re`, matched against the whole path."""
+        regex = re.compile(pat)
+        fnames = [Path(f) for f in fnames]
+        unmatched = [f for f in fnames if not regex.search(str(f))]
+        if unmatched:
+            raise DataError(f"The pattern {pat!r} does not match {len(unmatched)} path(s):{_listing(unmatched)}")
+        return cls.from_path_func(path, fnames, lambda f: regex.search(str(f)).group(1), **kwargs)

@@ -1,0 +1,356 @@
+"""Wrong labels found with out-of-fold predictions, and the same picture twice found with the model's features.
+
+A model scores the images it was trained on too kindly: it has partly memorised their labels, the wrong
+ones included. `find_label_issues` trains K short models, each on K-1 folds of the training set with the
+learner's recipe, and scores every training image with the one model that never saw it (cross-validation,
+as cleanlab requires). No fold model trains on the validation set, so a validation image is scored by
+the average of the K models: out-of-sample too, and steadier than any one of them. The K models are
+thrown away; the learner itself is not touched.
+
+`find_duplicates` pairs each image with its most similar other image by the cosine similarity of the
+model's features (the body's output, average-pooled) and keeps the pairs above a threshold: copies,
+re-encodes and resizes of one picture, within a split or across train and valid (leakage).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .augmentation import RandomResizedCrop, Resize
+from .cleaner import SPLITS, item_scores
+from .data import DataLoader, DataLoaders, ImageDataset
+from .environment import autocast_dtype
+from .learner import Learner, vision_learner
+from .models import VisionModel
+
+# Measured on MNIST-5k with 10% of labels flipped (bench/label_noise.py): see the defaults' notes there.
+DEFAULT_ARCH = "mobilenet_v2"
+
+
+# ---------------------------------------------------------------------------------------------
+# Out-of-fold probabilities
+
+
+@dataclass(frozen=True, eq=False)
+class OutOfFoldProbs:
+    """The probabilities behind a table from `find_label_issues`: `probs[i]` belongs to `paths[i]`.
+
+    `fold[i]` is the fold the image was held out in, or -1 for a validation image (scored by every
+    fold model). pandas copies a table's `attrs` whenever the table is filtered or sorted; this object
+    is read-only, so the copies share it rather than copying the array, and the cleaner stays quick.
+    """
+
+    paths: tuple[Path, ...]
+    probs: np.ndarray
+    fold: np.ndarray
+    vocab: tuple[str, ...]
+    _row: dict[Path, int] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.probs.setflags(write=False)
+        self.fold.setflags(write=False)
+        object.__setattr__(self, "_row", {p: i for i, p in enumerate(self.paths)})
+
+    def __deepcopy__(self, memo: dict) -> "OutOfFoldProbs":
+        return self
+
+    def for_paths(self, paths: Sequence[Path | str]) -> np.ndarray:
+        """The rows of `probs` for `paths`, e.g. `oof.for_paths(table["path"])` after filtering the table."""
+        return self.probs[[self._row[Path(p)] for p in paths]]
+
+
+def fold_assignment(targets: np.ndarray, folds: int, seed: int | None = 0) -> np.ndarray:
+    """A fold number in [0, folds) for each item, stratified: every fold gets its share of every class."""
+    rng = np.random.default_rng(seed)
+    out = np.empty(len(targets), dtype=np.int64)
+    start = 0
+    for c in np.unique(targets):
+        idx = rng.permutation(np.flatnonzero(targets == c))
+        # Dealing on from where the previous class stopped keeps the folds' sizes within one of each other.
+        out[idx] = (start + np.arange(len(idx))) % folds
+        start += len(idx)
+    return out
+
+
+@dataclass
+class _Recipe:
+    """What each fold model is built and trained with."""
+
+    arch: str | Callable
+    pretrained: bool
+    item_tfms: list
+    batch_tfms: list
+    bs: int
+    normalize: bool
+    metrics: list
+    amp: object = "auto"
+
+
+def _recipe_of(learn_or_dls: Learner | DataLoaders, arch: str | Callable | None, pretrained: bool,
+               bs: int | None) -> tuple[_Recipe, DataLoaders]:
+    if isinstance(learn_or_dls, Learner):
+        learn, dls = learn_or_dls, learn_or_dls.dls
+        if arch is None:
+            if not isinstance(learn.model, VisionModel):
+                raise TypeError("find_label_issues rebuilds the learner's model for each fold, which needs a model "
+                                "made by vision_learner. For another model, pass the DataLoaders and arch=.")
+            arch = learn.model.arch
+        metrics, amp = list(learn.metrics), learn.amp
+    elif isinstance(learn_or_dls, DataLoaders):
+        dls, metrics, amp = learn_or_dls, [], "auto"
+        arch = arch or DEFAULT_ARCH
+    else:
+        raise TypeError(f"find_label_issues needs a Learner or DataLoaders, not {type(learn_or_dls).__name__}.")
+    if dls.multi_label:
+        raise ValueError("find_label_issues is for single-label data. For multi-label data, rank by the "
+                         "learner's own loss: ImageClassifierCleaner(learn, ranking='loss').")
+    recipe = _Recipe(arch=arch, pretrained=pretrained, item_tfms=list(dls.item_tfms),
+                     batch_tfms=list(dls.train.batch_tfms), bs=bs or dls.train.bs,
+                     normalize=dls.normalize is not None or not isinstance(learn_or_dls, Learner),
+                     metrics=metrics, amp=amp)
+    return recipe, dls
+
+
+def _at_size(tfms: Sequence, size: int) -> list:
+    """The item transforms with their output size changed to `size`, each keeping its kind and method."""
+    out = []
+    for t in tfms:
+        if isinstance(t, Resize):
+            out.append(Resize(size, t.method))
+        elif isinstance(t, RandomResizedCrop):
+            out.append(RandomResizedCrop(size, t.min_scale, t.ratio))
+        else:
+            out.append(t)
+    return out or [Resize(size)]
+
+
+def _filled(dl: DataLoader) -> None:
+    """Decode every image of `dl`'s dataset once, so its cache (when it fits) serves all the fold models."""
+    ds = dl.dataset
+    if ds.fully_cached or not ds.deterministic:
+        return
+    for _ in dl.new(shuffle=False, drop_last=False, augment=False).iter_with_index(fill_cache=True):
+        pass
+
+
+def _subset(ds: ImageDataset, idx: np.ndarray, train: bool) -> ImageDataset:
+    """Items `idx` of `ds` as a dataset of their own, sharing `ds`'s decoded images."""
+    sub = ImageDataset([ds.items[i] for i in idx], [ds.labels[i] for i in idx], ds.vocab, ds.multi_label,
+                       ds.item_tfms, train=train)
+    sub.bad = {j for j, i in enumerate(idx.tolist()) if i in ds.bad}
+    if ds.cache is not None and ds.cached is not None and sub.deterministic:
+        t = torch.as_tensor(idx)
+        sub.cache, sub.cached = ds.cache[t], ds.cached[t].clone()
+    return sub
+
+
+def _source_loaders(dls: DataLoaders, recipe: _Recipe, size: int | None) -> tuple[DataLoader, DataLoader]:
+    """The training and validation loaders the folds are cut from: the learner's own (and their
+    decoded images), or new ones when the images must come at another size."""
+    if size is None:
+        return dls.train, dls.valid
+    recipe.item_tfms = _at_size(recipe.item_tfms, size)
+    loaders = []
+    for dl in (dls.train, dls.valid):
+        ds = dl.dataset
+        new = ImageDataset(ds.items, ds.labels, ds.vocab, ds.multi_label, recipe.item_tfms, train=ds.train)
+        new.bad = set(ds.bad)
+        loaders.append(dl.new(dataset=new))
+    return loaders[0], loaders[1]
+
+
+def _fold_learner(train: DataLoader, held_out: DataLoader, recipe: _Recipe, label_smoothing: float,
+                  path: Path) -> Learner:
+    dls = DataLoaders(train, held_out, path=path)
+    learn = vision_learner(dls, recipe.arch, metrics=recipe.metrics, pretrained=recipe.pretrained,
+                           loss_func=nn.CrossEntropyLoss(label_smoothing=label_smoothing),
+                           normalize=recipe.normalize)
+    learn.amp = recipe.amp
+    return learn
+
+
+def _nll(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """-log p(given label): the plain cross-entropy of each item, NaN for unreadable files."""
+    p = probs.gather(1, targets.long()[:, None]).squeeze(1)
+    return -torch.log(p.clamp_min(1e-12))
+
+
+def find_label_issues(learn_or_dls: Learner | DataLoaders, arch: str | Callable | None = None, folds: int = 4,
+                      epochs: int = 2, freeze_epochs: int = 1, size: int | None = None, base_lr: float = 2e-3,
+                      label_smoothing: float = 0.1, pretrained: bool = True, bs: int | None = None,
+                      seed: int | None = 0, with_bar: bool = True) -> pd.DataFrame:
+    """Score every training and validation image by out-of-fold predictions: likely wrong labels score worst.
+
+    The training set is split into `folds` stratified folds; for each, a fresh model is trained on the
+    others with `fine_tune(epochs, freeze_epochs=...)` and predicts the held-out fold and the validation
+    set. A training image is scored by the model that never saw it, a validation image by the average
+    of the `folds` models. The learner itself is neither trained nor changed.
+
+    Args:
+        learn_or_dls: a Learner (its architecture, transforms, batch size, metrics and precision are
+            reused) or DataLoaders (then `arch` is used, mobilenet_v2 by default).
+        arch: the architecture of the fold models, when not the learner's.
+        folds: how many models; each trains on (folds-1)/folds of the training set.
+        epochs, freeze_epochs, base_lr: each fold model's `fine_tune`.
+        size: train the fold models at this image size rather than the learner's (e.g. 32 for
+            digits, 4x less compute than 64); the transforms keep their kind.
+        label_smoothing: of the fold models' cross-entropy; it keeps them from fitting the wrong labels.
+        seed: makes folds, initial heads, shuffling and augmentation reproducible (the global RNG is
+            restored afterwards); None for fresh randomness.
+
+    Returns:
+        The cleaner's score table, so `ImageClassifierCleaner(learn, ranking=table)` shows it: `path`,
+        `split` ("Train"/"Valid"), `labels` (the given label, as a 1-tuple), then `item_scores`'
+        `target, pred_idx, prob, loss, self_confidence, margin, readable`, where `loss` is -log of the
+        out-of-fold probability of the given label. `table.attrs["oof"]` holds the probabilities
+        (`OutOfFoldProbs`).
+    """
+    if folds < 2:
+        raise ValueError(f"folds must be at least 2 (each model needs a held-out part), not {folds}.")
+    recipe, dls = _recipe_of(learn_or_dls, arch, pretrained, bs)
+    train_src, valid_src = _source_loaders(dls, recipe, size)
+    train_ds, valid_ds = train_src.dataset, valid_src.dataset
+    n_train, c = len(train_ds), len(train_ds.vocab)
+    if n_train < folds:
+        raise ValueError(f"The training set has {n_train} images, fewer than folds={folds}.")
+    _filled(train_src)
+    if len(valid_ds):
+        _filled(valid_src)
+
+    fold = fold_assignment(train_ds.targets.numpy(), folds, seed)
+    train_probs = torch.full((n_train, c), float("nan"))
+    valid_sum = torch.zeros(len(valid_ds), c)
+    device = train_src.device
+    rng_devices = [device.index or 0] if device.type == "cuda" else []
+    bar = tqdm(total=folds, desc="out-of-fold models", disable=None if with_bar else True, unit="model")
+    try:
+        for k in range(folds):
+            fit_idx, held_idx = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
+            fit_ds = _subset(train_ds, fit_idx, train=True)
+            fit_dl = train_src.new(dataset=fit_ds, bs=recipe.bs, shuffle=True, drop_last=len(fit_ds) > recipe.bs,
+                                   batch_tfms=recipe.batch_tfms, seed=None if seed is None else seed + k)
+            held_dl = valid_src.new(dataset=_subset(train_ds, held_idx, train=False), shuffle=False,
+                                    drop_last=False, augment=False)
+            with torch.random.fork_rng(devices=rng_devices, enabled=seed is not None):
+                if seed is not None:
+                    torch.manual_seed(seed * 1009 + k)
+                learn = _fold_learner(fit_dl, held_dl, recipe, label_smoothing, dls.path)
+                learn.fine_tune(epochs, base_lr=base_lr, freeze_epochs=freeze_epochs if recipe.pretrained else 0)
+            probs, _ = learn.get_preds(ds_idx=1)
+            train_probs[torch.as_tensor(held_idx)] = probs
+            if len(valid_ds):
+                # Through the fold's own loader settings (normalisation, memory format), which the model was trained with.
+                valid_sum += learn.get_preds(dl=learn.dls.valid.new(dataset=valid_ds))[0]
+            del learn
+            bar.update(1)
+    finally:
+        bar.close()
+
+    frames, all_probs, all_fold = [], [], []
+    for split, ds, probs, f in ((SPLITS[0], train_ds, train_probs, fold),
+                                (SPLITS[1], valid_ds, valid_sum / folds, np.full(len(valid_ds), -1))):
+        if not len(ds):
+            continue
+        targets = ds.targets
+        df = item_scores(probs, targets, _nll(probs, targets))
+        df.insert(0, "path", list(ds.items))
+        df.insert(1, "split", split)
+        df.insert(2, "labels", [(str(lab),) for lab in ds.labels])
+        frames.append(df)
+        all_probs.append(probs.numpy())
+        all_fold.append(f)
+    table = pd.concat(frames, ignore_index=True)
+    table.attrs["oof"] = OutOfFoldProbs(tuple(table["path"]), np.concatenate(all_probs).astype(np.float32),
+                                        np.concatenate(all_fold), tuple(train_ds.vocab))
+    return table
+
+
+# ---------------------------------------------------------------------------------------------
+# Near-duplicates
+
+
+def image_embeddings(learn: Learner, dl: DataLoader) -> torch.Tensor:
+    """The penultimate features of every item of `dl` (the body's output, average-pooled), in dataset
+    order, unit length; a file that cannot be decoded gets a row of NaN."""
+    model = learn.model
+    if not isinstance(model, VisionModel):
+        raise TypeError("Embeddings need a model with a body and a head, as vision_learner makes.")
+    model.eval()
+    dtype = autocast_dtype(learn.device) if learn.amp == "auto" else learn.amp
+    dev_type = learn.device.type if learn.device.type in ("cuda", "cpu", "mps") else "cpu"
+    out: torch.Tensor | None = None
+    with torch.inference_mode(), torch.autocast(dev_type, dtype=dtype, enabled=dtype is not None):
+        for x, _, idx in dl.iter_with_index():
+            f = model.body(x).float()
+            f = f.mean(dim=(2, 3)) if f.ndim == 4 else f.flatten(1)
+            if out is None:
+                out = torch.full((len(dl.dataset), f.shape[1]), float("nan"))
+            out[idx] = nn.functional.normalize(f, dim=1).cpu()
+    return out if out is not None else torch.empty(0, 0)
+
+
+def nearest_neighbours(emb: torch.Tensor, chunk_bytes: int = 64 * 1024**2) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each row of unit-length `emb`, the cosine similarity of and index of its most similar other row.
+
+    Rows are compared a chunk at a time, so memory stays at about `chunk_bytes` for any number of
+    images; NaN rows match nothing (similarity -inf, index -1).
+    """
+    n = len(emb)
+    ok = ~torch.isnan(emb).any(dim=1)
+    e = torch.where(ok[:, None], emb, torch.zeros_like(emb))
+    best = torch.full((n,), float("-inf"))
+    arg = torch.full((n,), -1, dtype=torch.long)
+    if n < 2:
+        return best, arg
+    step = max(1, chunk_bytes // (4 * n))
+    for i0 in range(0, n, step):
+        i1 = min(n, i0 + step)
+        sim = e[i0:i1] @ e.T
+        sim[torch.arange(i1 - i0), torch.arange(i0, i1)] = float("-inf")  # not itself
+        sim[:, ~ok] = float("-inf")
+        best[i0:i1], arg[i0:i1] = sim.max(dim=1)
+    best[~ok], arg[~ok] = float("-inf"), -1
+    return best, arg
+
+
+DUPLICATE_COLUMNS = ["path_a", "path_b", "split_a", "split_b", "similarity", "cross_split"]
+
+
+def find_duplicates(learn: Learner, threshold: float = 0.97, chunk_bytes: int = 64 * 1024**2) -> pd.DataFrame:
+    """Pairs of images that are probably the same picture, most similar first.
+
+    Each training and validation image is paired with its most similar other image by the cosine
+    similarity of the model's features, and the pairs at or above `threshold` are kept (each pair
+    once). `cross_split` is True when one copy is in train and the other in valid: the validation
+    score then flatters the model. Delete one copy of each pair.
+    """
+    paths: list[Path] = []
+    splits: list[str] = []
+    embs = []
+    for ds_idx, split in enumerate(SPLITS):
+        dl = learn.dls[ds_idx]
+        if not len(dl.dataset):
+            continue
+        plain = dl.new(shuffle=False, drop_last=False, augment=False)
+        embs.append(image_embeddings(learn, plain))
+        paths += list(dl.dataset.items)
+        splits += [split] * len(dl.dataset)
+    if not embs:
+        return pd.DataFrame(columns=DUPLICATE_COLUMNS)
+    sim, nn_idx = nearest_neighbours(torch.cat(embs), chunk_bytes)
+    pairs: dict[tuple[int, int], float] = {}
+    for i in torch.nonzero(sim >= threshold).flatten().tolist():
+        j = int(nn_idx[i])
+        key = (min(i, j), max(i, j))
+        pairs[key] = max(pairs.get(key, -math.inf), float(sim[i]))
+    rows = [(paths[a], paths[b], splits[a], splits[b], s, splits[a] != splits[b]) for (a, b), s in pairs.items()]
+    df = pd.DataFrame(rows, columns=DUPLICATE_COLUMNS)
+    return df.sort_values("similarity", ascending=False, kind="stable").reset_index(drop=True)

@@ -1,0 +1,744 @@
+"""The Learner: training loops, the one-cycle schedule, predictions, saving and exporting.
+
+The schedule is torch's `OneCycleLR`; mixed precision is `torch.amp`. Model files hold tensors and
+plain metadata only and are read with `torch.load(weights_only=True)`, so opening one cannot run code.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, NamedTuple, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torch.optim.lr_scheduler import OneCycleLR
+from torchvision.transforms.v2 import functional as TF
+from tqdm.auto import tqdm
+
+from .augmentation import Normalize, Resize, item_tfm_from_spec
+from .data import DataLoader, DataLoaders, ImageDataset, load_image
+from .environment import autocast_dtype, default_device, in_notebook, output_dir
+from .metrics import metric_name
+from .models import VisionModel, arch_name, channels_last_friendly, create_vision_model
+
+EXPORT_FORMAT = "nbtrain-export"
+CHECKPOINT_FORMAT = "nbtrain-checkpoint"
+
+
+class CheckpointMismatchError(ValueError):
+    """A saved model that does not fit this learner's architecture or classes."""
+
+
+# ---------------------------------------------------------------------------------------------
+# What training leaves behind
+
+
+@dataclass
+class Recorder:
+    """Losses, learning rates and momentums per batch, and the epoch table's rows."""
+
+    losses: list[float] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)
+    moms: list[float] = field(default_factory=list)
+    values: list[list[float]] = field(default_factory=list)
+    metric_names: list[str] = field(default_factory=list)
+    epoch_iters: list[int] = field(default_factory=list)
+    lr_find_lrs: list[float] = field(default_factory=list)
+    lr_find_losses: list[float] = field(default_factory=list)
+
+    def plot_loss(self, skip_start: int = 5, with_valid: bool = True):
+        """Training loss per batch (smoothed) and validation loss per epoch; returns the figure."""
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        smooth = _smooth(self.losses)
+        ax.plot(range(skip_start, len(smooth)), smooth[skip_start:], label="train")
+        if with_valid and self.values and self.epoch_iters:
+            ax.plot(self.epoch_iters, [v[1] for v in self.values], "o-", label="valid")
+        ax.set_xlabel("batch")
+        ax.set_ylabel("loss")
+        ax.legend()
+        fig.tight_layout()
+        return fig
+
+    def plot_sched(self):
+        """The learning rate and momentum of every batch; returns the figure."""
+        import matplotlib.pyplot as plt
+
+        fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
+        a.plot(self.lrs)
+        a.set_title("learning rate")
+        b.plot(self.moms)
+        b.set_title("momentum")
+        fig.tight_layout()
+        return fig
+
+    def plot_lr_find(self, suggestion: float | None = None):
+        """Loss against learning rate from the last `lr_find`; returns the figure."""
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(self.lr_find_lrs, self.lr_find_losses)
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel("loss (smoothed)")
+        if suggestion is not None:
+            y = np.interp(math.log(suggestion), np.log(self.lr_find_lrs), self.lr_find_losses)
+            ax.plot([suggestion], [y], "ro", label=f"valley: {suggestion:.2e}")
+            ax.legend()
+        fig.tight_layout()
+        return fig
+
+
+def _smooth(values: Sequence[float], beta: float = 0.98) -> list[float]:
+    out, avg = [], 0.0
+    for i, v in enumerate(values, 1):
+        avg = beta * avg + (1 - beta) * v
+        out.append(avg / (1 - beta**i))
+    return out
+
+
+class SuggestedLRs(NamedTuple):
+    valley: float
+
+
+def valley(lrs: Sequence[float], losses: Sequence[float]) -> float:
+    """fastai's 'valley' rule: the middle of the longest steadily descending stretch of the curve."""
+    n = len(losses)
+    if n < 3:
+        return float(lrs[0])
+    lds = [1] * n
+    start = end = 0
+    for i in range(1, n):
+        for j in range(i):
+            if losses[i] < losses[j] and lds[i] < lds[j] + 1:
+                lds[i] = lds[j] + 1
+        if lds[end] < lds[i]:
+            end, start = i, i - lds[i]
+    third = (end - start) / 3
+    return float(lrs[min(n - 1, start + int(third) + int(third / 2))])
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress: a batch bar and an epoch table that read well in notebooks, terminals and logs
+
+
+class EpochTable:
+    """The per-epoch table: an HTML table updated in place in a notebook, aligned text elsewhere."""
+
+    def __init__(self, names: Sequence[str]):
+        self.names, self.rows = list(names), []
+        self.notebook = in_notebook()
+        self._handle = None
+        if not self.notebook:
+            print("  ".join(f"{n:>10}" for n in self.names), flush=True)
+
+    @staticmethod
+    def _fmt(v: object) -> str:
+        if isinstance(v, float):
+            return "nan" if math.isnan(v) else f"{v:.6f}"
+        return str(v)
+
+    def add(self, row: Sequence[object]) -> None:
+        cells = [self._fmt(v) for v in row]
+        self.rows.append(cells)
+        if not self.notebook:
+            print("  ".join(f"{c:>10}" for c in cells), flush=True)
+            return
+        from IPython.display import HTML, display
+
+        head = "".join(f"<th>{n}</th>" for n in self.names)
+        body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in self.rows)
+        html = HTML(f'<table class="dataframe" border="1"><thead><tr style="text-align: left;">{head}</tr></thead>'
+                    f"<tbody>{body}</tbody></table>")
+        if self._handle is None:
+            self._handle = display(html, display_id=True)
+        else:
+            self._handle.update(html)
+
+
+def _format_time(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m:02d}:{s:02d}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The learner
+
+
+def _slice_lrs(lr: float | slice) -> tuple[float, float]:
+    """(body lr, head lr) from fastai's conventions: a number, slice(hi) or slice(lo, hi)."""
+    if isinstance(lr, slice):
+        hi = lr.stop
+        lo = lr.start if lr.start is not None else hi / 10
+        return float(lo), float(hi)
+    return float(lr), float(lr)
+
+
+def _default_loss(multi_label: bool) -> nn.Module:
+    return nn.BCEWithLogitsLoss() if multi_label else nn.CrossEntropyLoss()
+
+
+class Learner:
+    """Trains `model` on `dls`, with `loss_func` and `metrics`.
+
+    `opt_func` builds the optimizer from parameter groups (torch's AdamW by default, with decoupled
+    weight decay `wd`, as fastai's Adam). Models, logs and exports go to `path/model_dir`, or to
+    /kaggle/working when the data sits in Kaggle's read-only input.
+    """
+
+    def __init__(self, dls: DataLoaders, model: nn.Module, loss_func: Callable | None = None,
+                 opt_func: Callable = torch.optim.AdamW, lr: float = 1e-3, metrics: Sequence[Callable] | Callable | None = None,
+                 path: Path | str | None = None, model_dir: str = "models", wd: float = 0.01, thresh: float = 0.5):
+        self.dls, self.opt_func, self.lr, self.wd, self.thresh = dls, opt_func, lr, wd, thresh
+        self.loss_func = loss_func if loss_func is not None else _default_loss(dls.multi_label)
+        self.metrics = list(metrics) if isinstance(metrics, (list, tuple)) else ([metrics] if metrics else [])
+        self.path = Path(path) if path is not None else dls.path
+        self.model_dir = model_dir
+        self.model = model.to(dls.device)
+        self.recorder = Recorder()
+        self.opt: torch.optim.Optimizer | None = None
+        self.amp: str | torch.dtype | None = "auto"
+        self.scaler: torch.amp.GradScaler | None = None
+        self.epoch = 0
+
+    # -- set-up ---------------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return self.dls.device
+
+    @property
+    def output_path(self) -> Path:
+        """Where `save`, `export` and the cleaner's journals write."""
+        return output_dir(self.path, self.model_dir)
+
+    def _param_groups(self) -> list[dict]:
+        groups = self.model.param_groups() if isinstance(self.model, VisionModel) else [list(self.model.parameters())]
+        out = []
+        for g, params in enumerate(groups):
+            decay = [p for p in params if p.ndim > 1]
+            no_decay = [p for p in params if p.ndim <= 1]  # biases and norm layers, as fastai
+            out.append({"params": decay, "weight_decay": self.wd, "group": g})
+            out.append({"params": no_decay, "weight_decay": 0.0, "group": g})
+        return out
+
+    def create_opt(self) -> torch.optim.Optimizer:
+        kwargs = {"betas": (0.9, 0.99), "eps": 1e-5} if self.opt_func in (torch.optim.AdamW, torch.optim.Adam) else {}
+        self.opt = self.opt_func(self._param_groups(), lr=self.lr, **kwargs)
+        return self.opt
+
+    def _set_lrs(self, lr: float | slice) -> list[float]:
+        lo, hi = _slice_lrs(lr)
+        n_groups = max(g["group"] for g in self.opt.param_groups) + 1
+        lrs = [lo if g["group"] < n_groups - 1 else hi for g in self.opt.param_groups]
+        if n_groups == 1:
+            lrs = [hi] * len(self.opt.param_groups)
+        for g, v in zip(self.opt.param_groups, lrs):
+            g["lr"] = v
+        return lrs
+
+    def freeze(self) -> None:
+        """Train only the new head; the pretrained body keeps its weights (and runs without gradients)."""
+        if not isinstance(self.model, VisionModel):
+            raise TypeError("freeze() needs a model with a pretrained body and a head; vision_learner makes one.")
+        self.model.body_frozen = True
+        self.model.body.requires_grad_(False)
+
+    def unfreeze(self) -> None:
+        """Train the whole model."""
+        if isinstance(self.model, VisionModel):
+            self.model.body_frozen = False
+        self.model.requires_grad_(True)
+
+    def freeze_to(self, n: int) -> None:
+        """fastai's freeze_to: 0 (or more) unfreezes everything, a negative number freezes the body."""
+        self.freeze() if n < 0 else self.unfreeze()
+
+    def to_fp16(self) -> "Learner":
+        """Mixed precision in float16, with a gradient scaler (the choice for T4 and P100 GPUs)."""
+        self.amp = torch.float16
+        return self
+
+    def to_bf16(self) -> "Learner":
+        """Mixed precision in bfloat16 (Ampere GPUs and later, or CPUs with AMX)."""
+        self.amp = torch.bfloat16
+        return self
+
+    def to_fp32(self) -> "Learner":
+        """Full precision."""
+        self.amp = None
+        return self
+
+    def _amp_dtype(self) -> torch.dtype | None:
+        return autocast_dtype(self.device) if self.amp == "auto" else self.amp  # type: ignore[return-value]
+
+    def _autocast(self):
+        dtype = self._amp_dtype()
+        dev = self.device.type if self.device.type in ("cuda", "cpu", "mps") else "cpu"
+        return torch.autocast(dev, dtype=dtype, enabled=dtype is not None)
+
+    # -- training -------------------------------------------------------------------------------
+
+    def fit(self, n_epoch: int, lr: float | slice | None = None, wd: float | None = None) -> None:
+        """Train `n_epoch` epochs at a constant learning rate."""
+        self._fit(n_epoch, lr if lr is not None else self.lr, wd=wd, schedule=None)
+
+    def fit_one_cycle(self, n_epoch: int, lr_max: float | slice | None = None, div: float = 25.0,
+                      div_final: float = 1e5, pct_start: float = 0.25, moms: tuple[float, float, float] = (0.95, 0.85, 0.95),
+                      wd: float | None = None) -> None:
+        """Train with the one-cycle policy: the learning rate warms up from lr_max/div to lr_max over
+        `pct_start` of the steps, then anneals (cosine) to lr_max/div_final, while momentum moves
+        the opposite way between moms[0] and moms[1]."""
+        self._fit(n_epoch, lr_max if lr_max is not None else self.lr, wd=wd,
+                  schedule=dict(div=div, div_final=div_final, pct_start=pct_start, moms=moms))
+
+    def fine_tune(self, epochs: int, base_lr: float = 2e-3, freeze_epochs: int = 1, lr_mult: float = 100,
+                  pct_start: float = 0.3, div: float = 5.0, **kwargs) -> None:
+        """fastai's transfer-learning recipe: `freeze_epochs` with only the head training, then
+        `epochs` of the whole model, the body at a learning rate `lr_mult` times lower."""
+        if isinstance(self.model, VisionModel) and freeze_epochs > 0:
+            self.freeze()
+            self.fit_one_cycle(freeze_epochs, slice(base_lr), pct_start=0.99, **kwargs)
+        base_lr /= 2
+        self.unfreeze()
+        self.fit_one_cycle(epochs, slice(base_lr / lr_mult, base_lr), pct_start=pct_start, div=div, **kwargs)
+
+    def _make_scheduler(self, schedule: dict, total: int) -> OneCycleLR:
+        lrs = [g["lr"] for g in self.opt.param_groups]
+        m_hi, m_lo, _ = schedule["moms"]
+        return OneCycleLR(self.opt, max_lr=lrs, total_steps=total, pct_start=schedule["pct_start"],
+                          anneal_strategy="cos", cycle_momentum=True, base_momentum=m_lo, max_momentum=m_hi,
+                          div_factor=schedule["div"], final_div_factor=schedule["div_final"] / schedule["div"])
+
+    def _momentum(self) -> float:
+        g = self.opt.param_groups[-1]
+        return float(g["betas"][0]) if "betas" in g else float(g.get("momentum", 0.0))
+
+    def _fit(self, n_epoch: int, lr: float | slice, wd: float | None, schedule: dict | None) -> None:
+        if wd is not None:
+            self.wd = wd
+        if self.opt is None:
+            self.create_opt()
+        for g in self.opt.param_groups:
+            g["weight_decay"] = self.wd if g["weight_decay"] else 0.0
+        self._set_lrs(lr)
+        train_dl = self.dls.train
+        n_batches = len(train_dl)
+        if n_batches == 0:
+            raise ValueError(f"The training loader has no full batch: {train_dl.n} images and bs={train_dl.bs}. "
+                             "Use a smaller bs.")
+        sched = self._make_scheduler(schedule, n_epoch * n_batches) if schedule else None
+        dtype = self._amp_dtype()
+        self.scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 and self.device.type == "cuda" else None
+        names = ["epoch", "train_loss", "valid_loss", *[metric_name(m) for m in self.metrics], "time"]
+        self.recorder.metric_names = names[1:-1]
+        table = EpochTable(names)
+        try:
+            for epoch in range(n_epoch):
+                start = time.time()
+                train_loss = self._train_epoch(train_dl, sched, epoch, n_epoch)
+                valid = self.validate() if self.dls.valid.n else [float("nan")] * (1 + len(self.metrics))
+                row = [epoch, train_loss, *valid]
+                self.recorder.values.append(row[1:])
+                self.recorder.epoch_iters.append(len(self.recorder.losses))
+                table.add([*row, _format_time(time.time() - start)])
+                self.epoch += 1
+        except KeyboardInterrupt:
+            self.opt.zero_grad(set_to_none=True)
+            self.model.eval()
+            print(f"Training stopped by the user in epoch {self.epoch}. The learner keeps the weights it had "
+                  "reached and can be used, saved or trained further.", flush=True)
+            if not in_notebook():
+                raise
+
+    def _train_epoch(self, dl: DataLoader, sched: OneCycleLR | None, epoch: int, n_epoch: int) -> float:
+        self.model.train()
+        losses = []
+        bar = tqdm(total=len(dl), desc=f"epoch {epoch + 1}/{n_epoch}", leave=False, disable=None, unit="batch")
+        try:
+            for i, (x, y) in enumerate(dl):
+                with self._autocast():
+                    loss = self.loss_func(self.model(x), y)
+                self.opt.zero_grad(set_to_none=True)
+                if self.scaler is not None:
+                    self.scaler.scale(loss).backward()
+                    self.scaler.step(self.opt)
+                    self.scaler.update()
+                else:
+                    loss.backward()
+                    self.opt.step()
+                self.recorder.lrs.append(self.opt.param_groups[-1]["lr"])
+                self.recorder.moms.append(self._momentum())
+                if sched is not None:
+                    sched.step()
+                losses.append(loss.detach())
+                # Reading the loss waits for the GPU, so the bar reads it only now and then.
+                if i % 10 == 0 or i == len(dl) - 1:
+                    bar.set_postfix(loss=f"{float(losses[-1]):.4f}", refresh=False)
+                bar.update(1)
+        finally:
+            bar.close()
+            values = torch.stack(losses).float().cpu().tolist() if losses else []
+            self.recorder.losses.extend(values)
+        smooth = _smooth(self.recorder.losses)
+        return smooth[-1] if smooth else float("nan")
+
+    def _outputs(self, dl: DataLoader, with_bar: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Raw outputs, targets and dataset indices of every readable item of `dl`."""
+        self.model.eval()
+        outs, targs, idxs = [], [], []
+        bar = tqdm(total=len(dl), desc="predicting", leave=False, disable=None if with_bar else True, unit="batch")
+        with torch.inference_mode(), self._autocast():
+            for x, y, idx in dl.iter_with_index(fill_cache=False):
+                outs.append(self.model(x).float())
+                targs.append(y)
+                idxs.append(idx)
+                bar.update(1)
+        bar.close()
+        if not outs:
+            c = self.dls.c
+            return torch.empty(0, c), torch.empty(0), torch.empty(0, dtype=torch.long)
+        return torch.cat(outs), torch.cat(targs), torch.cat(idxs)
+
+    def validate(self, ds_idx: int = 1, dl: DataLoader | None = None) -> list[float]:
+        """[loss, *metrics] on the validation set (or another loader)."""
+        dl = dl or self._plain_loader(ds_idx)
+        out, targ, _ = self._outputs(dl)
+        with torch.no_grad():
+            loss = float(self.loss_func(out, targ)) if len(out) else float("nan")
+            vals = [float(m(out, targ)) for m in self.metrics]
+        return [loss, *vals]
+
+    # -- learning-rate finder -----------------------------------------------------------------
+
+    def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10, num_it: int = 100, stop_div: bool = True,
+                show_plot: bool = True) -> SuggestedLRs:
+        """Train briefly with an exponentially growing learning rate and suggest one.
+
+        The weights, optimizer and batch-norm statistics are put back afterwards, in memory: no file is written.
+        """
+        state = copy.deepcopy(self.model.state_dict())
+        opt_state = copy.deepcopy(self.opt.state_dict()) if self.opt is not None else None
+        self.create_opt()
+        self.model.train()
+        lrs, losses, best = [], [], float("inf")
+        dl = self.dls.train
+        it = iter(dl)
+        bar = tqdm(total=num_it, desc="lr_find", leave=False, disable=None)
+        try:
+            for i in range(num_it):
+                lr = start_lr * (end_lr / start_lr) ** (i / max(1, num_it - 1))
+                for g in self.opt.param_groups:
+                    g["lr"] = lr
+                try:
+                    x, y = next(it)
+                except StopIteration:
+                    it = iter(dl)
+                    x, y = next(it)
+                with self._autocast():
+                    loss = self.loss_func(self.model(x), y)
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                self.opt.step()
+                value = loss.item()
+                lrs.append(lr)
+                losses.append(value)
+                bar.update(1)
+                smooth = _smooth(losses)[-1]
+                best = min(best, smooth)
+                if stop_div and (not math.isfinite(value) or smooth > 4 * best):
+                    break
+        finally:
+            bar.close()
+            self.model.load_state_dict(state)
+            if opt_state is not None:
+                self.create_opt().load_state_dict(opt_state)
+            else:
+                self.opt = None
+        smooth = _smooth(losses)
+        # The last few points are where the loss blows up; they carry no advice.
+        keep = max(3, len(smooth) - 5)
+        self.recorder.lr_find_lrs, self.recorder.lr_find_losses = lrs[:keep], smooth[:keep]
+        suggestion = valley(lrs[:keep], smooth[:keep])
+        if show_plot:
+            _show(self.recorder.plot_lr_find(suggestion))
+        return SuggestedLRs(valley=suggestion)
+
+    # -- predictions ----------------------------------------------------------------------------
+
+    def _plain_loader(self, ds_idx: int) -> DataLoader:
+        """The training (0) or validation (1) set in dataset order, without augmentation."""
+        dl = self.dls[ds_idx]
+        return dl.new(shuffle=False, drop_last=False, augment=False) if ds_idx == 0 else dl
+
+    def _activation(self, out: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(out) if self.dls.multi_label else torch.softmax(out, dim=1)
+
+    def item_losses(self, out: torch.Tensor, targ: torch.Tensor) -> torch.Tensor:
+        """One loss per item, with this learner's loss function."""
+        fn = copy.copy(self.loss_func)
+        if hasattr(fn, "reduction"):
+            fn.reduction = "none"
+            loss = fn(out, targ)
+        else:
+            loss = torch.stack([self.loss_func(o[None], t[None]) for o, t in zip(out, targ)])
+        return loss.mean(dim=1) if loss.ndim > 1 else loss
+
+    def get_preds(self, ds_idx: int = 1, dl: DataLoader | None = None, with_loss: bool = False,
+                  act: Callable | None = None, with_bar: bool = False):
+        """`(probs, targets)`, or `(probs, targets, losses)` with one loss per item.
+
+        Items come in dataset order and without augmentation, the training set (ds_idx=0) included.
+        A file that cannot be decoded gets a row of NaN.
+        """
+        dl = dl or self._plain_loader(ds_idx)
+        out, _, idx = self._outputs(dl, with_bar=with_bar)
+        n, c = len(dl.dataset), self.dls.c
+        probs = torch.full((n, c), float("nan"))
+        targets = dl.dataset.targets.clone()
+        if len(out):
+            probs[idx] = (act or self._activation)(out).cpu()
+        if not with_loss:
+            return probs, targets
+        losses = torch.full((n,), float("nan"))
+        if len(out):
+            with torch.no_grad():
+                losses[idx] = self.item_losses(out, targets[idx].to(out.device)).float().cpu()
+        return probs, targets, losses
+
+    def _to_input(self, item: Path | str | Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor:
+        if isinstance(item, torch.Tensor):
+            t = item if item.dtype == torch.uint8 else (item.clamp(0, 1) * 255).to(torch.uint8)
+            if t.ndim == 2:
+                t = t[None].expand(3, -1, -1)
+            img = TF.to_pil_image(t)
+        elif isinstance(item, np.ndarray):
+            img = Image.fromarray(item)
+        else:
+            img = item
+        img = load_image(img)
+        for t in self.dls.item_tfms:
+            img = t(img, train=False)
+        return self.dls.valid.new(augment=False).to_model_input(TF.pil_to_tensor(img)[None])
+
+    def predict(self, item: Path | str | Image.Image | np.ndarray | torch.Tensor):
+        """`(label, index, probs)` for one image: a path, a PIL image or an array.
+
+        For multi-label data the label is the list of classes above `thresh`, and index a boolean mask.
+        """
+        x = self._to_input(item)
+        self.model.eval()
+        with torch.inference_mode(), self._autocast():
+            probs = self._activation(self.model(x).float())[0].cpu()
+        if self.dls.multi_label:
+            mask = probs > self.thresh
+            return [self.dls.vocab[i] for i in torch.nonzero(mask).flatten().tolist()], mask, probs
+        idx = probs.argmax()
+        return self.dls.vocab[int(idx)], idx, probs
+
+    def show_results(self, ds_idx: int = 1, max_n: int = 9, figsize: tuple[float, float] | None = None):
+        """Images with their label and the prediction (green when right, red when wrong); returns the figure."""
+        import matplotlib.pyplot as plt
+
+        dl = self._plain_loader(ds_idx).new(num_workers=0)
+        x, y, _ = next(dl.iter_with_index(fill_cache=False))
+        x, y = x[:max_n], y[:max_n]
+        self.model.eval()
+        with torch.inference_mode():
+            probs = self._activation(self.model(x).float()).cpu()
+        imgs = dl.decode(x).cpu()
+        n = len(x)
+        ncols = int(math.ceil(math.sqrt(n)))
+        nrows = int(math.ceil(n / ncols))
+        fig, axes = plt.subplots(nrows, ncols, figsize=figsize or (2.4 * ncols, 2.6 * nrows), squeeze=False)
+        for k, ax in enumerate(axes.flat):
+            ax.axis("off")
+            if k >= n:
+                continue
+            ax.imshow(imgs[k].permute(1, 2, 0).numpy())
+            actual = self.dls.label_of(y[k].cpu())
+            if self.dls.multi_label:
+                pred = self.dls.label_of((probs[k] > self.thresh).float())
+            else:
+                pred = self.dls.vocab[int(probs[k].argmax())]
+            ax.set_title(f"{actual}\n{pred}", color="green" if actual == pred else "red", fontsize=9)
+        fig.tight_layout()
+        return fig
+
+    # -- files ----------------------------------------------------------------------------------
+
+    def _meta(self) -> dict:
+        model = self.model
+        return {
+            "arch": model.arch if isinstance(model, VisionModel) else type(model).__name__,
+            "n_out": self.dls.c,
+            "vocab": list(self.dls.vocab),
+            "multi_label": bool(self.dls.multi_label),
+        }
+
+    def save(self, name: str, with_opt: bool = True) -> Path:
+        """Write the model (and optimizer) to `output_path/name.pth`, atomically: a save that is cut
+        off leaves the previous file intact."""
+        path = self.output_path / f"{name}.pth"
+        state = {"format": CHECKPOINT_FORMAT, "meta": self._meta(), "model": self.model.state_dict(),
+                 "opt": self.opt.state_dict() if (with_opt and self.opt is not None) else None}
+        atomic_torch_save(state, path)
+        return path
+
+    def load(self, name: str | Path, with_opt: bool = True, strict: bool = True) -> "Learner":
+        """Read a file written by `save` (a name in `output_path`, or a path)."""
+        path = Path(name)
+        if not path.suffix:
+            path = self.output_path / f"{name}.pth"
+        if not path.exists():
+            raise FileNotFoundError(f"No saved model at {path}. Saved models: "
+                                    f"{sorted(p.stem for p in self.output_path.glob('*.pth'))}")
+        state = safe_load(path)
+        weights = state.get("model", state) if isinstance(state, dict) else state
+        _check_fits(self.model, weights, state.get("meta") if isinstance(state, dict) else None, self._meta(), path)
+        self.model.load_state_dict(weights, strict=strict)
+        if with_opt and isinstance(state, dict) and state.get("opt") is not None:
+            try:
+                self.create_opt().load_state_dict(state["opt"])
+            except ValueError:
+                self.opt = None  # The optimizer's groups changed; it starts afresh, the weights are loaded.
+        return self
+
+    def export(self, fname: str | Path = "export.pth") -> Path:
+        """Write what `load_learner` needs to predict: weights plus plain metadata, no pickled objects."""
+        if not isinstance(self.model, VisionModel):
+            raise TypeError("export() needs a model made by vision_learner, so it can be rebuilt by name. "
+                            "For another model, save its state_dict with learn.save() and rebuild it yourself.")
+        path = Path(fname)
+        if not path.is_absolute():
+            path = output_dir(self.path, ".") / path
+        norm = self.dls.normalize
+        state = {
+            "format": EXPORT_FORMAT, "version": 1, **self._meta(),
+            "item_tfms": [t.spec() for t in self.dls.item_tfms],
+            "normalize": {"mean": norm.mean, "std": norm.std} if norm is not None else None,
+            "loss": "bce" if isinstance(self.loss_func, nn.BCEWithLogitsLoss) else "ce",
+            "thresh": float(self.thresh),
+            "model": self.model.state_dict(),
+        }
+        atomic_torch_save(state, path)
+        return path
+
+
+def _show(fig) -> None:
+    """Show a figure in a notebook; in a script the caller keeps it."""
+    if in_notebook():
+        import matplotlib.pyplot as plt
+        from IPython.display import display
+
+        display(fig)
+        plt.close(fig)
+
+
+def atomic_torch_save(obj: object, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, fsync, then rename over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def safe_load(path: Path | str, map_location: str | torch.device = "cpu") -> object:
+    """torch.load that refuses anything but tensors and plain data, with a message that says why."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"{path} holds pickled Python objects, not just weights, and nbtrain does not unpickle "
+                         "them because that can run any code. If it is a fastai export, load it with fastai and "
+                         f"save the model's state_dict. ({str(e).splitlines()[0]})") from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise ValueError(f"{path} is not a readable model file ({type(e).__name__}: {e}).") from None
+
+
+def _check_fits(model: nn.Module, weights: dict, saved: dict | None, current: dict, path: Path) -> None:
+    if not isinstance(weights, dict):
+        raise CheckpointMismatchError(f"{path} does not hold a state dict.")
+    if saved:
+        if saved.get("arch") != current["arch"] or saved.get("n_out") != current["n_out"]:
+            raise CheckpointMismatchError(
+                f"{path} was saved from {saved.get('arch')} with {saved.get('n_out')} classes "
+                f"{saved.get('vocab')}, but this learner is {current['arch']} with {current['n_out']} classes "
+                f"{current['vocab']}. Build the learner with the same architecture and data, or use another file.")
+    own = model.state_dict()
+    wrong = [k for k, v in weights.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
+    missing = [k for k in own if k not in weights]
+    if wrong or missing:
+        detail = f"{len(wrong)} tensors of another shape (e.g. {wrong[0]})" if wrong else f"{len(missing)} missing tensors"
+        raise CheckpointMismatchError(f"{path} does not fit this model: {detail}. It was probably saved from "
+                                      "another architecture or number of classes.")
+
+
+def vision_learner(dls: DataLoaders, arch: str | Callable, metrics: Sequence[Callable] | Callable | None = None,
+                   pretrained: bool = True, weights: object = None, loss_func: Callable | None = None,
+                   opt_func: Callable = torch.optim.AdamW, lr: float = 1e-3, path: Path | str | None = None,
+                   model_dir: str = "models", normalize: bool = True, channels_last: bool | None = None,
+                   verbose: bool = False, **kwargs) -> Learner:
+    """A Learner for a torchvision architecture (a model function or its name) with a new head.
+
+    With `pretrained`, the body keeps its ImageNet weights (found offline when cached; see
+    `nbtrain.models`), is frozen for the first epochs of `fine_tune`, and the inputs are normalised
+    with the statistics the weights were trained with. `weights` picks other weights: a torchvision
+    enum, its name such as "IMAGENET1K_V1", or a path to a local .pth file.
+    """
+    model, _ = create_vision_model(arch, dls.c, pretrained=pretrained, weights=weights, verbose=verbose)
+    if normalize:
+        dls.set_normalize(Normalize())
+    learn = Learner(dls, model, loss_func=loss_func, opt_func=opt_func, lr=lr, metrics=metrics, path=path,
+                    model_dir=model_dir, **kwargs)
+    if channels_last is None:
+        # Measured: 1.7x faster on a 2-core CPU (oneDNN) for mobilenet_v2; cuDNN gains too. MPS does not.
+        channels_last = dls.device.type in ("cuda", "cpu")
+    if channels_last and channels_last_friendly(model):
+        learn.model.to(memory_format=torch.channels_last)
+        dls.set_memory_format(torch.channels_last)
+    if pretrained or weights is not None:
+        learn.freeze()
+    return learn
+
+
+create_cnn = vision_learner  # the name in older fastai courses
+
+
+def load_learner(fname: Path | str, cpu: bool = True) -> Learner:
+    """A Learner rebuilt from `export()`'s file, ready for `predict`, without the training data.
+
+    The file is read with `weights_only=True`: it cannot run code.
+    """
+    state = safe_load(fname)
+    if not isinstance(state, dict) or state.get("format") != EXPORT_FORMAT:
+        raise ValueError(f"{fname} is not a file written by Learner.export().")
+    model, _ = create_vision_model(arch_name(state["arch"]), state["n_out"], pretrained=False)
+    _check_fits(model, state["model"], None, {}, Path(fname))
+    model.load_state_dict(state["model"])
+    tfms = [item_tfm_from_spec(s) for s in state["item_tfms"]]
+    multi = bool(state["multi_label"])
+    device = torch.device("cpu") if cpu else default_device()
+    empty = [ImageDataset([], [], state["vocab"], multi, tfms, train=flag) for flag in (True, False)]
+    norm = Normalize(**state["normalize"]) if state["normalize"] else None
+    dls = DataLoaders(*[DataLoader(ds, normalize=norm, device=device, num_workers=0) for ds in empty],
+                      path=Path(fname).parent)
+    loss = nn.BCEWithLogitsLoss() if state["loss"] == "bce" else nn.CrossEntropyLoss()
+    return Learner(dls, model, loss_func=loss, thresh=state.get("thresh", 0.5))

