@@ -5,6 +5,7 @@ The public names follow fastai's, so code from the fastai course runs with littl
 from . import fileops
 from .augmentation import Normalize, RandomResizedCrop, Resize, aug_transforms
 from .cleaner import ImageClassifierCleaner
+from .datasets import URLs, untar_data
 from .data import DataError, DataLoader, DataLoaders, ImageDataLoaders, get_image_files, load_image, verify_images
 from .environment import default_device, is_kaggle
 from .interpretation import ClassificationInterpretation
@@ -22,5 +23,5 @@ __all__ = [
     "Precision", "PrecisionMulti", "RandomResizedCrop", "Recall", "RecallMulti", "Resize", "TopKAccuracy",
     "WeightsUnavailableError", "accuracy", "accuracy_multi", "accuracy_thresh", "aug_transforms", "create_cnn",
     "default_device", "error_rate", "fileops", "find_best_threshold", "get_image_files", "is_kaggle", "load_image",
-    "load_learner", "top_k_accuracy", "verify_images", "vision_learner",
+    "load_learner", "top_k_accuracy", "untar_data", "URLs", "verify_images", "vision_learner",
 ]

@@ -124,14 +124,18 @@ class ThumbnailCache:
 
 
 class _Cell:
-    """One image of the grid: its thumbnail, a caption, and the menu of choices."""
+    """One image of the grid: its thumbnail, a caption, the menu of choices, and for multi-label
+    data a list of the labels to toggle."""
 
-    def __init__(self, options: Sequence[str], height: int, width: int):
+    def __init__(self, options: Sequence[str], height: int, width: int, toggles: Sequence[str] | None = None):
         self.image = W.Image(format="jpeg", layout=W.Layout(height=f"{height}px", width="auto", object_fit="contain"))
         self.caption = W.HTML(layout=W.Layout(width=f"{width}px"))
         self.menu = W.Dropdown(options=list(options), layout=W.Layout(width=f"{min(width, 200)}px"))
-        self.box = W.VBox([self.image, self.caption, self.menu],
-                          layout=W.Layout(border="1px solid #ddd", padding="4px", margin="2px", align_items="center"))
+        self.labels = W.SelectMultiple(options=list(toggles), rows=min(5, len(toggles)),
+                                       layout=W.Layout(width=f"{min(width, 200)}px")) if toggles else None
+        parts = [self.image, self.caption, self.menu] + ([self.labels] if self.labels else [])
+        self.box = W.VBox(parts, layout=W.Layout(border="1px solid #ddd", padding="4px", margin="2px",
+                                                 align_items="center"))
         self.path: Path | None = None
 
 
@@ -148,18 +152,21 @@ class ImageClassifierCleaner:
             table of scores that `find_label_issues` returned.
         sort_by: "loss", "self_confidence" or "margin"; the widget's Sort menu changes it.
         trash: whether `apply()` moves deleted files into a trash folder inside the dataset rather than unlinking them.
+        duplicates: pairs from `find_duplicates(learn)`; the View menu then offers them side by
+            side, so one copy of each can be deleted. `show_duplicates()` finds and shows them later.
     """
 
     def __init__(self, learn: Learner, max_n: int = 30, height: int = 128, width: int = 256,
                  ranking: str | pd.DataFrame = "loss", sort_by: str = "loss", trash: bool = False,
-                 scores: pd.DataFrame | None = None):
+                 scores: pd.DataFrame | None = None, duplicates: pd.DataFrame | None = None):
         if sort_by not in SORTS:
             raise ValueError(f"sort_by must be one of {list(SORTS)}, not {sort_by!r}.")
         self.learn, self.max_n, self.trash = learn, max_n, trash
         self.vocab = list(learn.dls.vocab)
         self.multi_label = learn.dls.multi_label
         self.scores = self._scores(ranking) if scores is None else scores
-        self.choices: dict[Path, str] = {}
+        # path -> "<Delete>", a new class, or for multi-label data the new set of labels.
+        self.choices: dict[Path, str | frozenset] = {}
         self.thumbs = ThumbnailCache(height, width)
         self.page = 0
         self.last_report: fileops.ApplyReport | None = None
@@ -175,18 +182,22 @@ class ImageClassifierCleaner:
         self.page_label = W.HTML()
         self.summary = W.HTML()
         self.status = W.HTML()
-        options = [KEEP, DELETE, *self.vocab]
-        self.cells = [_Cell(options, height, width) for _ in range(max_n)]
+        options = [KEEP, DELETE] if self.multi_label else [KEEP, DELETE, *self.vocab]
+        self.cells = [_Cell(options, height, width, self.vocab if self.multi_label else None) for _ in range(max_n)]
         for cell in self.cells:
             cell.menu.observe(self._on_choice(cell), names="value")
+            if cell.labels is not None:
+                cell.labels.observe(self._on_toggle(cell), names="value")
         self.grid = W.GridBox([c.box for c in self.cells], layout=W.Layout(
             grid_template_columns=f"repeat(auto-fill, minmax({width + 16}px, 1fr))", width="100%"))
-        for dd in (self.dd_cats, self.dd_ds, self.dd_pred, self.dd_sort):
+        self.duplicates = duplicates
+        self.dd_view = W.Dropdown(options=self._view_options(), value="classes", description="View")
+        for dd in (self.dd_view, self.dd_cats, self.dd_ds, self.dd_pred, self.dd_sort):
             dd.observe(self._on_view_change, names="value")
         self.prev_button.on_click(lambda _: self.show_page(self.page - 1))
         self.next_button.on_click(lambda _: self.show_page(self.page + 1))
         self.widget = W.VBox([
-            W.HBox([self.dd_cats, self.dd_ds]), W.HBox([self.dd_pred, self.dd_sort]),
+            W.HBox([self.dd_view, self.dd_cats, self.dd_ds]), W.HBox([self.dd_pred, self.dd_sort]),
             W.HBox([self.prev_button, self.page_label, self.next_button, self.summary],
                    layout=W.Layout(align_items="center", grid_gap="12px")),
             self.status, self.grid])
@@ -213,7 +224,36 @@ class ImageClassifierCleaner:
                 counts[lab] = counts.get(lab, 0) + 1
         return [(f"{c} ({counts.get(c, 0)})", c) for c in self.vocab]
 
+    def _view_options(self) -> list[tuple[str, str]]:
+        opts = [("images by class", "classes")]
+        if self.duplicates is not None:
+            opts.append((f"near-duplicates ({len(self.duplicates)} pairs)", "duplicates"))
+        return opts
+
+    def show_duplicates(self, threshold: float = 0.97) -> pd.DataFrame:
+        """Find near-duplicate pairs with the model's features and switch to the view that shows them."""
+        from .label_issues import find_duplicates
+
+        self.duplicates = find_duplicates(self.learn, threshold=threshold)
+        self.dd_view.options = self._view_options()
+        self.dd_view.value = "duplicates"
+        return self.duplicates
+
+    def _select_duplicates(self) -> pd.DataFrame:
+        by_path = self.scores.set_index("path", drop=False)
+        rows = []
+        for n, pair in enumerate(self.duplicates.itertuples(index=False), 1):
+            where = "train and valid: leakage" if pair.cross_split else pair.split_a.lower()
+            for p in (pair.path_a, pair.path_b):
+                if p in by_path.index:
+                    row = by_path.loc[p].copy()
+                    row["pair"] = f"pair {n}, similarity {pair.similarity:.3f} ({where})"
+                    rows.append(row)
+        return pd.DataFrame(rows).reset_index(drop=True) if rows else self.scores.iloc[:0].assign(pair="")
+
     def _select(self) -> pd.DataFrame:
+        if self.dd_view.value == "duplicates" and self.duplicates is not None:
+            return self._select_duplicates()
         df = self.scores
         cat, split = self.dd_cats.value, self.dd_ds.value
         df = df[(df["split"] == split) & df["labels"].map(lambda labs: cat in labs)]
@@ -249,7 +289,10 @@ class ImageClassifierCleaner:
                 cell.path = row.path
                 cell.image.value = self.thumbs(row.path)
                 cell.caption.value = self._caption(row)
-                cell.menu.value = self.choices.get(row.path, KEEP)
+                choice = self.choices.get(row.path, KEEP)
+                cell.menu.value = DELETE if choice == DELETE else (choice if isinstance(choice, str) else KEEP)
+                if cell.labels is not None:
+                    cell.labels.value = tuple(sorted(choice)) if isinstance(choice, frozenset) else tuple(row.labels)
                 cell.box.layout.display = None
             for cell in self.cells[len(rows):]:
                 cell.path = None
@@ -262,6 +305,9 @@ class ImageClassifierCleaner:
         self._update_summary()
 
     def _caption(self, row) -> str:
+        pair = getattr(row, "pair", None)
+        if isinstance(pair, str) and pair:
+            return f"<small><b>{pair}</b><br>{row.split}: {', '.join(row.labels)}</small>"
         if not row.readable:
             return "<b style='color:#b00'>unreadable file</b>"
         if self.multi_label:
@@ -282,18 +328,35 @@ class ImageClassifierCleaner:
             self.set_choice(cell.path, change["new"])
         return handler
 
+    def _on_toggle(self, cell: _Cell):
+        def handler(change) -> None:
+            if self._updating or cell.path is None or cell.menu.value == DELETE:
+                return
+            self.set_choice(cell.path, frozenset(change["new"]))
+        return handler
+
     def _own_labels(self, path: Path) -> tuple[str, ...]:
         row = self.scores.loc[self.scores["path"] == path]
         return tuple(row["labels"].iloc[0]) if len(row) else ()
 
-    def set_choice(self, path: Path, choice: str) -> None:
-        """Record `choice` (<Keep>, <Delete> or a class name) for `path`; its own class means keep."""
-        if choice not in (KEEP, DELETE) and choice not in self.vocab:
+    def set_choice(self, path: Path, choice: str | Sequence[str]) -> None:
+        """Record `choice` for `path`: <Keep>, <Delete>, a class name, or for multi-label data the
+        collection of labels it should have. Its own class (or label set) means keep."""
+        path = Path(path)
+        own = self._own_labels(path)
+        if not isinstance(choice, str):
+            labels = frozenset(choice)
+            unknown = sorted(labels - set(self.vocab))
+            if not self.multi_label or unknown:
+                raise ValueError(f"A set of labels is for multi-label data, with labels from {self.vocab}"
+                                 + (f"; unknown: {unknown}" if unknown else "") + ".")
+            choice = KEEP if labels == frozenset(own) else labels
+        elif choice not in (KEEP, DELETE) and choice not in self.vocab:
             raise ValueError(f"{choice!r} is not <Keep>, <Delete> or one of the classes {self.vocab}.")
-        if choice == KEEP or choice in self._own_labels(Path(path)):
-            self.choices.pop(Path(path), None)
+        if choice == KEEP or (isinstance(choice, str) and choice in own and not self.multi_label):
+            self.choices.pop(path, None)
         else:
-            self.choices[Path(path)] = choice
+            self.choices[path] = choice
         self._update_summary()
 
     def _update_summary(self) -> None:
@@ -301,7 +364,7 @@ class ImageClassifierCleaner:
         n_rel = len(self.choices) - n_del
         self.summary.value = f"<b>{n_del} to delete, {n_rel} to relabel</b>"
 
-    def values(self) -> list[str]:
+    def values(self) -> list[str | frozenset]:
         """The choice shown under each image of the current page."""
         return [self.choices.get(p, KEEP) for p in self.fns]
 
@@ -309,9 +372,11 @@ class ImageClassifierCleaner:
         """Indices into `fns` of the images marked <Delete> on the current page."""
         return [i for i, v in enumerate(self.values()) if v == DELETE]
 
-    def change(self) -> list[tuple[int, str]]:
-        """(index into `fns`, new class) for the images on the current page given another class."""
-        return [(i, v) for i, v in enumerate(self.values()) if v not in (KEEP, DELETE)]
+    def change(self) -> list[tuple[int, str | tuple[str, ...]]]:
+        """(index into `fns`, new class) for the images on the current page given another class
+        (for multi-label data, the new labels as a sorted tuple)."""
+        return [(i, v if isinstance(v, str) else tuple(sorted(v))) for i, v in enumerate(self.values())
+                if v not in (KEEP, DELETE)]
 
     def pending(self) -> pd.DataFrame:
         """Every choice not yet applied, in all views: path, split, current label(s) and the choice."""
@@ -326,7 +391,8 @@ class ImageClassifierCleaner:
 
     def actions(self) -> list[fileops.Action]:
         """The pending choices as file operations."""
-        return [fileops.Action("delete", p, None) if c == DELETE else fileops.Action("relabel", p, c)
+        return [fileops.Action("delete", p, None) if c == DELETE
+                else fileops.Action("relabel", p, c if isinstance(c, str) else sorted(c))
                 for p, c in self.choices.items()]
 
     def apply(self, dry_run: bool = False, trash: bool | None = None) -> fileops.ApplyReport | pd.DataFrame:
@@ -342,6 +408,9 @@ class ImageClassifierCleaner:
         table = self.learn.dls.table
         if table is not None:
             return self._apply_table(dry_run)
+        if self.multi_label:
+            raise ValueError("Multi-label data comes from a table: build the loaders with from_df or from_csv "
+                             "so apply() can rewrite it.")
         root = Path(self.learn.dls.path)
         try:
             report = fileops.apply_actions(self.actions(), root, trash=trash, dry_run=dry_run)
@@ -363,7 +432,8 @@ class ImageClassifierCleaner:
         for p, c in self.choices.items():
             rel = str(Path(p).relative_to(t.folder))
             name = rel[: -len(t.suff)] if t.suff and rel.endswith(t.suff) else rel
-            by_file[name] = fileops.Action("delete", Path(name), None) if c == DELETE else fileops.Action("relabel", Path(name), c)
+            by_file[name] = (fileops.Action("delete", Path(name), None) if c == DELETE
+                             else fileops.Action("relabel", Path(name), c if isinstance(c, str) else sorted(c)))
         if dry_run:
             return t.df.copy()
         df = fileops.apply_table_actions(t.df, list(by_file.values()), fn_col=t.fn_col, label_col=t.label_col,
@@ -386,10 +456,15 @@ class ImageClassifierCleaner:
         for src, label in relabelled.items():
             mask = scores["path"] == src
             scores.loc[mask, "path"] = moved.get(src, src)
-            scores.loc[mask, "labels"] = pd.Series([(label,)] * int(mask.sum()), index=scores.index[mask], dtype=object)
+            labels = (label,) if isinstance(label, str) else tuple(sorted(label))
+            scores.loc[mask, "labels"] = pd.Series([labels] * int(mask.sum()), index=scores.index[mask], dtype=object)
         self.scores = scores.reset_index(drop=True)
         self.choices.clear()
         self.dd_cats.options = self._category_options()
+        if self.duplicates is not None:
+            done = gone | set(moved)
+            self.duplicates = self.duplicates[~(self.duplicates["path_a"].isin(done) | self.duplicates["path_b"].isin(done))]
+            self.dd_view.options = self._view_options()
         self._on_view_change()
 
     def _ipython_display_(self) -> None:

@@ -277,6 +277,8 @@ class DataLoader:
         self.memory_format = torch.contiguous_format
         self._generator = torch.Generator().manual_seed(seed if seed is not None else random.randrange(2**31))
         self._warned: set[int] = set()
+        # (rank, world size): in distributed training each process takes its part of every batch.
+        self.shard: tuple[int, int] = (0, 1)
 
     def new(self, **kwargs) -> "DataLoader":
         """A loader over the same dataset (and cache) with some settings changed."""
@@ -312,7 +314,13 @@ class DataLoader:
     def _batches(self) -> list[list[int]]:
         order = self._order().tolist()
         stop = len(order) - len(order) % self.bs if self.drop_last else len(order)
-        return [order[i:i + self.bs] for i in range(0, stop, self.bs)]
+        batches = [order[i:i + self.bs] for i in range(0, stop, self.bs)]
+        rank, world = self.shard
+        if world > 1:
+            # Every process builds these same batches; a batch too short to give each one an item is
+            # padded with its own items repeated (as DistributedSampler pads), so all take every step.
+            batches = [((b * world)[:world] if len(b) < world else b)[rank::world] for b in batches]
+        return batches
 
     def _note_bad(self, bad: list) -> None:
         for i, reason in bad:
@@ -330,9 +338,12 @@ class DataLoader:
                 idx = torch.tensor(b)
                 yield ds.cache[idx], idx
             return
-        loader = TorchDataLoader(ds, batch_sampler=batches, num_workers=self.num_workers, collate_fn=_collate,
+        # Starting a worker process costs more than decoding a few hundred small images.
+        n_items = sum(len(b) for b in batches)
+        workers = self.num_workers if n_items >= 500 else 0
+        loader = TorchDataLoader(ds, batch_sampler=batches, num_workers=workers, collate_fn=_collate,
                                  pin_memory=self.device.type == "cuda",
-                                 persistent_workers=False, prefetch_factor=4 if self.num_workers else None)
+                                 persistent_workers=False, prefetch_factor=4 if workers else None)
         for imgs, idx, bad in loader:
             if bad:
                 self._note_bad(bad)

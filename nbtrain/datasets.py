@@ -123,6 +123,8 @@ def _publish(tmp: Path, dest: Path, params: dict) -> bool:
         if _read_marker(dest) == params:  # a concurrent build of the very same sample won the race
             shutil.rmtree(tmp, ignore_errors=True)
             return False
+        if old is not None and not dest.exists():
+            os.rename(old / dest.name, dest)  # put the earlier sample back rather than leave nothing
         raise
     finally:
         if old is not None:
@@ -690,9 +692,14 @@ def _replace_dir(new: Path, dest: Path) -> None:
     old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
     try:
         os.rename(dest, old / dest.name)
-        os.rename(new, dest)
+        try:
+            os.rename(new, dest)
+        except OSError:
+            os.rename(old / dest.name, dest)  # keep the earlier folder rather than leave nothing
+            raise
     finally:
         shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(new, ignore_errors=True)
 
 
 def untar_data(url_or_name: str | os.PathLike, dest: Path | str | None = None, *, sha256: str | None = None,
@@ -737,7 +744,7 @@ def untar_data(url_or_name: str | os.PathLike, dest: Path | str | None = None, *
             fix = "Delete it, or call again with force=True to download it anew." if url else "Check the file."
             raise ChecksumError(f"{e} {fix}") from None
     if dest.exists():  # force=True: build the new folder beside the old one, then swap
-        fresh = extract_archive(archive, dest.parent / f".{dest.name}.new-{os.getpid()}")
+        fresh = extract_archive(archive, dest.parent / f".{dest.name}.new-{os.urandom(4).hex()}")
         _replace_dir(fresh, dest)
         return dest
     return extract_archive(archive, dest)

@@ -14,9 +14,11 @@ How `apply_actions` keeps every byte safe:
 - Deleting first moves the file into a staging folder inside the root; the staged files are unlinked
   only when everything else is done (the "commit"). `trash=True` moves them to a trash folder instead.
 - Every file operation is written to a journal (JSON Lines) and fsynced *before* it is done, so an
-  apply cut off at any point, even by SIGKILL or a power cut, can be finished with `resume(journal)`
-  or reverted with `undo(journal)`. Both work out what happened from the files themselves, so they
-  are safe to run twice or after being cut off in turn.
+  apply cut off at any point, even by SIGKILL, can be finished with `resume(journal)` or reverted
+  with `undo(journal)`. Both work out what happened from the files themselves (is the file still at
+  its source? at its destination? both, as one hard link?), so they are safe to run twice or after
+  being cut off in turn. After a power cut the journal is on disk; the links and unlinks rely on the
+  file system's own journal (ext4, xfs) to reach the disk in order.
 
 The journal lives in `root/.nbtrain/` (hidden, so the loaders skip it) unless the caller passes
 another place. Its first line is a header (format version, the resolved absolute root, created time,
@@ -98,6 +100,7 @@ class ApplyReport:
         missing: files that were not there to act on.
         errors: one line per operation that failed; that file was left where it was.
         unrecoverable: files an undo could not put back because the apply had already unlinked them.
+        notes: anything else the person should know.
         journal: the journal to pass to `resume` or `undo`; None when nothing was written.
         operation: "apply", "dry run", "resume" or "undo".
         trash: where deleted files were moved, when `trash=True`.
@@ -109,6 +112,7 @@ class ApplyReport:
     missing: list[Path] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     unrecoverable: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     journal: Path | None = None
     operation: str = "apply"
     trash: Path | None = None
@@ -138,6 +142,7 @@ class ApplyReport:
         lines += [f"  missing: {p}" for p in self.missing]
         lines += [f"  unrecoverable: {p}" for p in self.unrecoverable]
         lines += [f"  failed: {e}" for e in self.errors]
+        lines += self.notes
         if self.journal:
             lines.append(f"Journal: {self.journal} (fileops.undo(journal) reverts, fileops.resume(journal) finishes)")
         return "\n".join(lines)
@@ -167,8 +172,10 @@ def is_read_only(path: Path | str) -> bool:
 
 
 def _suggest_copy(root: Path) -> str:
-    writable = KAGGLE_WORKING if KAGGLE_WORKING.is_dir() else Path.cwd() if not is_read_only(Path.cwd()) else Path.home()
-    dest = writable / root.name
+    if KAGGLE_WORKING.is_dir():
+        dest = KAGGLE_WORKING / root.name
+    else:
+        dest = (Path.home() if is_read_only(Path.cwd()) else Path.cwd()) / root.name
     return f"from nbtrain.fileops import copy_dataset; path = copy_dataset({str(root)!r}, {str(dest)!r})"
 
 
@@ -200,7 +207,8 @@ def copy_dataset(src: Path | str, dest: Path | str | None = None) -> Path:
         dest = KAGGLE_WORKING / src.name
     dest = Path(dest).absolute()
     if dest == src.resolve() or src.resolve() in dest.resolve().parents:
-        raise ValueError(f"copy_dataset: the destination {dest} is inside the source {src}; choose a folder outside it.")
+        raise ValueError(f"copy_dataset: the destination {dest} is inside the source {src}; "
+                         f"choose a folder outside it.")
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise FileExistsError(f"copy_dataset: {dest} already exists and is not empty; nothing was copied. "
                               f"Use it as it is, or choose another destination.")
@@ -328,7 +336,7 @@ class _History:
 def _read_journal(path: Path) -> _History:
     if not path.is_file():
         raise FileNotFoundError(f"No journal at {path}. An apply's journal is <dataset>/{STATE_DIR}/journal-*.jsonl.")
-    h = _History()
+    h, seen = _History(), set()
     with open(path, encoding="utf-8") as f:
         lines = f.readlines()
     for line in lines:
@@ -344,12 +352,13 @@ def _read_journal(path: Path) -> _History:
             h.header = rec
         elif kind == "plan":
             h.plan = _Plan([_Op(**o) for o in rec["ops"]], rec["skipped"], rec["missing"], rec["errors"])
-        elif op in ("move", "stage", "trash") and state == "begin":
-            h.last_dst[rec["i"]] = rec["dst"]
-            if ("op", rec["i"]) not in h.begun:
-                h.begun.append(("op", rec["i"]))
-        elif op == "mkdir" and state == "begin" and ("mkdir", rec["dst"]) not in h.begun:
-            h.begun.append(("mkdir", rec["dst"]))
+        elif op in ("move", "stage", "trash", "mkdir") and state == "begin":
+            key = ("mkdir", rec["dst"]) if op == "mkdir" else ("op", rec["i"])
+            if op != "mkdir":
+                h.last_dst[rec["i"]] = rec["dst"]
+            if key not in seen:
+                seen.add(key)
+                h.begun.append(key)
         elif op == "commit":
             h.commit_begun = True
         elif op == "undo":
@@ -557,8 +566,8 @@ def _carry_out(run: _Run, plan: _Plan, history: _History | None, run_id: str,
     for op in plan.ops:
         try:
             there = _forward(run, op, taken, history.commit_begun if history else False)
-        except OSError as e:
-            report.errors.append(f"{shown(op.src)}: {e.strerror or e}; left where it was")
+        except (OSError, ValueError) as e:  # ValueError: a class folder became a link out of the root
+            report.errors.append(f"{shown(op.src)}: {getattr(e, 'strerror', None) or e}; left where it was")
             continue
         if not there:
             report.missing.append(shown(op.src))
@@ -574,10 +583,11 @@ def _backward(run: _Run, op: _Op, commit_begun: bool, report: ApplyReport) -> No
     src, dst = run.root / op.src, run.root / op.dst
     record = {"i": op.i, "op": "restore", "src": op.dst, "dst": op.src}
     if os.path.lexists(src):
-        if False:
+        if os.path.lexists(dst) and _same_file(src, dst):
             run.begin(record)
             os.unlink(dst)  # cut off between linking and unlinking
             run.done(record)
+            report.moved.append((dst, src))
         return  # never done, or already put back
     if not os.path.lexists(dst):
         if op.op == "stage" and commit_begun:
@@ -686,6 +696,10 @@ def _open_history(journal: Path) -> tuple[_History, Path | None]:
     return history, root
 
 
+_NOT_STARTED = ("The apply was cut off before its plan was on disk, so it had not touched any file. "
+                "Nothing to do; apply the choices again.")
+
+
 def resume(journal: Path | str, *, _hook: Hook | None = None) -> ApplyReport:
     """Finish an apply that was cut off, from its journal. Safe to run again, or after being cut off itself.
 
@@ -694,12 +708,12 @@ def resume(journal: Path | str, *, _hook: Hook | None = None) -> ApplyReport:
     journal = Path(journal)
     history, root = _open_history(journal)
     if root is None:
-        return ApplyReport(journal=journal, operation="resume")
-    if history.undo_begun:
-        raise ValueError(f"The apply in {journal} was undone (at least in part), so it cannot be resumed. "
-                         f"Run fileops.undo({str(journal)!r}) to finish undoing it, then apply again.")
+        return ApplyReport(journal=journal, operation="resume", notes=[_NOT_STARTED])
     with _DatasetLock(root):
         history = _read_journal(journal)  # again, under the lock
+        if history.undo_begun:
+            raise ValueError(f"The apply in {journal} was undone (at least in part), so it cannot be resumed. "
+                             f"Run fileops.undo({str(journal)!r}) to finish undoing it, then apply again.")
         run_id, shown = history.header["id"], (lambda rel: root / rel)
         report = _report(history.plan, shown, "resume", with_ops=False)
         report.journal = journal
@@ -722,6 +736,7 @@ def undo(journal: Path | str, *, _hook: Hook | None = None) -> ApplyReport:
     history, root = _open_history(journal)
     report = ApplyReport(journal=journal, operation="undo")
     if root is None:
+        report.notes.append(_NOT_STARTED)
         return report
     with _DatasetLock(root):
         history = _read_journal(journal)
@@ -807,7 +822,10 @@ def _table_names(src: Path, path: Path | str | None) -> list[str]:
 
 
 def _table_label(label: str | Iterable[str], delim: str | None) -> str:
-    labels = [label] if isinstance(label, str) else sorted(label) if isinstance(label, (set, frozenset)) else list(label)
+    if isinstance(label, str):
+        labels = [label]
+    else:
+        labels = sorted(label) if isinstance(label, (set, frozenset)) else list(label)
     if delim is None and len(labels) != 1:
         raise ValueError(f"Cannot give one row several labels {labels} in a single-label table; give one "
                          f"label, or pass label_delim for a multi-label table. Nothing was changed.")

@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 
 from .augmentation import Normalize, Resize, item_tfm_from_spec
 from .data import DataLoader, DataLoaders, ImageDataset, load_image
-from .environment import autocast_dtype, default_device, in_notebook, output_dir
+from . import distributed
+from .environment import default_device, in_notebook, mixed_precision, output_dir
 from .metrics import metric_name
 from .models import VisionModel, arch_name, channels_last_friendly, create_vision_model
 
@@ -133,12 +134,13 @@ def valley(lrs: Sequence[float], losses: Sequence[float]) -> float:
 class EpochTable:
     """The per-epoch table: an HTML table updated in place in a notebook, aligned text elsewhere."""
 
-    def __init__(self, names: Sequence[str]):
-        self.names, self.rows = list(names), []
+    def __init__(self, names: Sequence[str], show: bool = True):
+        self.names, self.rows, self.show = list(names), [], show
+        self.widths = [max(10, len(n)) for n in self.names]
         self.notebook = in_notebook()
         self._handle = None
-        if not self.notebook:
-            print("  ".join(f"{n:>10}" for n in self.names), flush=True)
+        if show and not self.notebook:
+            print("  ".join(f"{n:>{w}}" for n, w in zip(self.names, self.widths)), flush=True)
 
     @staticmethod
     def _fmt(v: object) -> str:
@@ -149,8 +151,10 @@ class EpochTable:
     def add(self, row: Sequence[object]) -> None:
         cells = [self._fmt(v) for v in row]
         self.rows.append(cells)
+        if not self.show:
+            return
         if not self.notebook:
-            print("  ".join(f"{c:>10}" for c in cells), flush=True)
+            print("  ".join(f"{c:>{w}}" for c, w in zip(cells, self.widths)), flush=True)
             return
         from IPython.display import HTML, display
 
@@ -278,7 +282,7 @@ class Learner:
         return self
 
     def _amp_dtype(self) -> torch.dtype | None:
-        return autocast_dtype(self.device) if self.amp == "auto" else self.amp  # type: ignore[return-value]
+        return mixed_precision(self.device, self.amp)[0]
 
     def _autocast(self):
         dtype = self._amp_dtype()
@@ -287,23 +291,38 @@ class Learner:
 
     # -- training -------------------------------------------------------------------------------
 
-    def fit(self, n_epoch: int, lr: float | slice | None = None, wd: float | None = None) -> None:
-        """Train `n_epoch` epochs at a constant learning rate."""
+    def fit(self, n_epoch: int, lr: float | slice | None = None, wd: float | None = None,
+            n_gpus: int | None = None, start_method: str | None = None) -> None:
+        """Train `n_epoch` epochs at a constant learning rate.
+
+        `n_gpus` > 1 trains on that many GPUs at once, in processes started from here with
+        `start_method` (see `nbtrain.distributed`); `bs` stays the size of the whole batch.
+        """
+        if distributed.should_launch(n_gpus):
+            return distributed.fit_in_processes(self, "fit", (n_epoch,), dict(lr=lr, wd=wd), n_gpus, start_method)
         self._fit(n_epoch, lr if lr is not None else self.lr, wd=wd, schedule=None)
 
     def fit_one_cycle(self, n_epoch: int, lr_max: float | slice | None = None, div: float = 25.0,
                       div_final: float = 1e5, pct_start: float = 0.25, moms: tuple[float, float, float] = (0.95, 0.85, 0.95),
-                      wd: float | None = None) -> None:
+                      wd: float | None = None, n_gpus: int | None = None, start_method: str | None = None) -> None:
         """Train with the one-cycle policy: the learning rate warms up from lr_max/div to lr_max over
         `pct_start` of the steps, then anneals (cosine) to lr_max/div_final, while momentum moves
-        the opposite way between moms[0] and moms[1]."""
+        the opposite way between moms[0] and moms[1]. `n_gpus` and `start_method` as in `fit`."""
+        if distributed.should_launch(n_gpus):
+            kwargs = dict(lr_max=lr_max, div=div, div_final=div_final, pct_start=pct_start, moms=moms, wd=wd)
+            return distributed.fit_in_processes(self, "fit_one_cycle", (n_epoch,), kwargs, n_gpus, start_method)
         self._fit(n_epoch, lr_max if lr_max is not None else self.lr, wd=wd,
                   schedule=dict(div=div, div_final=div_final, pct_start=pct_start, moms=moms))
 
     def fine_tune(self, epochs: int, base_lr: float = 2e-3, freeze_epochs: int = 1, lr_mult: float = 100,
-                  pct_start: float = 0.3, div: float = 5.0, **kwargs) -> None:
+                  pct_start: float = 0.3, div: float = 5.0, n_gpus: int | None = None,
+                  start_method: str | None = None, **kwargs) -> None:
         """fastai's transfer-learning recipe: `freeze_epochs` with only the head training, then
-        `epochs` of the whole model, the body at a learning rate `lr_mult` times lower."""
+        `epochs` of the whole model, the body at a learning rate `lr_mult` times lower.
+        `n_gpus` and `start_method` as in `fit`: both stages run in the same processes."""
+        if distributed.should_launch(n_gpus):
+            kwargs.update(base_lr=base_lr, freeze_epochs=freeze_epochs, lr_mult=lr_mult, pct_start=pct_start, div=div)
+            return distributed.fit_in_processes(self, "fine_tune", (epochs,), kwargs, n_gpus, start_method)
         if isinstance(self.model, VisionModel) and freeze_epochs > 0:
             self.freeze()
             self.fit_one_cycle(freeze_epochs, slice(base_lr), pct_start=0.99, **kwargs)
@@ -325,6 +344,8 @@ class Learner:
     def _fit(self, n_epoch: int, lr: float | slice, wd: float | None, schedule: dict | None) -> None:
         if wd is not None:
             self.wd = wd
+        # DDP around the model in a process group (joined here under torchrun); the model otherwise.
+        train_model = distributed.prepare(self)
         if self.opt is None:
             self.create_opt()
         for g in self.opt.param_groups:
@@ -336,15 +357,16 @@ class Learner:
             raise ValueError(f"The training loader has no full batch: {train_dl.n} images and bs={train_dl.bs}. "
                              "Use a smaller bs.")
         sched = self._make_scheduler(schedule, n_epoch * n_batches) if schedule else None
-        dtype = self._amp_dtype()
-        self.scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 and self.device.type == "cuda" else None
+        _, use_scaler = mixed_precision(self.device, self.amp)
+        self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
         names = ["epoch", "train_loss", "valid_loss", *[metric_name(m) for m in self.metrics], "time"]
         self.recorder.metric_names = names[1:-1]
-        table = EpochTable(names)
+        table = EpochTable(names, show=distributed.is_main())
         try:
             for epoch in range(n_epoch):
                 start = time.time()
-                train_loss = self._train_epoch(train_dl, sched, epoch, n_epoch)
+                part = distributed.shard_loader(train_dl)  # this process's share of each batch
+                train_loss = self._train_epoch(part, sched, epoch, n_epoch, model=train_model)
                 valid = self.validate() if self.dls.valid.n else [float("nan")] * (1 + len(self.metrics))
                 row = [epoch, train_loss, *valid]
                 self.recorder.values.append(row[1:])
@@ -359,14 +381,20 @@ class Learner:
             if not in_notebook():
                 raise
 
-    def _train_epoch(self, dl: DataLoader, sched: OneCycleLR | None, epoch: int, n_epoch: int) -> float:
+    def _train_epoch(self, dl: DataLoader, sched: OneCycleLR | None, epoch: int, n_epoch: int,
+                     model: nn.Module | None = None) -> float:
+        """One epoch; `model` is what runs the forward pass (DDP around `self.model` in distributed training)."""
+        model = model if model is not None else self.model
         self.model.train()
         losses = []
-        bar = tqdm(total=len(dl), desc=f"epoch {epoch + 1}/{n_epoch}", leave=False, disable=None, unit="batch")
+        finished = False
+        # A bar from a forked process would write to the notebook's channels, which it does not own.
+        bar = tqdm(total=len(dl), desc=f"epoch {epoch + 1}/{n_epoch}", leave=False,
+                   disable=True if distributed.is_distributed() else None, unit="batch")
         try:
             for i, (x, y) in enumerate(dl):
                 with self._autocast():
-                    loss = self.loss_func(self.model(x), y)
+                    loss = self.loss_func(model(x), y)
                 self.opt.zero_grad(set_to_none=True)
                 if self.scaler is not None:
                     self.scaler.scale(loss).backward()
@@ -384,34 +412,47 @@ class Learner:
                 if i % 10 == 0 or i == len(dl) - 1:
                     bar.set_postfix(loss=f"{float(losses[-1]):.4f}", refresh=False)
                 bar.update(1)
+            finished = True
         finally:
             bar.close()
-            values = torch.stack(losses).float().cpu().tolist() if losses else []
-            self.recorder.losses.extend(values)
+            values = torch.stack(losses).float() if losses else torch.empty(0)
+            if finished:
+                # Each process has its part's loss of every step; their mean is the whole batch's.
+                # Not after an error: the other processes would wait for this one forever.
+                values = distributed.mean_across(values)
+            self.recorder.losses.extend(values.cpu().tolist())
         smooth = _smooth(self.recorder.losses)
         return smooth[-1] if smooth else float("nan")
 
-    def _outputs(self, dl: DataLoader, with_bar: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Raw outputs, targets and dataset indices of every readable item of `dl`."""
+    def _outputs(self, dl: DataLoader, with_bar: bool = False,
+                 fill_cache: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Raw outputs, targets and dataset indices of every readable item of `dl`.
+
+        Only validation during training fills the loader's image cache: a one-off pass over a large
+        set (the cleaner's) should not keep every image in memory.
+        """
         self.model.eval()
         outs, targs, idxs = [], [], []
-        bar = tqdm(total=len(dl), desc="predicting", leave=False, disable=None if with_bar else True, unit="batch")
+        dl = distributed.shard_loader(dl)  # in distributed training, this process's part; gathered below
+        bar = tqdm(total=len(dl), desc="predicting", leave=False,
+                   disable=None if with_bar and not distributed.is_distributed() else True, unit="batch")
         with torch.inference_mode(), self._autocast():
-            for x, y, idx in dl.iter_with_index(fill_cache=False):
+            for x, y, idx in dl.iter_with_index(fill_cache=fill_cache):
                 outs.append(self.model(x).float())
                 targs.append(y)
                 idxs.append(idx)
                 bar.update(1)
         bar.close()
-        if not outs:
-            c = self.dls.c
-            return torch.empty(0, c), torch.empty(0), torch.empty(0, dtype=torch.long)
-        return torch.cat(outs), torch.cat(targs), torch.cat(idxs)
+        if outs:
+            out, targ, idx = torch.cat(outs), torch.cat(targs), torch.cat(idxs)
+        else:
+            out, targ, idx = torch.empty(0, self.dls.c), torch.empty(0), torch.empty(0, dtype=torch.long)
+        return distributed.gather_outputs(out, targ, idx, self.device)
 
     def validate(self, ds_idx: int = 1, dl: DataLoader | None = None) -> list[float]:
         """[loss, *metrics] on the validation set (or another loader)."""
         dl = dl or self._plain_loader(ds_idx)
-        out, targ, _ = self._outputs(dl)
+        out, targ, _ = self._outputs(dl, fill_cache=True)
         with torch.no_grad():
             loss = float(self.loss_func(out, targ)) if len(out) else float("nan")
             vals = [float(m(out, targ)) for m in self.metrics]
@@ -590,7 +631,9 @@ class Learner:
         path = self.output_path / f"{name}.pth"
         state = {"format": CHECKPOINT_FORMAT, "meta": self._meta(), "model": self.model.state_dict(),
                  "opt": self.opt.state_dict() if (with_opt and self.opt is not None) else None}
-        atomic_torch_save(state, path)
+        if distributed.is_main():  # in distributed training the processes hold the same weights
+            atomic_torch_save(state, path)
+        distributed.barrier()  # the others may load it next
         return path
 
     def load(self, name: str | Path, with_opt: bool = True, strict: bool = True) -> "Learner":
@@ -629,7 +672,9 @@ class Learner:
             "thresh": float(self.thresh),
             "model": self.model.state_dict(),
         }
-        atomic_torch_save(state, path)
+        if distributed.is_main():
+            atomic_torch_save(state, path)
+        distributed.barrier()
         return path
 
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 from torchvision import models as tvm
 
-from .environment import KAGGLE_INPUT
+from .environment import KAGGLE_INPUT, is_kaggle
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -71,8 +71,15 @@ def _weights_enum(name: str, weights: object) -> tvm.WeightsEnum:
     raise TypeError(f"weights must be a torchvision weights enum, its name, or a path to a .pth file; got {weights!r}.")
 
 
-def _offline_candidates(filename: str) -> list[Path]:
-    """Places an offline user may have put `filename`: the fdet wheel and attached Kaggle datasets."""
+def _offline_candidates(filename: str, arch: str | None = None,
+                        roots: Sequence[Path] = (KAGGLE_INPUT,)) -> list[Path]:
+    """Places an offline user may have put `filename`: the fdet wheel and attached datasets under
+    `roots` (Kaggle's /kaggle/input).
+
+    With `arch`, then also the .pth files under `roots` whose name starts with it, such as
+    resnet34-333f7ec4.pth from an older torchvision, but not those of a longer architecture name
+    (vgg16_bn-*.pth is not vgg16's).
+    """
     found: list[Path] = []
     try:
         import importlib.util
@@ -82,18 +89,32 @@ def _offline_candidates(filename: str) -> list[Path]:
             found += [Path(p) / "weights" / filename for p in spec.submodule_search_locations]
     except (ImportError, ValueError):
         pass
-    if KAGGLE_INPUT.is_dir():
-        found += sorted(KAGGLE_INPUT.glob(f"**/{filename}"))
+    attached = [p for root in roots if Path(root).is_dir() for p in sorted(Path(root).rglob("*.pth"))]  # one walk
+    found += [p for p in attached if p.name == filename]
+    if arch:
+        longer = [m for m in tvm.list_models(module=tvm) if m != arch and m.startswith(arch)]
+        found += [p for p in attached if p.name != filename and p.name.startswith(arch)
+                  and not any(p.name.startswith(m) for m in longer)]
     return [p for p in found if p.is_file()]
+
+
+def _fits(state: object, name: str) -> bool:
+    """Whether `state` holds the body of torchvision's `name` (its classifier may differ)."""
+    if not isinstance(state, dict):
+        return False
+    with torch.device("meta"):  # the names only, without allocating the weights
+        keys = tvm.get_model(name, weights=None).state_dict().keys()
+    return all(k in state for k in keys if not k.startswith(("fc.", "classifier.", "head.")))
 
 
 def checkpoint_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def pretrained_state_dict(name: str, weights: object = None) -> tuple[dict, str]:
+def pretrained_state_dict(name: str, weights: object = None,
+                          search_roots: Sequence[Path] = (KAGGLE_INPUT,)) -> tuple[dict, str]:
     """The pretrained state dict of architecture `name` and where it came from, with no network
-    needed when the file is cached or shipped."""
+    needed when the file is cached, shipped, or in a dataset attached under `search_roots`."""
     if isinstance(weights, (str, os.PathLike)) and str(weights).endswith((".pth", ".pt", ".bin")):
         path = Path(weights)
         if not path.is_file():
@@ -101,19 +122,45 @@ def pretrained_state_dict(name: str, weights: object = None) -> tuple[dict, str]
         return _load_state(path), str(path)
     enum = _weights_enum(name, weights)
     filename = os.path.basename(enum.url)
+    attached = [Path(r) for r in search_roots]
+
+    def found(path: Path) -> None:
+        if any(r in path.parents for r in attached):  # a file picked from a dataset: say which
+            print(f"Using pretrained {name} weights from {path}")
+
     # With no particular weights asked for, any ImageNet weights already on disk beat a download.
-    choices = [enum] if weights not in (None, True, "DEFAULT") else [enum, *[w for w in type(enum) if w is not enum]]
+    any_weights = weights in (None, True, "DEFAULT")
+    choices = [enum, *[w for w in type(enum) if w is not enum]] if any_weights else [enum]
     for choice in choices:
         fname = os.path.basename(choice.url)
-        for path in [checkpoint_dir() / fname, *_offline_candidates(fname)]:
+        for path in [checkpoint_dir() / fname, *_offline_candidates(fname, roots=attached)]:
             if path.is_file():
+                found(path)
                 return _load_state(path), str(path)
+    if any_weights:
+        # Then files named after the architecture, e.g. resnet34-333f7ec4.pth, when they hold its weights.
+        for path in _offline_candidates(filename, arch=name, roots=attached):
+            try:
+                state = _load_state(path)
+            except Exception:  # not a weights file torch can read safely: try the next one
+                continue
+            if _fits(state, name):
+                found(path)
+                return state, str(path)
     try:
         return enum.get_state_dict(progress=True, check_hash=True), enum.url
     except Exception as e:
+        reason = f"The pretrained weights for {name} ({filename}) are not on this machine and could not be " \
+                 f"downloaded ({type(e).__name__}: {e}).\n"
+        if is_kaggle():
+            raise WeightsUnavailableError(
+                f"{reason}With the internet off, attach a dataset holding {filename} (or another {name}*.pth "
+                f"saved from torchvision) with 'Add Input', e.g. search Kaggle datasets for 'pytorch pretrained "
+                f"models'; nbtrain finds it under {', '.join(map(str, attached))} and says which file it used. "
+                f"Or switch the internet on in the notebook's settings, pass weights='/kaggle/input/.../{filename}', "
+                "or train from scratch with pretrained=False.") from None
         raise WeightsUnavailableError(
-            f"The pretrained weights for {name} ({filename}) are not on this machine and could not be downloaded "
-            f"({type(e).__name__}: {e}).\nTwo offline ways:\n"
+            f"{reason}Two offline ways:\n"
             f"  1. put {filename} in {checkpoint_dir()} (torchvision's cache, set by $TORCH_HOME), or\n"
             f"  2. pass weights='/path/to/{filename}' (on Kaggle: attach a dataset that holds it).\n"
             "Or train from scratch with pretrained=False.") from None

@@ -8,7 +8,9 @@ the actions in a JSON file:
 
 With NBTRAIN_TEST_SLOW_OPS=<seconds> it sleeps that long between the steps of every file operation
 (through fileops' `_hook` test argument, so no user ever runs a slowed code path), which spreads the
-kills over every point of an operation. It exits with 3 when the dataset is locked by another applier.
+kills over every point of an operation. With NBTRAIN_TEST_WAIT_FOR=<file> it stops after journaling
+its first operation, holding the dataset's lock, until that file exists. It exits with 3 when the
+dataset is locked by another applier.
 
 Imported, it gives the parent side: `make_dataset`, `digest`, `crash_trial`, used by
 tests/test_apply_crash.py and bench/faults_apply.py.
@@ -52,7 +54,13 @@ def load_fileops():
 def _child(argv: list[str]) -> int:
     fileops = load_fileops()
     slow = float(os.environ.get("NBTRAIN_TEST_SLOW_OPS", "0"))
-    hook = (lambda step: time.sleep(slow)) if slow else None
+    release = os.environ.get("NBTRAIN_TEST_WAIT_FOR")
+
+    def hook(step: str) -> None:
+        time.sleep(slow)
+        deadline = time.monotonic() + 60
+        while release and not os.path.exists(release) and time.monotonic() < deadline:
+            time.sleep(0.005)
     mode = argv[0]
     try:
         if mode == "apply":
@@ -178,7 +186,8 @@ def crash_trial(root: Path, seed: int, recovery: str, trash: bool = False, slow:
     rel = lambda p: Path(p).resolve().relative_to(root.resolve()).as_posix()  # noqa: E731
     expected = dict(before)
     unrecoverable: set[str] = set()
-    if recovery == "resume" and journals:
+    planned = bool(journals) and _has_plan(journals[-1])  # a kill before the plan was on disk: nothing to resume
+    if recovery == "resume" and planned:
         for p in expected_plan.deleted:
             expected.pop(rel(p))
         for src, dst in expected_plan.moved:
@@ -186,7 +195,7 @@ def crash_trial(root: Path, seed: int, recovery: str, trash: bool = False, slow:
     elif report is not None:
         unrecoverable = {rel(p) for p in report.unrecoverable}
         deleted = {rel(p) for p in expected_plan.deleted}
-        assert unrecoverable <= deleted, f"undo called files unrecoverable that were never deleted: {unrecoverable - deleted}"
+        assert unrecoverable <= deleted, f"undo called never-deleted files unrecoverable: {unrecoverable - deleted}"
         for r in unrecoverable:
             expected.pop(r)
     after = digest(root)
@@ -195,10 +204,20 @@ def crash_trial(root: Path, seed: int, recovery: str, trash: bool = False, slow:
     staged = files_in(root / ".nbtrain" / "staging")
     if not trash and journals:
         extra += len(staged)  # a finished resume or undo leaves nothing staged
-    if trash and recovery == "resume" and journals:
+    if trash and recovery == "resume" and planned:
         in_trash = {hashlib.sha256(p.read_bytes()).hexdigest() for p in files_in(root / ".nbtrain" / "trash")}
         lost += sum(1 for p in expected_plan.deleted if before[rel(p)] not in in_trash)
     return TrialResult(recovery, len(before), lost, extra, len(unrecoverable), recovery_killed, killed_during)
+
+
+def _has_plan(journal: Path) -> bool:
+    for line in journal.read_text().splitlines():
+        try:
+            if json.loads(line).get("kind") == "plan":
+                return True
+        except json.JSONDecodeError:
+            pass
+    return False
 
 
 def _phase(journal: Path) -> str:

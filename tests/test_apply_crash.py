@@ -53,8 +53,10 @@ def test_many_kills_lose_no_file(tmp_path):
     assert_nothing_lost(results)
 
 
-def _start_apply(root: Path, actions_file: Path, slow: float) -> subprocess.Popen:
+def _start_apply(root: Path, actions_file: Path, slow: float, wait_for: Path | None = None) -> subprocess.Popen:
     env = {**os.environ, "NBTRAIN_TEST_SLOW_OPS": str(slow)}
+    if wait_for is not None:
+        env["NBTRAIN_TEST_WAIT_FOR"] = str(wait_for)
     return subprocess.Popen([sys.executable, str(CHILD), "apply", str(root), str(actions_file)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -80,13 +82,15 @@ def test_a_second_applier_is_refused_while_the_first_runs(tmp_path):
     other = [["relabel", str(root / "train" / "a" / f"{k}.png"), "b"] for k in range(10)]
     (tmp_path / "b.json").write_text(json.dumps(other))
 
-    first = _start_apply(root, tmp_path / "a.json", slow=0.01)
-    deadline = time.monotonic() + 20
-    while not list((root / ".nbtrain").glob("journal-*.jsonl")):  # the first holds the lock once it journals
+    release = tmp_path / "release"
+    first = _start_apply(root, tmp_path / "a.json", slow=0, wait_for=release)
+    deadline = time.monotonic() + 30
+    while not list((root / ".nbtrain").glob("journal-*.jsonl")):  # it holds the lock once it journals
         assert time.monotonic() < deadline and first.poll() is None, first.communicate()
         time.sleep(0.005)
     second = _start_apply(root, tmp_path / "b.json", slow=0)
     _, err = second.communicate(timeout=30)
+    release.touch()  # the first goes on only now, so the second certainly met its lock
     first.communicate(timeout=60)
 
     assert second.returncode == LOCKED_EXIT, err

@@ -249,3 +249,30 @@ def test_thumbnails_are_made_only_for_the_page_shown(learn):
     cleaner.next_button.click()
     assert len(cleaner.thumbs._items) <= 8
     assert all(c.image.value[:2] == b"\xff\xd8" for c in cleaner.cells if c.path is not None)  # JPEG
+
+
+def test_duplicates_view_pairs_planted_copies_and_deletes_one(mnist_copy):
+    from nbtrain.models import VisionModel, create_head
+
+    originals = sorted((mnist_copy / "train" / "3").glob("*.png"))[:2]
+    copies = []
+    for i, src in enumerate(originals):
+        dst = mnist_copy / "valid" / "3" / f"copy_{i}.png"
+        shutil.copy(src, dst)
+        copies.append(dst)
+    dls = ImageDataLoaders.from_folder(mnist_copy, item_tfms=Resize(16), bs=16, seed=0)
+    torch.manual_seed(0)
+    body = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU())
+    learn = Learner(dls, VisionModel(body, create_head(32, dls.c)))
+    cleaner = ImageClassifierCleaner(learn, max_n=4)
+    pairs = cleaner.show_duplicates(threshold=0.9999)
+    assert cleaner.dd_view.value == "duplicates"
+    planted = {frozenset(p) for p in zip(originals, copies)}
+    found = {frozenset((a, b)) for a, b in zip(pairs["path_a"], pairs["path_b"])}
+    assert planted <= found and pairs.loc[pairs.cross_split].shape[0] >= 2
+    pair_view = cleaner.fns
+    assert len(pair_view) == 4 and {frozenset(pair_view[:2]), frozenset(pair_view[2:])} <= found
+    victim = next(i for i, p in enumerate(pair_view) if p in copies)
+    cleaner.cells[victim].menu.value = DELETE
+    cleaner.apply()
+    assert not pair_view[victim].exists() and all(p.exists() for p in originals)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from importlib.metadata import PackageNotFoundError, distribution
@@ -216,7 +215,8 @@ def test_sample_data_dir_follows_the_environment(tmp_path):
         print(json.dumps(out))
     """
     envs = [{"NBTRAIN_DATA": str(tmp_path / "d")}, {"NBTRAIN_HOME": str(tmp_path / "h")}, {}]
-    done = subprocess.run([sys.executable, "-c", code, json.dumps(envs), datasets.__file__], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(envs), datasets.__file__], capture_output=True,
+                          text=True)
     assert done.returncode == 0, done.stderr
     home = Path.home() / ".nbtrain"
     assert json.loads(done.stdout) == [

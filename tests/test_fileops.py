@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -255,10 +254,10 @@ def test_undo_after_a_completed_apply_names_the_unlinked_files_as_unrecoverable(
     before = digest(data)
     report = apply_actions(many_actions(data), data)
     back = fileops.undo(report.journal)
-    assert sorted(p.relative_to(data).as_posix() for p in back.unrecoverable) == \
-        ["train/a/0.png", "train/b/2.png", "train/c/0.png"]
+    deleted = ["train/a/0.png", "train/b/2.png", "train/c/0.png"]
+    assert sorted(p.relative_to(data).as_posix() for p in back.unrecoverable) == deleted
     assert "4 put back, 3 unrecoverable" in back.summary() and "trash=True" in back.summary()
-    assert digest(data) == {k: v for k, v in before.items() if k not in {"train/a/0.png", "train/b/2.png", "train/c/0.png"}}
+    assert digest(data) == {k: v for k, v in before.items() if k not in deleted}
 
 
 def test_undo_with_trash_restores_everything_and_resume_is_then_refused(data):
@@ -345,3 +344,44 @@ def test_copy_dataset_without_a_destination_outside_kaggle_says_what_to_pass(dat
         pytest.skip("on Kaggle the default destination exists")
     with pytest.raises(ValueError, match=r"copy_dataset\(.*'path/to/writable/data'\)"):
         fileops.copy_dataset(data)
+
+
+# -- races and torn journals -----------------------------------------------------------------------------
+
+
+def test_a_name_taken_by_another_program_mid_apply_is_not_overwritten(data):
+    src, racer = data / "train/a/0.png", data / "train/b/0_1.png"  # b/0.png exists, so 0_1 is the planned name
+    src_sha = sha(src)
+
+    def take_the_name(step: str) -> None:
+        if step == "journaled" and not racer.exists():
+            make_image(racer, seed=99)
+
+    report = apply_actions([Action("relabel", src, "b")], data, _hook=take_the_name)
+    assert report.moved == [(src, data / "train/b/0_2.png")]
+    assert sha(data / "train/b/0_2.png") == src_sha and sha(racer) != src_sha
+    fileops.undo(report.journal)
+    assert sha(src) == src_sha and racer.exists() and not (data / "train/b/0_2.png").exists()
+
+
+def test_a_journal_torn_mid_line_by_a_kill_still_resumes(data, tmp_path):
+    twin = make_dataset(tmp_path / "twin", per_class=5)
+    apply_actions(many_actions(twin), twin)
+    with pytest.raises(fileops.InjectedFault):
+        apply_actions(many_actions(data), data, _fail_after=4)
+    journal = latest_journal(data)
+    with open(journal, "a") as f:
+        f.write('{"t": 1, "i": 4, "op": "mo')  # a write cut off by SIGKILL
+    fileops.resume(journal)
+    assert digest(data) == digest(twin)
+    assert all(json.loads(line) for line in journal.read_text().splitlines()[-3:])
+
+
+def test_a_journal_cut_off_before_its_plan_resumes_to_nothing_and_says_so(data):
+    before = digest(data)
+    journal = data / ".nbtrain" / "journal-cut.jsonl"
+    journal.parent.mkdir()
+    journal.write_text('{"kind": "header", "version": 1, "id": "x", "root": "' + str(data) + '"}\n{"kind": "pl')
+    report = fileops.resume(journal)
+    assert "had not touched any file" in str(report) and digest(data) == before
+    assert "had not touched any file" in str(fileops.undo(journal))

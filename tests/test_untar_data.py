@@ -10,6 +10,7 @@ import zipfile
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Sequence
 
 import pytest
 
@@ -77,7 +78,7 @@ def _files(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def _tgz(root: Path, extra: list[tarfile.TarInfo] = (), top: str | None = None) -> bytes:
+def _tgz(root: Path, extra: Sequence[tarfile.TarInfo] = (), top: str | None = None) -> bytes:
     """`root`'s files as a .tar.gz, under the folder `top` (default: root's name), plus the `extra` members."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tf:
@@ -90,7 +91,7 @@ def _tgz(root: Path, extra: list[tarfile.TarInfo] = (), top: str | None = None) 
     return buf.getvalue()
 
 
-def _zip(root: Path, extra_names: list[str] = ()) -> bytes:
+def _zip(root: Path, extra_names: Sequence[str] = ()) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         for p in sorted(root.rglob("*")):

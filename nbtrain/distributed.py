@@ -1,0 +1,513 @@
+"""Data-parallel training on several GPUs with torch.distributed, started from a notebook cell.
+
+    learn.fine_tune(4, n_gpus=2)               # e.g. Kaggle's "GPU T4 x2"
+    learn.fit_one_cycle(4, 1e-3, n_gpus=2)
+
+`n_gpus=2` starts two processes, one per GPU, that train copies of the learner together with
+`DistributedDataParallel` (DDP) over NCCL (gloo on the CPU, where n_gpus means processes, for
+testing). When they finish, the notebook's learner holds the trained weights, the optimizer's
+state, the recorder and the frozen/unfrozen state, as after a single-GPU run, so the next cells
+(`show_results`, the cleaner, `export`) work as usual.
+
+What each process does:
+
+- `bs` stays the size of the whole batch. Every process builds the same batches (the loader's
+  seeded shuffle is shared) and takes its part of each one (`bs / n_gpus` images), so a step sees
+  the same images, with the same learning rate schedule, as one GPU with `bs` would. When `bs` is
+  divisible by `n_gpus` the averaged gradient is the single-GPU one (up to float rounding).
+- DDP averages the gradients. A frozen body (the first epochs of `fine_tune`) has no gradients and
+  is left out of DDP; the model is wrapped afresh at each `fit`, after freezing or unfreezing.
+- BatchNorm normalises with each process's part of the batch, as in any DDP run; the running
+  statistics of process 0 are the ones kept.
+- Validation and `get_preds`: each process predicts its part, then the outputs are gathered, so the
+  loss and metrics are computed over the whole validation set, exactly.
+- Only process 0 prints the epoch table, and `save`/`export` write from process 0 only.
+
+How the processes start (`start_method`):
+
+- "spawn" (the default on GPUs): fresh Python processes. The learner is sent to them pickled, so
+  everything it holds must be importable: a lambda, a function defined inside another function, or a
+  function or class defined in a notebook cell (a custom metric, loss or model) cannot be sent; the
+  error names it. Put it in a .py file (in a notebook, a cell starting with `%%writefile mycode.py`)
+  and import it from there.
+- "fork" (the default on the CPU): copies of the notebook's process, so nothing needs pickling.
+  A process forked after CUDA was initialised cannot use the GPU, so fork on GPUs only works when no
+  cell has used CUDA yet (restart the kernel, launch before building anything on the GPU).
+
+Under torchrun (one or several machines), nothing is spawned: when RANK and WORLD_SIZE are set,
+`fit` joins the process group from the environment (`init_process_group` with env://) and trains
+this process's share. The same script runs on one GPU, with `torchrun --nproc_per_node=2 train.py`,
+or on several machines with `--nnodes`, `--node_rank` and `--rdzv_endpoint`.
+
+Limits: `lr_find` runs in one process (run it before training on several GPUs); interrupting the
+kernel stops every process and leaves the learner as it was before that `fit`.
+"""
+from __future__ import annotations
+
+import atexit
+import copy
+import io
+import os
+import pickle
+import signal
+import socket
+import sys
+import tempfile
+import types
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+if TYPE_CHECKING:
+    from .data import DataLoader, DataLoaders
+    from .learner import Learner
+
+
+class DistributedError(RuntimeError):
+    """Training on several processes cannot start, or one of them failed; the message says why."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Where this process stands
+
+
+def is_distributed() -> bool:
+    """True in a process of a running group of two or more."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    """This process's number in the group, 0 outside one (torchrun's RANK before the group starts)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", 0))
+
+
+def world_size() -> int:
+    """How many processes train together; 1 outside a group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", 1))
+
+
+def local_rank() -> int:
+    """This process's number on its machine, which is the GPU it uses."""
+    return int(os.environ.get("LOCAL_RANK", rank()))
+
+
+def is_main() -> bool:
+    """True in the process that prints, saves and logs (rank 0), and outside distributed training."""
+    return rank() == 0
+
+
+def env_configured() -> bool:
+    """True when torchrun (or another launcher) has set RANK and WORLD_SIZE for a group of two or more."""
+    return "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", 1)) > 1
+
+
+def should_launch(n_gpus: int | None) -> bool:
+    """Whether `fit(..., n_gpus=n_gpus)` must start processes: more than one asked for, and this
+    process is not already one of a group (launched here, or by torchrun, which decides the count)."""
+    return n_gpus is not None and n_gpus > 1 and not is_distributed() and not env_configured()
+
+
+def default_backend(device: torch.device) -> str:
+    """NCCL between GPUs, gloo between CPU processes."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def rank_device(device: torch.device) -> torch.device:
+    """The device this process trains on: its own GPU (`local_rank`), or the CPU."""
+    return torch.device("cuda", local_rank()) if device.type == "cuda" else device
+
+
+def init_from_env(device: torch.device) -> bool:
+    """Join the process group that torchrun's environment describes, once; True when in a group."""
+    if dist.is_available() and dist.is_initialized():
+        return True
+    if not env_configured():
+        return False
+    if device.type == "cuda":
+        torch.cuda.set_device(local_rank())
+    dist.init_process_group(default_backend(device), init_method="env://")
+    atexit.register(_destroy)
+    return True
+
+
+def _destroy() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    """Wait for every process (a no-op outside distributed training)."""
+    if is_distributed():
+        dist.barrier()
+
+
+# ---------------------------------------------------------------------------------------------
+# What the learner needs in each process
+
+
+def prepare(learn: "Learner") -> nn.Module:
+    """The model to train `learn` with in this process: DDP around `learn.model` in a group, the
+    model itself otherwise. Joins torchrun's group and moves the learner to this process's GPU."""
+    init_from_env(learn.device)
+    if not is_distributed():
+        return learn.model
+    device = rank_device(learn.device)
+    if device != learn.device:
+        learn.dls.to(device)
+    learn.model.to(device)
+    if not any(p.requires_grad for p in learn.model.parameters()):
+        return learn.model  # nothing to train, and DDP refuses such a model
+    ids = [device.index] if device.type == "cuda" else None
+    # DDP registers only the parameters that require gradients now, so a frozen body is left out.
+    return nn.parallel.DistributedDataParallel(learn.model, device_ids=ids)
+
+
+def shard_loader(dl: "DataLoader") -> "DataLoader":
+    """This process's part of every batch of `dl`; `dl` itself outside distributed training.
+
+    All processes first agree on the files found broken and on the shuffling generator, so they
+    build the same batches and take the same number of steps. The part shuffles with `dl`'s own
+    generator, which advances as it would in one process.
+    """
+    if not is_distributed():
+        return dl
+    gathered: list[Any] = [None] * world_size()
+    dist.all_gather_object(gathered, sorted(dl.dataset.bad))
+    for bad in gathered:
+        dl.dataset.bad.update(bad)
+    state = [dl._generator.get_state()]
+    dist.broadcast_object_list(state, src=0)
+    dl._generator.set_state(state[0])
+    # The machine's decoding workers are shared between the processes.
+    part = dl.new(num_workers=max(1, dl.num_workers // world_size()) if dl.num_workers else 0)
+    part._generator = dl._generator
+    part.shard = (rank(), world_size())
+    return part
+
+
+def mean_across(t: torch.Tensor) -> torch.Tensor:
+    """The element-wise mean of `t` over the processes; `t` itself outside distributed training."""
+    if not is_distributed():
+        return t
+    t = t.clone()
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t / world_size()
+
+
+def gather_outputs(out: torch.Tensor, targ: torch.Tensor, idx: torch.Tensor,
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every process's outputs, targets and dataset indices, each item once, in dataset order, on
+    `device`; the arguments themselves outside distributed training."""
+    if not is_distributed():
+        return out, targ, idx
+    parts: list[Any] = [None] * world_size()
+    dist.all_gather_object(parts, (out.cpu(), targ.cpu(), idx.cpu()))
+    parts = [p for p in parts if len(p[2])]
+    if not parts:
+        return out, targ, idx
+    out, targ, idx = (torch.cat([p[k] for p in parts]) for k in range(3))
+    idx, order = idx.sort(stable=True)
+    # A batch shorter than the number of processes was padded with repeats; keep each item once.
+    first = torch.ones_like(idx, dtype=torch.bool)
+    first[1:] = idx[1:] != idx[:-1]
+    order, idx = order[first], idx[first]
+    return out[order].to(device), targ[order].to(device), idx
+
+
+# ---------------------------------------------------------------------------------------------
+# Starting processes from a notebook
+
+
+def launch(fn: Callable[..., Any], n_procs: int, *args: Any, backend: str | None = None,
+           start_method: str | None = None) -> Any:
+    """Run `fn(*args)` in `n_procs` new processes joined in a process group; return what it
+    returned in process 0 (tensors and plain data: it comes back through `torch.save` and is read
+    with `weights_only=True`).
+
+    `backend` defaults to NCCL when CUDA is available (process i uses GPU i), else gloo.
+    `start_method` defaults to "spawn" with NCCL and "fork" with gloo; see the module's docstring.
+    Interrupting the kernel stops every process.
+    """
+    if n_procs < 1:
+        raise ValueError(f"n_procs must be at least 1, not {n_procs}.")
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    if start_method is None:
+        start_method = "fork" if backend == "gloo" and "fork" in mp.get_all_start_methods() else "spawn"
+    if start_method not in mp.get_all_start_methods():
+        raise ValueError(f"start_method must be one of {mp.get_all_start_methods()}, not {start_method!r}.")
+    if backend == "nccl" and n_procs > torch.cuda.device_count():
+        raise DistributedError(f"{n_procs} processes need {n_procs} GPUs, and this machine has "
+                               f"{torch.cuda.device_count()}. On Kaggle, pick 'GPU T4 x2' as the accelerator.")
+    check_start_method(start_method, torch.cuda.is_initialized())
+    # Fork copies the objects; spawn must pickle them, and says which one cannot be.
+    job = (fn, args) if start_method == "fork" else dumps((fn, args), "the job")
+    with tempfile.TemporaryDirectory(prefix="nbtrain-ddp-") as tmp:
+        result = Path(tmp) / "rank0.pth"
+        init_method = f"tcp://127.0.0.1:{_free_port()}"
+        context = mp.start_processes(_worker, args=(n_procs, backend, init_method, job, str(result)),
+                                     nprocs=n_procs, join=False, start_method=start_method)
+        try:
+            while not context.join():
+                pass
+        except KeyboardInterrupt:
+            _stop(context.processes)
+            raise KeyboardInterrupt("Training stopped by the user; every process was ended.") from None
+        except mp.ProcessRaisedException as e:
+            _stop(context.processes)
+            last = str(e).strip().splitlines()[-1]
+            raise DistributedError(f"Process {e.error_index} of {n_procs} failed: {last}\n\n{e}") from None
+        except mp.ProcessExitedException as e:
+            _stop(context.processes)
+            raise DistributedError(f"Process {e.error_index} of {n_procs} ended with exit code {e.exit_code}"
+                                   f"{_signal_hint(e.exit_code)}.") from None
+        if not result.exists():
+            return None
+        try:
+            return torch.load(result, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise DistributedError("launch() returns what process 0 returned only when it is tensors and plain "
+                                   f"data (dicts, lists, numbers, strings): {str(e).splitlines()[0]}") from None
+
+
+def check_start_method(start_method: str, cuda_initialized: bool) -> None:
+    """Refuse to fork a process that has initialised CUDA: the copies could not use the GPU."""
+    if start_method == "fork" and cuda_initialized:
+        raise DistributedError(
+            "CUDA is already initialised in this process (a cell used the GPU, e.g. built a learner on it), "
+            "and processes forked from it cannot use the GPU. Use start_method='spawn' (the default on GPUs), "
+            "or restart the kernel and launch before anything touches CUDA.")
+
+
+def _worker(i: int, n: int, backend: str, init_method: str, job: Any, result: str) -> None:
+    # The notebook's process handles Ctrl-C / "interrupt kernel" and ends the group; a process
+    # stopped on its own would leave the others waiting for it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ.update(RANK=str(i), LOCAL_RANK=str(i), WORLD_SIZE=str(n), LOCAL_WORLD_SIZE=str(n))
+    if backend == "nccl":
+        torch.cuda.set_device(i)
+    else:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        torch.set_num_threads(max(1, cores // n))  # the processes share the cores
+    fn, args = pickle.loads(job) if isinstance(job, bytes) else job
+    dist.init_process_group(backend, init_method=init_method, rank=i, world_size=n)
+    try:
+        out = fn(*args)
+        if i == 0 and out is not None:
+            torch.save(out, result)
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(processes: Sequence[Any], grace: float = 5.0) -> None:
+    for p in processes:
+        if p.is_alive():
+            p.terminate()
+    for p in processes:
+        p.join(grace)
+        if p.is_alive():
+            p.kill()
+
+
+def _signal_hint(code: int | None) -> str:
+    if code is None or code >= 0:
+        return ""
+    name = signal.Signals(-code).name
+    why = " (often the system ending it for lack of memory: use a smaller bs or fewer workers)" if -code == 9 else ""
+    return f" ({name}){why}"
+
+
+# -- sending objects to spawned processes ------------------------------------------------------
+
+
+class _Unsendable(pickle.PicklingError):
+    def __init__(self, obj: object, why: str):
+        super().__init__(why)
+        self.obj, self.why = obj, why
+
+
+class _CheckingPickler(pickle.Pickler):
+    """Pickles as spawn will unpickle: functions and classes by reference, so those a fresh
+    process cannot import are refused here, in the notebook, with their name."""
+
+    def reducer_override(self, obj: object) -> Any:
+        if isinstance(obj, (types.FunctionType, type)):
+            qualname = getattr(obj, "__qualname__", "")
+            module = getattr(obj, "__module__", "")
+            if "<lambda>" in qualname:
+                raise _Unsendable(obj, f"a lambda ({module}.{qualname})")
+            if "<locals>" in qualname:
+                raise _Unsendable(obj, f"{qualname.split('.<locals>')[0]}'s local {qualname.rsplit('.', 1)[-1]}")
+            if module == "__main__" and not hasattr(sys.modules.get("__main__"), "__file__"):
+                kind = "class" if isinstance(obj, type) else "function"
+                raise _Unsendable(obj, f"the {kind} {qualname}, defined in the notebook")
+        return NotImplemented
+
+
+def _checked_dumps(obj: object) -> bytes:
+    buf = io.BytesIO()
+    _CheckingPickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    return buf.getvalue()
+
+
+def dumps(obj: object, label: str) -> bytes:
+    """`obj` pickled for processes started with spawn; a DistributedError names what cannot be sent."""
+    try:
+        return _checked_dumps(obj)
+    except Exception as e:  # pickling raises PicklingError, TypeError or AttributeError
+        where = _locate(obj, label)
+        fix = ("Define it with `def` or `class` at the top level of a .py module and import it from there (in a "
+               "notebook: a cell starting with `%%writefile mycode.py`, then `from mycode import ...`). "
+               "Or, on the CPU, or before any cell uses CUDA, pass start_method='fork', which sends nothing.")
+        what = e.why if isinstance(e, _Unsendable) else f"an object that cannot be pickled ({type(e).__name__}: {e})"
+        raise DistributedError(f"{where} is {what}, which the processes started with spawn cannot import. "
+                               f"{fix}") from None
+
+
+def _locate(obj: object, label: str, depth: int = 4) -> str:
+    """The attribute path, from `label`, of the first part of `obj` that cannot be pickled."""
+    if isinstance(obj, dict):
+        children = [(f"{label}[{k!r}]", v) for k, v in obj.items()]
+    elif isinstance(obj, (list, tuple)):
+        children = [(f"{label}[{i}]", v) for i, v in enumerate(obj)]
+    elif hasattr(obj, "__dict__") and not isinstance(obj, (type, types.FunctionType, types.ModuleType)):
+        fields = obj.__dict__
+        if isinstance(obj, nn.Module):  # name submodules as one would write them: model.head, not model._modules
+            fields = {**{k: v for k, v in fields.items() if not k.startswith("_")}, **obj._modules}
+        children = [(f"{label}.{k}", v) for k, v in fields.items()]
+    else:
+        return label
+    for sub, child in children:
+        try:
+            _checked_dumps(child)
+        except Exception:
+            return _locate(child, sub, depth - 1) if depth else sub
+    return label
+
+
+# -- the learner's side ------------------------------------------------------------------------
+
+
+def check_devices(device: torch.device, n_procs: int) -> None:
+    """Refuse a number of GPUs this machine cannot give, with what to do instead."""
+    if device.type == "cuda":
+        count = torch.cuda.device_count()
+        if n_procs > count:
+            raise DistributedError(f"n_gpus={n_procs}, but this machine has {count} GPU(s). On Kaggle, pick "
+                                   "'GPU T4 x2' under Settings > Accelerator; elsewhere leave n_gpus out.")
+    elif device.type == "cpu":
+        warnings.warn(f"No GPU: n_gpus={n_procs} runs {n_procs} processes that share the CPU. That tests "
+                      "the distributed code; it is not faster.", stacklevel=3)
+    else:
+        raise DistributedError(f"Training on several devices needs CUDA GPUs (or the CPU); this learner is on "
+                               f"{device.type}. Leave n_gpus out.")
+
+
+def fit_in_processes(learn: "Learner", method: str, args: tuple, kwargs: dict, n_procs: int,
+                     start_method: str | None = None) -> None:
+    """Run `learn.<method>(*args, **kwargs)` in `n_procs` processes, one per GPU, then give `learn`
+    what process 0 ended with: weights, optimizer state, recorder, epoch, frozen body or not."""
+    device = learn.device
+    check_devices(device, n_procs)
+    backend = default_backend(device)
+    if start_method is None:
+        start_method = "spawn" if backend == "nccl" or "fork" not in mp.get_all_start_methods() else "fork"
+    clone = copy.copy(learn)
+    clone.opt, clone.scaler = None, None
+    # The processes get the weights from the CPU, which also leaves GPU 0's memory to process 0.
+    learn.model.to("cpu")
+    try:
+        if start_method != "fork":
+            # Decoded images stay behind: each process fills its own cache with its own share.
+            clone.dls = _without_caches(learn.dls)
+            clone = dumps(clone, "learn")  # here, so that an error names learn's attribute
+    except BaseException:
+        learn.model.to(device)
+        raise
+    opt_state = _to_cpu(learn.opt.state_dict()) if learn.opt is not None else None
+    generators = [dl._generator.get_state() for dl in learn.dls.loaders]
+    seed = int(torch.randint(2**31 - n_procs, ()))
+    try:
+        res = launch(_learner_job, n_procs, clone, method, args, kwargs, generators, opt_state, seed,
+                     backend=backend, start_method=start_method)
+    finally:
+        learn.model.to(device)
+    _take_result(learn, res)
+
+
+def _learner_job(learn: "Learner | bytes", method: str, args: tuple, kwargs: dict, generators: list[torch.Tensor],
+                 opt_state: dict | None, seed: int) -> dict | None:
+    if isinstance(learn, bytes):
+        learn = pickle.loads(learn)
+    device = rank_device(learn.device)
+    learn.dls.to(device)
+    learn.model.to(device)
+    for dl, state in zip(learn.dls.loaders, generators):
+        dl._generator.set_state(state)
+    if opt_state is not None:
+        learn.create_opt().load_state_dict(opt_state)
+    torch.manual_seed(seed + rank())  # dropout and augmentation draw differently in each process
+    getattr(learn, method)(*args, **kwargs)
+    if not is_main():
+        return None
+    return {
+        "model": {k: v.detach().cpu() for k, v in learn.model.state_dict().items()},
+        "opt": _to_cpu(learn.opt.state_dict()) if learn.opt is not None else None,
+        "recorder": asdict(learn.recorder),
+        "epoch": learn.epoch,
+        "body_frozen": getattr(learn.model, "body_frozen", None),
+        "generators": [dl._generator.get_state() for dl in learn.dls.loaders],
+    }
+
+
+def _take_result(learn: "Learner", res: dict | None) -> None:
+    if res is None:
+        raise DistributedError("The training processes ended without sending back the weights.")
+    learn.model.load_state_dict(res["model"])
+    if res["body_frozen"] is not None:
+        learn.freeze() if res["body_frozen"] else learn.unfreeze()
+    learn.create_opt()
+    if res["opt"] is not None:
+        learn.opt.load_state_dict(res["opt"])
+    learn.recorder = type(learn.recorder)(**res["recorder"])
+    learn.epoch = res["epoch"]
+    for dl, state in zip(learn.dls.loaders, res["generators"]):
+        dl._generator.set_state(state)
+
+
+def _without_caches(dls: "DataLoaders") -> "DataLoaders":
+    loaders = []
+    for dl in dls.loaders:
+        ds = copy.copy(dl.dataset)
+        ds.cache, ds.cached, ds.bad = None, None, set(ds.bad)
+        part = copy.copy(dl)
+        part.dataset = ds
+        loaders.append(part)
+    out = copy.copy(dls)
+    out.train, out.valid = loaders
+    return out
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
