@@ -41,7 +41,9 @@ def demo(out: Path, epochs: int, size: int, noise: float, arch: str, bs: int) ->
     dls.show_batch().savefig(out / "batch.png", dpi=80)
     print(f"Training {arch} on {nbtrain.default_device()} ({torch.get_num_threads()} threads)")
     if pretrained:
-        learn.fine_tune(epochs)
+        # Digits are far from ImageNet's photos, so the body trains at a third of the head's rate
+        # rather than fastai's hundredth: 84% -> 93.5% accuracy on 1,000 digits (see issue 2's note).
+        learn.fine_tune(epochs, lr_mult=3)
     else:
         learn.fit_one_cycle(epochs * 3, 3e-3)
     interp = ClassificationInterpretation.from_learner(learn)

@@ -414,8 +414,14 @@ class ImageClassifierCleaner:
         root = Path(self.learn.dls.path)
         try:
             report = fileops.apply_actions(self.actions(), root, trash=trash, dry_run=dry_run)
-        except Exception as e:
+        except (fileops.ReadOnlyDatasetError, fileops.DatasetLockedError, ValueError) as e:
+            # These are raised before any file is touched.
             self.status.value = f"<b style='color:#b00'>Nothing applied: {e}</b>"
+            raise
+        except BaseException as e:
+            self.status.value = (f"<b style='color:#b00'>The apply stopped part-way ({type(e).__name__}). Every step "
+                                 f"is journaled under {root / '.nbtrain'}: fileops.resume(journal) finishes it, "
+                                 "fileops.undo(journal) reverts it.</b>")
             raise
         if dry_run:
             return report
@@ -459,7 +465,9 @@ class ImageClassifierCleaner:
             labels = (label,) if isinstance(label, str) else tuple(sorted(label))
             scores.loc[mask, "labels"] = pd.Series([labels] * int(mask.sum()), index=scores.index[mask], dtype=object)
         self.scores = scores.reset_index(drop=True)
-        self.choices.clear()
+        # A choice whose file operation failed stays pending: that file was left where it was.
+        done = gone | set(moved) | set(relabelled)
+        self.choices = {p: c for p, c in self.choices.items() if p not in done and p.exists()}
         self.dd_cats.options = self._category_options()
         if self.duplicates is not None:
             done = gone | set(moved)

@@ -148,7 +148,8 @@ def _destroy() -> None:
 def barrier() -> None:
     """Wait for every process (a no-op outside distributed training)."""
     if is_distributed():
-        dist.barrier()
+        # NCCL wants to know the GPU; otherwise it guesses and warns.
+        dist.barrier(device_ids=[local_rank()] if dist.get_backend() == "nccl" else None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,9 +200,11 @@ def mean_across(t: torch.Tensor) -> torch.Tensor:
     """The element-wise mean of `t` over the processes; `t` itself outside distributed training."""
     if not is_distributed():
         return t
-    t = t.clone()
+    device = t.device
+    # A copy: all_reduce works in place. NCCL reduces only tensors on the GPU.
+    t = t.to(rank_device(torch.device("cuda")) if dist.get_backend() == "nccl" else device, copy=True)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t / world_size()
+    return (t / world_size()).to(device)
 
 
 def gather_outputs(out: torch.Tensor, targ: torch.Tensor, idx: torch.Tensor,
@@ -248,7 +251,7 @@ def launch(fn: Callable[..., Any], n_procs: int, *args: Any, backend: str | None
     if backend == "nccl" and n_procs > torch.cuda.device_count():
         raise DistributedError(f"{n_procs} processes need {n_procs} GPUs, and this machine has "
                                f"{torch.cuda.device_count()}. On Kaggle, pick 'GPU T4 x2' as the accelerator.")
-    check_start_method(start_method, torch.cuda.is_initialized())
+    check_start_method(start_method, backend == "nccl" and torch.cuda.is_initialized())
     # Fork copies the objects; spawn must pickle them, and says which one cannot be.
     job = (fn, args) if start_method == "fork" else dumps((fn, args), "the job")
     with tempfile.TemporaryDirectory(prefix="nbtrain-ddp-") as tmp:

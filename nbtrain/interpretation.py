@@ -119,7 +119,7 @@ class ClassificationInterpretation:
                 pred, prob = self.vocab[p], float(self.probs[i, p])
             ax.set_title(f"{pred}/{self._label(self.targs[i])}\n{loss:.2f} / {prob:.2f}", fontsize=9)
         fig.suptitle("prediction/actual\nloss / probability", fontsize=10)
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0, 1, 0.94))
         return fig
 
     def classification_report(self) -> pd.DataFrame:

@@ -55,12 +55,31 @@ def test_fit_records_losses_and_prints_the_epoch_table(tiny_learner, capsys):
     assert fig.axes[0].get_legend() is not None
 
 
+@pytest.mark.slow
 def test_transfer_learning_on_real_digits_reaches_95_percent(mnist_1k):
-    dls = ImageDataLoaders.from_folder(mnist_1k.path, item_tfms=Resize(32), batch_tfms=nbtrain.aug_transforms(do_flip=False),
-                                       bs=32, seed=0)
+    # Digits are far from ImageNet photos: the pretrained body must move, so it trains unfrozen
+    # (fine_tune's body rate, base_lr/100, gets ~84% here; measured in the note on issue 2).
+    torch.manual_seed(0)
+    dls = ImageDataLoaders.from_folder(mnist_1k.path, item_tfms=Resize(64), bs=32, seed=0)
     learn = vision_learner(dls, "mobilenet_v2", metrics=nbtrain.accuracy)
-    learn.fine_tune(2)
+    learn.unfreeze()
+    learn.fit_one_cycle(3, 1e-3)
     assert learn.validate()[1] >= 0.95
+
+
+def test_fine_tune_freezes_the_body_first_then_trains_it_slower(mnist_small):
+    dls = ImageDataLoaders.from_folder(mnist_small, item_tfms=Resize(32), bs=32, seed=0)
+    learn = vision_learner(dls, "mobilenet_v2")
+    body0 = [p.detach().clone() for p in learn.model.body.parameters()]
+    head0 = [p.detach().clone() for p in learn.model.head.parameters()]
+    learn.fit_one_cycle(1, 1e-3)  # frozen by vision_learner: only the head moves
+    assert all(torch.equal(a, b) for a, b in zip(body0, learn.model.body.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(head0, learn.model.head.parameters()))
+    learn.fine_tune(1, base_lr=2e-3, freeze_epochs=0, lr_mult=100)
+    lrs = {g["group"]: g["lr"] for g in learn.opt.param_groups}
+    assert not all(torch.equal(a, b) for a, b in zip(body0, learn.model.body.parameters()))
+    assert learn.recorder.lrs and max(learn.recorder.lrs[-len(learn.dls.train):]) == pytest.approx(1e-3, rel=0.05)
+    assert lrs[0] < lrs[1]
 
 
 def test_get_preds_are_in_dataset_order_without_augmentation(small_learner):
