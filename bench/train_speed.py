@@ -153,7 +153,7 @@ def main() -> None:
             shutil.copy(found[0], cache / "mobilenet_v2-b0353104.pth")
 
     rows = []
-    steps = 30 if device.type == "cpu" else 200
+    steps = 50 if device.type == "cpu" else 200
     for precision in args.precisions.split(","):
         amp = nbtrain.environment.autocast_dtype(device) if precision.startswith("amp") else None
         limit = bare_limit(args.arch, args.size, args.bs, steps, device, amp, precision.endswith("_cl"))

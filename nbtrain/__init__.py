@@ -7,7 +7,7 @@ from .augmentation import Normalize, RandomResizedCrop, Resize, aug_transforms
 from .cleaner import ImageClassifierCleaner
 from .datasets import URLs, untar_data
 from .data import DataError, DataLoader, DataLoaders, ImageDataLoaders, get_image_files, load_image, verify_images
-from .environment import default_device, is_kaggle
+from .environment import copy_to_working, default_device, is_kaggle
 from .interpretation import ClassificationInterpretation
 from .learner import Learner, create_cnn, load_learner, vision_learner
 from .metrics import (AccuracyMulti, F1Score, F1ScoreMulti, FBeta, FBetaMulti, Precision, PrecisionMulti, Recall,
@@ -18,7 +18,7 @@ from .models import WeightsUnavailableError
 __version__ = "0.1.0"
 
 __all__ = [
-    "AccuracyMulti", "ClassificationInterpretation", "DataError", "DataLoader", "DataLoaders", "F1Score",
+    "AccuracyMulti", "ClassificationInterpretation", "DataError", "copy_to_working", "DataLoader", "DataLoaders", "F1Score",
     "F1ScoreMulti", "FBeta", "FBetaMulti", "ImageClassifierCleaner", "ImageDataLoaders", "Learner", "Normalize",
     "Precision", "PrecisionMulti", "RandomResizedCrop", "Recall", "RecallMulti", "Resize", "TopKAccuracy",
     "WeightsUnavailableError", "accuracy", "accuracy_multi", "accuracy_thresh", "aug_transforms", "create_cnn",

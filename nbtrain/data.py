@@ -5,6 +5,8 @@ files that are not images at all, listing every one with the fix (delete them, o
 `bad_files="skip"`). A file whose header is fine but whose pixels are broken (a truncated
 download) is only found when it is decoded: it is then skipped, with one warning that names it,
 and the run goes on. `get_preds` gives such a file a row of NaN, so the cleaner can show it.
+Symlinked folders inside the dataset are not followed (they can loop, or lead out of it): one
+warning names them. A link with an image's name that leads nowhere counts as a bad file.
 """
 from __future__ import annotations
 
@@ -45,7 +47,12 @@ def _is_hidden(p: Path) -> bool:
 
 
 def get_image_files(path: Path | str, recurse: bool = True, folders: Sequence[str] | None = None) -> list[Path]:
-    """The image files under `path` (by extension), sorted, skipping hidden files and folders."""
+    """The image files under `path` (by extension), sorted, skipping hidden files and folders.
+
+    Symlinked folders inside `path` are not followed (a link can loop, or lead out of the dataset);
+    a link with an image's name that leads nowhere (dangling, or looping) is listed, so the loaders
+    and `verify_images` name it instead of dropping it silently.
+    """
     path = Path(path)
     roots = [path / f for f in folders] if folders else [path]
     out: list[Path] = []
@@ -57,7 +64,7 @@ def get_image_files(path: Path | str, recurse: bool = True, folders: Sequence[st
             rel = p.relative_to(root).parts
             if any(part.startswith(".") for part in rel):
                 continue
-            if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file():
+            if p.suffix.lower() in IMAGE_EXTENSIONS and (p.is_file() or (p.is_symlink() and not p.is_dir())):
                 out.append(p)
     return sorted(out)
 
@@ -66,6 +73,14 @@ def _non_image_files(path: Path) -> list[Path]:
     return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() not in IMAGE_EXTENSIONS
                   and not any(part.startswith(".") or part in _JUNK_NAMES for part in p.relative_to(path).parts)
                   and p.suffix.lower() not in {".csv", ".txt", ".json", ".md", ".pth", ".jsonl"})
+
+
+def _unfollowed_links(path: Path) -> list[Path]:
+    """Symlinks under `path` that `get_image_files` neither follows nor lists: links to folders, and
+    links without an image's name that lead nowhere."""
+    return sorted(p for p in path.rglob("*") if p.is_symlink() and not p.is_file()
+                  and (p.is_dir() or p.suffix.lower() not in IMAGE_EXTENSIONS)
+                  and not any(part.startswith(".") or part in _JUNK_NAMES for part in p.relative_to(path).parts))
 
 
 def load_image(fn: Path | str | Image.Image, draft: tuple[int, int] | None = None) -> Image.Image:
@@ -602,6 +617,12 @@ class ImageDataLoaders:
                                 f"with train=... and valid=....")
         roots = [path / f for f in folders] if folders else [path]
         for root in roots:
+            links = _unfollowed_links(root)
+            if links:
+                warnings.warn(f"Not following {len(links)} symlink(s) under {root} (to folders, or looping); images "
+                              f"reached only through them are left out:{_listing(links)}\n"
+                              "Copy those images into the dataset, or build the loaders from the real folder.",
+                              stacklevel=2)
             others = _non_image_files(root)
             if others and not ignore_non_images:
                 raise DataError(f"{len(others)} file(s) under {root} are not images:{_listing(others)}\n"

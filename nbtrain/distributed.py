@@ -53,6 +53,8 @@ import signal
 import socket
 import sys
 import tempfile
+import time
+import traceback
 import types
 import warnings
 from dataclasses import asdict
@@ -267,8 +269,11 @@ def launch(fn: Callable[..., Any], n_procs: int, *args: Any, backend: str | None
             raise KeyboardInterrupt("Training stopped by the user; every process was ended.") from None
         except mp.ProcessRaisedException as e:
             _stop(context.processes)
-            last = str(e).strip().splitlines()[-1]
-            raise DistributedError(f"Process {e.error_index} of {n_procs} failed: {last}\n\n{e}") from None
+            # join() reports whichever process it polls first; often a peer whose collective broke
+            # because the real culprit died. Each process wrote down when it failed: name the first.
+            index, text = _first_failure(result, n_procs) or (e.error_index, str(e))
+            last = text.strip().splitlines()[-1]
+            raise DistributedError(f"Process {index} of {n_procs} failed: {last}\n\n{text}") from None
         except mp.ProcessExitedException as e:
             _stop(context.processes)
             raise DistributedError(f"Process {e.error_index} of {n_procs} ended with exit code {e.exit_code}"
@@ -307,8 +312,23 @@ def _worker(i: int, n: int, backend: str, init_method: str, job: Any, result: st
         out = fn(*args)
         if i == 0 and out is not None:
             torch.save(out, result)
+    except BaseException:
+        # Written before the group is torn down, so it predates the errors this causes in the peers.
+        Path(f"{result}.failed{i}").write_text(f"{time.time()!r}\n{traceback.format_exc()}")
+        raise
     finally:
         dist.destroy_process_group()
+
+
+def _first_failure(result: Path, n: int) -> tuple[int, str] | None:
+    """(rank, traceback) of the process that failed first, from the notes `_worker` leaves."""
+    found = []
+    for i in range(n):
+        note = Path(f"{result}.failed{i}")
+        if note.exists():
+            when, _, text = note.read_text().partition("\n")
+            found.append((float(when), i, text))
+    return min(found)[1:] if found else None
 
 
 def _free_port() -> int:

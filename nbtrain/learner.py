@@ -23,7 +23,7 @@ from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
 from .augmentation import Normalize, Resize, item_tfm_from_spec
-from .data import DataLoader, DataLoaders, ImageDataset, load_image
+from .data import DataError, DataLoader, DataLoaders, ImageDataset, load_image
 from . import distributed
 from .environment import default_device, in_notebook, mixed_precision, output_dir
 from .metrics import metric_name
@@ -565,7 +565,15 @@ class Learner:
             img = Image.fromarray(item)
         else:
             img = item
-        img = load_image(img)
+        try:
+            img = load_image(img)
+        except FileNotFoundError:
+            raise
+        except Exception as e:  # PIL's messages for a truncated file or a decompression bomb omit its name
+            if not isinstance(item, (str, Path)):
+                raise
+            raise DataError(f"Cannot predict on {item}: it cannot be opened as an image ({type(e).__name__}: {e}). "
+                            "verify_images() finds every such file in a folder.") from e
         for t in self.dls.item_tfms:
             img = t(img, train=False)
         return self.dls.valid.new(augment=False).to_model_input(TF.pil_to_tensor(img)[None])
@@ -689,9 +697,14 @@ def _show(fig) -> None:
 
 
 def atomic_torch_save(obj: object, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename over `path`."""
+    """torch.save to a temporary file in the same folder, fsync, then rename over `path`.
+
+    The temporary file's name holds the writer's process id, so the leftovers of a save that was
+    killed are removed by the next save, while another process's save in progress is left alone.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _remove_dead_writers_temps(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
@@ -704,17 +717,48 @@ def atomic_torch_save(obj: object, path: Path) -> None:
         raise
 
 
+def _remove_dead_writers_temps(path: Path) -> None:
+    prefix = f".{path.name}."
+    for tmp in path.parent.iterdir():
+        name = tmp.name
+        if not (name.startswith(prefix) and name.endswith(".tmp")):
+            continue
+        pid = name[len(prefix):].split(".")[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 def safe_load(path: Path | str, map_location: str | torch.device = "cpu") -> object:
     """torch.load that refuses anything but tensors and plain data, with a message that says why."""
     import pickle
+    import re
 
     try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+        # torch.save writes a zip archive ("PK"), or in its legacy format a pickle (protocol 2+: 0x80).
+        # Anything else (text, an HTML error page, an image) is refused here, not called a pickle.
+        if not head.startswith((b"PK", b"\x80")):
+            raise ValueError("it is empty" if not head else f"it starts with {head!r}, not as torch.save writes")
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
+        # torch's own first line is about its options (with terminal colour codes); name what the file needs.
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        detail = f"it needs {found.group(1)}" if found else re.sub(r"\x1b\[[0-9;]*m", "", str(e).splitlines()[0])
         raise ValueError(f"{path} holds pickled Python objects, not just weights, and nbtrain does not unpickle "
                          "them because that can run any code. If it is a fastai export, load it with fastai and "
-                         f"save the model's state_dict. ({str(e).splitlines()[0]})") from None
-    except (RuntimeError, EOFError, OSError) as e:
+                         f"save the model's state_dict. ({detail})") from None
+    except Exception as e:  # torn zip: RuntimeError; empty: EOFError; text or an HTML page: KeyError, ...
         raise ValueError(f"{path} is not a readable model file ({type(e).__name__}: {e}).") from None
 
 
