@@ -27,8 +27,13 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+# The benches compare with fastai and cleanlab when installed: bench-only extras, never imported by nbtrain.
 bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python bench/train_speed.py
+	$(BIN)/python bench/cleaner_scale.py --fastai
+	$(BIN)/python bench/label_noise.py
+	$(BIN)/python bench/faults.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -98,14 +98,15 @@ def run_one(n: int, data: Path, with_fastai: bool) -> dict:
 
 
 def run_fastai(root: Path) -> dict:
-    try:
-        from fastai.vision import all as fv
-        from fastai.vision.widgets import ImageClassifierCleaner as FastaiCleaner
-        from torchvision.models import mobilenet_v2
-    except ImportError:
+    from fastai_setup import fastai_vision
+
+    fv = fastai_vision()
+    if fv is None:
         return {}
+    from fastai.vision.widgets import ImageClassifierCleaner as FastaiCleaner
+    from torchvision.models import mobilenet_v2
+
     dls = fv.ImageDataLoaders.from_folder(root, item_tfms=fv.Resize(64), bs=64, seed=0)
-    _register_mobilenet(fv, mobilenet_v2)
     learn = fv.vision_learner(dls, mobilenet_v2)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     start = time.perf_counter()
@@ -113,13 +114,6 @@ def run_fastai(root: Path) -> dict:
         FastaiCleaner(learn)
     return {"fastai_build_s": time.perf_counter() - start,
             "fastai_peak_rss_mb": max(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
-
-
-def _register_mobilenet(fv, mobilenet_v2) -> None:
-    """fastai has no metadata for torchvision's mobilenet_v2 (and 2.8 ignores `cut=`): its users register
-    it so that `features` is the body and ImageNet statistics normalise the inputs. With no 'weights'
-    entry fastai calls `mobilenet_v2(pretrained=True)`, which is IMAGENET1K_V1."""
-    fv.model_meta[mobilenet_v2] = {"cut": -1, "split": fv.default_split, "stats": fv.imagenet_stats}
 
 
 def main() -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -31,7 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import nbtrain  # noqa: E402
 from nbtrain.datasets import make_mnist_sample  # noqa: E402
-from nbtrain.models import checkpoint_dir, create_vision_model  # noqa: E402
+from nbtrain.models import create_vision_model  # noqa: E402
+
+from fastai_setup import fastai_vision  # noqa: E402
 
 
 def bare_limit(arch: str, size: int, bs: int, steps: int, device: torch.device, amp: torch.dtype | None,
@@ -100,14 +101,13 @@ def run_nbtrain(path: Path, arch: str, size: int, bs: int, epochs: int, truth: d
 
 
 def run_fastai(path: Path, size: int, bs: int, epochs: int, truth: dict) -> dict | None:
-    try:
-        from fastai.vision import all as fv
-        from torchvision.models import mobilenet_v2
-    except ImportError:
+    fv = fastai_vision()
+    if fv is None:
         return None
+    from torchvision.models import mobilenet_v2
+
     dls = fv.ImageDataLoaders.from_folder(path, item_tfms=fv.Resize(size), batch_tfms=fv.aug_transforms(), bs=bs,
                                           seed=0, num_workers=nbtrain.environment.default_num_workers())
-    _register_mobilenet(fv, mobilenet_v2)
     learn = fv.vision_learner(dls, mobilenet_v2, metrics=fv.error_rate)
     with learn.no_bar():
         start = time.perf_counter()
@@ -117,13 +117,6 @@ def run_fastai(path: Path, size: int, bs: int, epochs: int, truth: dict) -> dict
     n_images = (epochs + 1) * len(dls.train) * bs
     items = [Path(p) for p in dls.valid_ds.items]
     return {"images/s": n_images / wall, "wall_s": wall, "valid_error_true": true_error(probs, items, truth, path)}
-
-
-def _register_mobilenet(fv, mobilenet_v2) -> None:
-    """fastai has no metadata for torchvision's mobilenet_v2 (and 2.8 ignores `cut=`): its users register
-    it so that `features` is the body and ImageNet statistics normalise the inputs. With no 'weights'
-    entry fastai calls `mobilenet_v2(pretrained=True)`, which is IMAGENET1K_V1."""
-    fv.model_meta[mobilenet_v2] = {"cut": -1, "split": fv.default_split, "stats": fv.imagenet_stats}
 
 
 def main() -> None:
@@ -143,15 +136,6 @@ def main() -> None:
     sample = make_mnist_sample(root / "mnist5k", noise=args.noise, seed=0)
     labels = sample.labels
     truth = dict(zip(labels["fname"], labels["true_label"].astype(int)))
-    # fastai loads torchvision weights only through the hub cache; give it the offline file there.
-    cache = checkpoint_dir()
-    if not (cache / "mobilenet_v2-b0353104.pth").exists():
-        from nbtrain.models import _offline_candidates
-        found = _offline_candidates("mobilenet_v2-b0353104.pth")
-        if found:
-            cache.mkdir(parents=True, exist_ok=True)
-            shutil.copy(found[0], cache / "mobilenet_v2-b0353104.pth")
-
     rows = []
     steps = 50 if device.type == "cpu" else 200
     for precision in args.precisions.split(","):

@@ -51,7 +51,7 @@ def demo(out: Path, epochs: int, size: int, noise: float, arch: str, bs: int) ->
     learn.recorder.plot_loss().savefig(out / "losses.png", dpi=80)
     interp.plot_confusion_matrix().savefig(out / "confusion_matrix.png", dpi=80)
     interp.plot_top_losses(9).savefig(out / "top_losses.png", dpi=80)
-    export = learn.export(out / "export.pth")
+    export = learn.export("export.pth")  # like fastai: relative to learn.path, which is `out`
     print(f"\nFinal validation error: {err:.4f} ({err:.1%}) on {dls.valid.n} images")
     _flipped_report(learn, sample)
     print(f"Plots: {out / 'batch.png'}, {out / 'losses.png'}, {out / 'confusion_matrix.png'}, {out / 'top_losses.png'}")

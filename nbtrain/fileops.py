@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import fcntl
 import json
 import os
 import shutil
@@ -44,6 +43,12 @@ from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 if TYPE_CHECKING:
     import pandas as pd
+
+try:
+    import fcntl
+except ImportError:  # Windows: a student's laptop must still import nbtrain and clean a dataset
+    fcntl = None
+    import msvcrt
 
 JOURNAL_VERSION = 1
 STATE_DIR = ".nbtrain"
@@ -250,8 +255,16 @@ class _DatasetLock:
         self.path.parent.mkdir(exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            else:  # a byte past the holder's pid, so the pid stays readable by whoever is refused
+                os.lseek(fd, 64, os.SEEK_SET)
+                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+                os.lseek(fd, 0, os.SEEK_SET)
+        except OSError as e:  # held: BlockingIOError from flock, any OSError from msvcrt
+            if fcntl is not None and not isinstance(e, BlockingIOError):
+                os.close(fd)
+                raise
             holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             raise DatasetLockedError(
@@ -296,6 +309,8 @@ class _Journal:
 
 
 def _fsync_dir(folder: Path) -> None:
+    if os.name == "nt":  # folders cannot be opened there; NTFS orders its own metadata
+        return
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
