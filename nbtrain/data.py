@@ -504,7 +504,8 @@ class DataLoaders:
         n = x.shape[0]
         nrows = nrows or int(np.ceil(np.sqrt(n)))
         ncols = int(np.ceil(n / nrows))
-        fig, axes = plt.subplots(nrows, ncols, figsize=figsize or (2.2 * ncols, 2.4 * nrows), squeeze=False)
+        aspect = x.shape[-2] / x.shape[-1]  # panels shaped like the images (wide ones, e.g. multi-label pairs)
+        fig, axes = plt.subplots(nrows, ncols, figsize=figsize or (2.2 * ncols, (2.2 * aspect + 0.2) * nrows), squeeze=False)
         for k, ax in enumerate(axes.flat):
             ax.axis("off")
             if k < n:
@@ -691,7 +692,9 @@ class ImageDataLoaders:
         csv_path = path / csv_fname
         if not csv_path.exists():
             raise DataError(f"No CSV file at {csv_path}. Give its name with csv_fname=.")
-        df = pd.read_csv(csv_path, header=header, delimiter=delimiter or ",")
+        # Labels are text: read as numbers, a column of single digits with an empty cell (an image with
+        # no labels, in multi-label data) would come back as floats, "3" as "3.0".
+        df = pd.read_csv(csv_path, header=header, delimiter=delimiter or ",", dtype={kwargs.get("label_col", 1): str})
         return cls.from_df(df, path=path, csv_path=csv_path, **kwargs)
 
     @classmethod

@@ -105,11 +105,15 @@ class ClassificationInterpretation:
         n = len(idxs)
         ncols = int(np.ceil(np.sqrt(n))) if n else 1
         nrows = int(np.ceil(n / ncols)) if n else 1
-        fig, axes = plt.subplots(nrows, ncols, figsize=figsize or (3.0 * ncols, 3.3 * nrows), squeeze=False)
+        imgs = [load_image(self.items[i]) if self.items else None for i in idxs.tolist()]
+        # Panels shaped like the images (two digits side by side are twice as wide as high), plus the title.
+        aspect = float(np.median([im.height / im.width for im in imgs if im is not None] or [1.0]))
+        # Constrained layout keeps each two-line title clear of the image above it (tight_layout does not).
+        fig, axes = plt.subplots(nrows, ncols, figsize=figsize or (3.0 * ncols, (3.0 * aspect + 0.6) * nrows + 0.5),
+                                 squeeze=False, layout="constrained")
         for ax in axes.flat:
             ax.axis("off")
-        for ax, loss, i in zip(axes.flat, losses.tolist(), idxs.tolist()):
-            img = load_image(self.items[i]) if self.items else None
+        for ax, loss, i, img in zip(axes.flat, losses.tolist(), idxs.tolist(), imgs):
             if img is not None:
                 ax.imshow(np.asarray(img))
             if self.multi_label:
@@ -119,7 +123,6 @@ class ClassificationInterpretation:
                 pred, prob = self.vocab[p], float(self.probs[i, p])
             ax.set_title(f"{pred}/{self._label(self.targs[i])}\n{loss:.2f} / {prob:.2f}", fontsize=9)
         fig.suptitle("prediction/actual\nloss / probability", fontsize=10)
-        fig.tight_layout(rect=(0, 0, 1, 0.94))
         return fig
 
     def classification_report(self) -> pd.DataFrame:

@@ -607,7 +607,8 @@ class Learner:
         n = len(x)
         ncols = int(math.ceil(math.sqrt(n)))
         nrows = int(math.ceil(n / ncols))
-        fig, axes = plt.subplots(nrows, ncols, figsize=figsize or (2.4 * ncols, 2.6 * nrows), squeeze=False)
+        aspect = imgs.shape[-2] / imgs.shape[-1]  # panels shaped like the images (wide ones, e.g. multi-label pairs)
+        fig, axes = plt.subplots(nrows, ncols, figsize=figsize or (2.4 * ncols, (2.4 * aspect + 0.4) * nrows), squeeze=False)
         for k, ax in enumerate(axes.flat):
             ax.axis("off")
             if k >= n:

@@ -41,6 +41,12 @@ def single_label_cases() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
 
     # Every prediction right for the classes it uses, one class only ever predicted.
     cases["one_class_predicted"] = (torch.tensor([[5.0, 0, 0]] * 6), torch.tensor([0, 0, 1, 1, 2, 0]))
+
+    # Ties for the highest score: the first of the tied classes is the prediction (numpy's and torch's
+    # argmax rule). Rows 0-1 tie every class, rows 2-4 tie two of them; class 3 is never predicted.
+    logits = torch.tensor([[0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0], [0.2, 2.0, 2.0, -1.0],
+                           [3.0, -1.0, 3.0, 3.0], [-2.0, 0.5, 0.1, 0.5], [0.1, 0.2, 0.3, 0.0]])
+    cases["argmax_ties"] = (logits, torch.tensor([0, 1, 2, 3, 3, 2]))
     return cases
 
 
@@ -72,7 +78,8 @@ MULTI = multi_label_cases()
 
 
 def argmax_np(preds: torch.Tensor) -> np.ndarray:
-    return preds.argmax(dim=1).numpy()
+    # numpy's argmax, not torch's: among tied scores it takes the first, as the metrics must.
+    return preds.numpy().argmax(axis=1)
 
 
 def thresholded_np(preds: torch.Tensor, thresh: float) -> np.ndarray:
@@ -232,6 +239,63 @@ def test_a_logit_built_at_the_threshold_is_a_negative():
     thresh = float(torch.sigmoid(at))
     logits = torch.cat([at, at + 0.01])[None]
     assert accuracy_multi(logits, torch.tensor([[0, 1]]), thresh=thresh) == 1.0
+
+
+def threshold_tie_case() -> tuple[torch.Tensor, torch.Tensor]:
+    """Probabilities (float32) exactly at 0.2 and at 0.5 in every row and column, beside others.
+
+    Row 0 has no labels (an all-negative row) but ties; column 3 is never a target. With `>=` instead of
+    `>` the predictions, and so every score below, would differ.
+    """
+    probs = torch.tensor([
+        [0.5, 0.2, 0.1, 0.2],
+        [0.5, 0.9, 0.2, 0.0],
+        [0.2, 0.5, 0.7, 0.5],
+        [0.1, 0.2, 0.5, 0.3],
+        [0.2, 0.05, 0.5, 0.5],
+    ])
+    targs = torch.tensor([[0, 0, 0, 0], [1, 1, 0, 0], [1, 0, 1, 0], [0, 1, 1, 0], [0, 0, 1, 0]])
+    return probs, targs
+
+
+@pytest.mark.parametrize("thresh", [0.2, 0.5])
+@pytest.mark.parametrize("metric,sk", MULTI_SCORES)
+def test_multi_label_scores_at_threshold_ties_match_sklearn(metric, sk, thresh):
+    probs, targs = threshold_tie_case()
+    p = probs.numpy()
+    strict = (p > np.float32(thresh)).astype(int)  # the documented rule: a tie is a negative
+    loose = (p >= np.float32(thresh)).astype(int)
+    assert (p == np.float32(thresh)).any(axis=0).all() and (p == np.float32(thresh)).any(axis=1).all()
+    y = targs.numpy()
+    differs = []
+    for average in ["samples", "macro", "micro", "weighted"]:
+        expected = sk(y, strict, average=average, zero_division=0)
+        differs.append(expected != sk(y, loose, average=average, zero_division=0))
+        m = dataclasses.replace(metric, average=average, thresh=thresh, sigmoid=False)
+        assert m(probs, targs) == pytest.approx(expected, **APPROX), average
+        if thresh == 0.5:  # the same from logits: a logit of 0 has a sigmoid of exactly 0.5
+            logits = torch.logit(probs)
+            assert (torch.sigmoid(logits)[probs == 0.5] == 0.5).all()
+            assert dataclasses.replace(m, sigmoid=True)(logits, targs) == pytest.approx(expected, **APPROX), average
+    assert any(differs), "the case must tell `>` from `>=`"
+
+
+@pytest.mark.parametrize("thresh", [0.2, 0.5])
+def test_accuracy_multi_and_per_class_thresholds_at_ties_match_sklearn(thresh):
+    probs, targs = threshold_tie_case()
+    y, yhat = targs.numpy(), (probs.numpy() > np.float32(thresh)).astype(int)
+    expected = skm.accuracy_score(y.ravel(), yhat.ravel())
+    assert expected != skm.accuracy_score(y.ravel(), (probs.numpy() >= np.float32(thresh)).astype(int).ravel())
+    assert accuracy_multi(probs, targs, thresh=thresh, sigmoid=False) == pytest.approx(expected, **APPROX)
+    assert accuracy_thresh(probs, targs, thresh=thresh, sigmoid=False) == pytest.approx(expected, **APPROX)
+    # Per-class thresholds, each tied somewhere.
+    per = [0.2, 0.5, 0.2, 0.5]
+    yhat = (probs.numpy() > np.array(per, dtype=np.float32)).astype(int)
+    assert accuracy_multi(probs, targs, thresh=per, sigmoid=False) == pytest.approx(
+        skm.accuracy_score(y.ravel(), yhat.ravel()), **APPROX)
+    for average in ["samples", "macro"]:
+        assert FBetaMulti(beta=2, thresh=per, sigmoid=False, average=average)(probs, targs) == pytest.approx(
+            skm.fbeta_score(y, yhat, beta=2, average=average, zero_division=0), **APPROX)
 
 
 # ---------------------------------------------------------------------------------------------
