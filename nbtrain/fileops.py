@@ -804,7 +804,7 @@ def apply_table_actions(table: pd.DataFrame, actions: Iterable[Action], *, fn_co
     for r, name in enumerate(df[fn_col].astype(str)):
         rows_of.setdefault(name, []).append(r)
     col = df.columns.get_loc(label_col)
-    keep, not_found = [True] * len(df), []
+    keep, not_found, changed = [True] * len(df), [], False
     for a in actions:
         rows = next((rows_of[n] for n in _table_names(a.src, path) if n in rows_of), None)
         if rows is None:
@@ -812,16 +812,18 @@ def apply_table_actions(table: pd.DataFrame, actions: Iterable[Action], *, fn_co
         elif a.kind == "delete":
             for r in rows:
                 keep[r] = False
+            changed = True
         else:
             new = _table_label(a.label, label_delim)
             for r in rows:
                 if not _same_labels(df.iat[r, col], new, label_delim):  # its own label: nothing to do
                     df.iat[r, col] = new
+                    changed = True
     if not_found:
         warnings.warn(f"{len(not_found)} file(s) are not in the table and were skipped: {', '.join(not_found[:5])}"
                       + (" ..." if len(not_found) > 5 else ""), stacklevel=2)
     df = df[keep].reset_index(drop=True)
-    if csv_path is not None:
+    if csv_path is not None and changed:  # nothing to change: no rewrite, no backup
         _write_csv_atomically(df, Path(csv_path))
     return df
 

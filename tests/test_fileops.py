@@ -298,6 +298,16 @@ def test_table_actions_rewrite_the_csv_atomically_and_keep_a_backup(tmp_path):
     assert len(df) == 3  # the caller's table is untouched
 
 
+def test_table_actions_that_change_nothing_leave_the_csv_and_write_no_backup(tmp_path):
+    csv = tmp_path / "labels.csv"
+    csv.write_text("fname,labels\n1.png,cat\n")
+    stamp = csv.stat().st_mtime_ns
+    out = fileops.apply_table_actions(pd.read_csv(csv), [Action("relabel", Path("1.png"), "cat")],
+                                      fn_col="fname", label_col="labels", csv_path=csv)
+    assert out.to_dict("list") == {"fname": ["1.png"], "labels": ["cat"]}
+    assert [p.name for p in tmp_path.iterdir()] == ["labels.csv"] and csv.stat().st_mtime_ns == stamp
+
+
 def test_table_actions_join_several_labels_and_skip_the_own_labels(tmp_path):
     df = pd.DataFrame({"fn": ["x/1.jpg", "x/2.jpg"], "tags": ["a b", "b"]})
     out = fileops.apply_table_actions(df, [Action("relabel", tmp_path / "x/1.jpg", ["b", "a"]),
