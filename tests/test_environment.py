@@ -179,29 +179,3 @@ def test_missing_weights_on_kaggle_say_what_to_attach(tmp_path, monkeypatch):
     msg = str(err.value)
     assert "attach a dataset holding resnet34-b627a593.pth" in msg and "'pytorch pretrained models'" in msg
     assert "pretrained=False" in msg
-
-
-# -- the Kaggle notebook -----------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_kaggle_notebook_runs_top_to_bottom_offline_on_the_cpu(tmp_path):
-    import nbclient
-    import nbformat
-
-    nb_path = Path(__file__).resolve().parents[1] / "notebooks" / "04_kaggle.ipynb"
-    nb = nbformat.read(nb_path, as_version=4)
-    import json
-
-    env_before = dict(os.environ)
-    os.environ["NBTRAIN_FAST"] = "1"  # the kernel inherits it
-    try:
-        nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
-                                resources={"metadata": {"path": str(tmp_path)}}).execute()
-    finally:
-        os.environ.clear()
-        os.environ.update(env_before)
-    outputs = json.dumps([c.get("outputs", []) for c in nb.cells if c.cell_type == "code"])
-    assert "error_rate" in outputs and "0 deleted, 0 relabelled" in outputs
-    assert (tmp_path / "nbtrain-kaggle-demo" / "working" / "export.pth").is_file()
-    assert (tmp_path / "nbtrain-kaggle-demo" / "working" / "digits" / "train").is_dir()
