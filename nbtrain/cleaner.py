@@ -325,23 +325,24 @@ class ImageClassifierCleaner:
         def handler(change) -> None:
             if self._updating or cell.path is None:
                 return
-            self.set_choice(cell.path, change["new"])
+            self.set_choice(cell.path, change["new"], from_widget=True)
         return handler
 
     def _on_toggle(self, cell: _Cell):
         def handler(change) -> None:
             if self._updating or cell.path is None or cell.menu.value == DELETE:
                 return
-            self.set_choice(cell.path, frozenset(change["new"]))
+            self.set_choice(cell.path, frozenset(change["new"]), from_widget=True)
         return handler
 
     def _own_labels(self, path: Path) -> tuple[str, ...]:
         row = self.scores.loc[self.scores["path"] == path]
         return tuple(row["labels"].iloc[0]) if len(row) else ()
 
-    def set_choice(self, path: Path, choice: str | Sequence[str]) -> None:
+    def set_choice(self, path: Path, choice: str | Sequence[str], from_widget: bool = False) -> None:
         """Record `choice` for `path`: <Keep>, <Delete>, a class name, or for multi-label data the
-        collection of labels it should have. Its own class (or label set) means keep."""
+        collection of labels it should have. Its own class (or label set) means keep. The menu
+        under the image, when it is on the page shown, shows the choice (`from_widget`: it already does)."""
         path = Path(path)
         own = self._own_labels(path)
         if not isinstance(choice, str):
@@ -358,6 +359,21 @@ class ImageClassifierCleaner:
         else:
             self.choices[path] = choice
         self._update_summary()
+        if not from_widget:  # a call from code: the page shown follows it, as after a click
+            self._show_choice(path)
+
+    def _show_choice(self, path: Path) -> None:
+        cell = next((c for c in self.cells if c.path == path), None)
+        if cell is None:
+            return
+        choice = self.choices.get(path, KEEP)
+        self._updating = True
+        try:
+            cell.menu.value = DELETE if choice == DELETE else (choice if isinstance(choice, str) else KEEP)
+            if cell.labels is not None:
+                cell.labels.value = tuple(sorted(choice)) if isinstance(choice, frozenset) else self._own_labels(path)
+        finally:
+            self._updating = False
 
     def _update_summary(self) -> None:
         n_del = sum(v == DELETE for v in self.choices.values())

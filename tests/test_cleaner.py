@@ -276,3 +276,15 @@ def test_duplicates_view_pairs_planted_copies_and_deletes_one(mnist_copy):
     cleaner.cells[victim].menu.value = DELETE
     cleaner.apply()
     assert not pair_view[victim].exists() and all(p.exists() for p in originals)
+
+
+def test_a_choice_set_from_code_shows_in_the_menu_on_the_page(learn):
+    cleaner = ImageClassifierCleaner(learn, max_n=4)
+    first, second = cleaner.fns[0], cleaner.fns[1]
+    cleaner.set_choice(first, DELETE)
+    other = next(c for c in cleaner.vocab if c not in cleaner._own_labels(second))
+    cleaner.set_choice(second, other)
+    assert cleaner.cells[0].menu.value == DELETE and cleaner.cells[1].menu.value == other
+    assert cleaner.delete() == [0] and cleaner.change() == [(1, other)]
+    cleaner.set_choice(first, KEEP)
+    assert cleaner.cells[0].menu.value == KEEP and cleaner.delete() == []
