@@ -2,14 +2,17 @@
 
 A model scores the images it was trained on too kindly: it has partly memorised their labels, the wrong
 ones included. `find_label_issues` trains K short models, each on K-1 folds of the training set with the
-learner's recipe, and scores every training image with the one model that never saw it (cross-validation,
-as cleanlab requires). No fold model trains on the validation set, so a validation image is scored by
+learner's architecture, transforms and batch size, and scores every training image with the one model
+that never saw it (cross-validation, as cleanlab requires). No fold model trains on the validation set, so a validation image is scored by
 the average of the K models: out-of-sample too, and steadier than any one of them. The K models are
 thrown away; the learner itself is not touched.
 
 `find_duplicates` pairs each image with its most similar other image by the cosine similarity of the
 model's features (the body's output, average-pooled) and keeps the pairs above a threshold: copies,
-re-encodes and resizes of one picture, within a split or across train and valid (leakage).
+re-encodes and resizes of one picture, within a split or across train and valid (leakage). Copies of a
+file score 1.0. Measured on 28-pixel MNIST digits with an ImageNet mobilenet_v2, resized or re-saved
+copies score 0.92 to 0.98 and the most similar two distinct digits 0.94: the default threshold (0.97)
+keeps the copies and most resizes, a lower one finds more resizes and some pairs that are not copies.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -132,6 +136,39 @@ def _at_size(tfms: Sequence, size: int) -> list:
     return out or [Resize(size)]
 
 
+def _tfm_size(tfms: Sequence) -> int | None:
+    """The longer side the item transforms bring images to, or None when they do not resize."""
+    sides = [max(t.size) for t in tfms if isinstance(t, (Resize, RandomResizedCrop))]
+    return max(sides) if sides else None
+
+
+def _native_size(items: Sequence[Path], n: int = 64) -> int | None:
+    """The longest side among up to `n` files spread over `items`, read from their headers only."""
+    if not items:
+        return None
+    step = max(1, len(items) // n)
+    sides = []
+    for p in list(items)[::step][:n]:
+        try:
+            with Image.open(p) as img:
+                sides.append(max(img.size))
+        except Exception:  # a bad file is the loaders' business, not the size's
+            continue
+    return max(sides) if sides else None
+
+
+def auto_size(tfms: Sequence, items: Sequence[Path], smallest: int = 32) -> int | None:
+    """The image size the fold models train at by default: the learner's, unless the images themselves
+    are smaller. Then it is their own size rounded up to a multiple of 32 (at least `smallest`):
+    upsampling 28-pixel digits to 64 pixels costs compute and adds nothing to see. None keeps the
+    learner's transforms as they are."""
+    target, native = _tfm_size(tfms), _native_size(items)
+    if target is None or native is None:
+        return None
+    size = max(smallest, -(-native // 32) * 32)
+    return size if size < target else None
+
+
 def _filled(dl: DataLoader) -> None:
     """Decode every image of `dl`'s dataset once, so its cache (when it fits) serves all the fold models."""
     ds = dl.dataset
@@ -170,7 +207,8 @@ def _source_loaders(dls: DataLoaders, recipe: _Recipe, size: int | None) -> tupl
 def _fold_learner(train: DataLoader, held_out: DataLoader, recipe: _Recipe, label_smoothing: float,
                   path: Path) -> Learner:
     dls = DataLoaders(train, held_out, path=path)
-    learn = vision_learner(dls, recipe.arch, metrics=recipe.metrics, pretrained=recipe.pretrained,
+    # No metrics: a fold model is not validated while it trains (see find_label_issues).
+    learn = vision_learner(dls, recipe.arch, metrics=[], pretrained=recipe.pretrained,
                            loss_func=nn.CrossEntropyLoss(label_smoothing=label_smoothing),
                            normalize=recipe.normalize)
     learn.amp = recipe.amp
@@ -184,25 +222,42 @@ def _nll(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def find_label_issues(learn_or_dls: Learner | DataLoaders, arch: str | Callable | None = None, folds: int = 4,
-                      epochs: int = 2, freeze_epochs: int = 1, size: int | None = None, base_lr: float = 2e-3,
+                      epochs: int = 4, freeze_epochs: int = 0, size: int | str | None = "auto", base_lr: float = 1e-2,
                       label_smoothing: float = 0.1, pretrained: bool = True, bs: int | None = None,
-                      seed: int | None = 0, with_bar: bool = True) -> pd.DataFrame:
+                      seed: int | None = 0, with_bar: bool = True, lr_mult: float = 1.0,
+                      min_steps: int = 150) -> pd.DataFrame:
     """Score every training and validation image by out-of-fold predictions: likely wrong labels score worst.
 
     The training set is split into `folds` stratified folds; for each, a fresh model is trained on the
-    others with `fine_tune(epochs, freeze_epochs=...)` and predicts the held-out fold and the validation
-    set. A training image is scored by the model that never saw it, a validation image by the average
-    of the `folds` models. The learner itself is neither trained nor changed.
+    others with `fine_tune(epochs, base_lr, freeze_epochs, lr_mult)` and predicts the held-out fold and
+    the validation set. A training image is scored by the model that never saw it, a validation image by
+    the average of the `folds` models. The learner itself is neither trained nor changed. A bar shows
+    the models as they finish; they train on the learner's device (the GPU when there is one).
+
+    The default recipe was chosen on MNIST-5k with 10% of labels flipped (bench/label_noise.py): the
+    whole network trains from the first step, body and head at one learning rate, for 4 epochs. The
+    fine_tune defaults (a frozen epoch, then the body at a 100x lower rate) leave an ImageNet body
+    unable to adapt to a new domain in a few epochs: fastai's fine_tune(2) on all the training images
+    errs on 12.7% of MNIST's validation digits, the fold models of this recipe, on 3/4 of them, 1.5%.
+    Ranked by out-of-fold loss the first k (k = the flipped labels) are 95.4% flips, against 80.0% for
+    the in-sample loss and 93.2% for cleanlab's find_label_issues on the same probabilities (3 seeds).
 
     Args:
         learn_or_dls: a Learner (its architecture, transforms, batch size, metrics and precision are
             reused) or DataLoaders (then `arch` is used, mobilenet_v2 by default).
         arch: the architecture of the fold models, when not the learner's.
         folds: how many models; each trains on (folds-1)/folds of the training set.
-        epochs, freeze_epochs, base_lr: each fold model's `fine_tune`.
-        size: train the fold models at this image size rather than the learner's (e.g. 32 for
-            digits, 4x less compute than 64); the transforms keep their kind.
-        label_smoothing: of the fold models' cross-entropy; it keeps them from fitting the wrong labels.
+        epochs, freeze_epochs, base_lr, lr_mult: each fold model's `fine_tune` (the body trains at
+            `lr_mult` times lower a rate than the head).
+        min_steps: each fold model trains for at least this many batches: a small dataset gets more
+            epochs than `epochs`, since a few epochs of a few hundred images are too few steps to
+            learn from (measured on 400 MNIST digits: 60 steps, 12% error; 120 steps, 5%).
+        size: the image size of the fold models. "auto" (the default) keeps the learner's, unless the
+            image files are smaller than it: then their own size rounded up to a multiple of 32
+            (MNIST's 28-pixel digits train at 32, not the learner's 64: 1.1 to 1.7x faster steps on a
+            CPU, the same error on one fold, 2.1% against 2.2%). An int sets it; None keeps the
+            learner's. The transforms keep their kind.
+        label_smoothing: of the fold models' cross-entropy (the scores are the plain probabilities).
         seed: makes folds, initial heads, shuffling and augmentation reproducible (the global RNG is
             restored afterwards); None for fresh randomness.
 
@@ -216,6 +271,10 @@ def find_label_issues(learn_or_dls: Learner | DataLoaders, arch: str | Callable 
     if folds < 2:
         raise ValueError(f"folds must be at least 2 (each model needs a held-out part), not {folds}.")
     recipe, dls = _recipe_of(learn_or_dls, arch, pretrained, bs)
+    if size == "auto":
+        size = auto_size(recipe.item_tfms, dls.train.dataset.items)
+    elif size is not None and not isinstance(size, int):
+        raise ValueError(f"size must be 'auto', an int or None, not {size!r}.")
     train_src, valid_src = _source_loaders(dls, recipe, size)
     train_ds, valid_ds = train_src.dataset, valid_src.dataset
     n_train, c = len(train_ds), len(train_ds.vocab)
@@ -226,6 +285,10 @@ def find_label_issues(learn_or_dls: Learner | DataLoaders, arch: str | Callable 
         _filled(valid_src)
 
     fold = fold_assignment(train_ds.targets.numpy(), folds, seed)
+    # The fit loaders drop a last partial batch, when there is more than one batch.
+    smallest_fit = n_train - int(np.bincount(fold, minlength=folds).max())
+    steps_per_epoch = smallest_fit // recipe.bs if smallest_fit > recipe.bs else 1
+    epochs = max(epochs, -(-min_steps // steps_per_epoch))
     train_probs = torch.full((n_train, c), float("nan"))
     valid_sum = torch.zeros(len(valid_ds), c)
     device = train_src.device
@@ -237,18 +300,22 @@ def find_label_issues(learn_or_dls: Learner | DataLoaders, arch: str | Callable 
             fit_ds = _subset(train_ds, fit_idx, train=True)
             fit_dl = train_src.new(dataset=fit_ds, bs=recipe.bs, shuffle=True, drop_last=len(fit_ds) > recipe.bs,
                                    batch_tfms=recipe.batch_tfms, seed=None if seed is None else seed + k)
-            held_dl = valid_src.new(dataset=_subset(train_ds, held_idx, train=False), shuffle=False,
-                                    drop_last=False, augment=False)
+            held_ds = _subset(train_ds, held_idx, train=False)
             with torch.random.fork_rng(devices=rng_devices, enabled=seed is not None):
                 if seed is not None:
                     torch.manual_seed(seed * 1009 + k)
-                learn = _fold_learner(fit_dl, held_dl, recipe, label_smoothing, dls.path)
-                learn.fine_tune(epochs, base_lr=base_lr, freeze_epochs=freeze_epochs if recipe.pretrained else 0)
-            probs, _ = learn.get_preds(ds_idx=1)
+                # No validation during training (it would cost a pass over the held-out fold every
+                # epoch); the held-out fold is predicted once, at the end.
+                nothing = valid_src.new(dataset=_subset(train_ds, held_idx[:0], train=False), augment=False)
+                learn = _fold_learner(fit_dl, nothing, recipe, label_smoothing, dls.path)
+                learn.fine_tune(epochs, base_lr=base_lr, freeze_epochs=freeze_epochs if recipe.pretrained else 0,
+                                lr_mult=lr_mult)
+            # Through the fold's own loader settings (normalisation, memory format), which the model was trained with.
+            plain = learn.dls.valid
+            probs, _ = learn.get_preds(dl=plain.new(dataset=held_ds, shuffle=False, drop_last=False))
             train_probs[torch.as_tensor(held_idx)] = probs
             if len(valid_ds):
-                # Through the fold's own loader settings (normalisation, memory format), which the model was trained with.
-                valid_sum += learn.get_preds(dl=learn.dls.valid.new(dataset=valid_ds))[0]
+                valid_sum += learn.get_preds(dl=plain.new(dataset=valid_ds, shuffle=False, drop_last=False))[0]
             del learn
             bar.update(1)
     finally:
