@@ -206,7 +206,9 @@ from test_distributed import make_learner
 learn = make_learner({data!r}, opt_func=torch.optim.SGD)
 learn.fit(2, lr=0.1)  # RANK and WORLD_SIZE are set: joins torchrun's group instead of spawning
 learn.save("torchrun")
-print("rank", nbtrain.distributed.rank(), "of", nbtrain.distributed.world_size(), "done")
+# One write per line: both processes share the pipe, and print() writes its pieces one by one.
+sys.stdout.write("rank %d of %d done\\n" % (nbtrain.distributed.rank(), nbtrain.distributed.world_size()))
+sys.stdout.flush()
 """
 
 
