@@ -165,12 +165,17 @@ def cleanlab_order(table: pd.DataFrame) -> tuple[list[Path], str] | None:
     return [paths[i] for i in [*issues.tolist(), *rest]], f"flagged {len(issues)}"
 
 
-def run_cell(name: str, noise: float, seed: int, root: Path, args) -> list[Row]:
+def cell_data(name: str, noise: float, seed: int, root: Path, args) -> tuple[Path, dict, set, list[str]]:
+    """The noisy dataset on disk: its folder, the true label of each file, the flipped training files, the vocab."""
     sample = make_dataset(name, root, args.n, noise, seed)
     path = sample.path
     truth = {path / f: t for f, t in zip(sample.labels["fname"], sample.labels["true_label"])}
     flipped = {path / f for f in sample.flipped if not f.startswith("valid/")}
-    vocab = [str(c) for c in range(10)]
+    return path, truth, flipped, [str(c) for c in range(10)]
+
+
+def run_cell(name: str, noise: float, seed: int, root: Path, args) -> list[Row]:
+    path, truth, flipped, vocab = cell_data(name, noise, seed, root, args)
     rows = []
 
     def add(method: str, order: list[Path], table: pd.DataFrame, wall: float, extra: str = "") -> None:
@@ -198,11 +203,7 @@ def run_cell(name: str, noise: float, seed: int, root: Path, args) -> list[Row]:
 
 def smoothing_cell(name: str, noise: float, seed: int, root: Path, args) -> list[Row]:
     """The fold recipe with and without label smoothing: valid error, and the ranking when there are flips."""
-    sample = make_dataset(name, root, args.n, noise, seed)
-    path = sample.path
-    truth = {path / f: t for f, t in zip(sample.labels["fname"], sample.labels["true_label"])}
-    flipped = {path / f for f in sample.flipped if not f.startswith("valid/")}
-    vocab = [str(c) for c in range(10)]
+    path, truth, flipped, vocab = cell_data(name, noise, seed, root, args)
     rows = []
     for ls in args.smoothing_values:
         table, wall = out_of_fold(path, seed, args, label_smoothing=ls)

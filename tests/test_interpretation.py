@@ -26,17 +26,9 @@ from torch import nn
 from nbtrain import (ClassificationInterpretation, F1ScoreMulti, ImageDataLoaders, Learner, Resize, accuracy_multi,
                      error_rate)
 from nbtrain.datasets import make_multilabel_mnist
+from tiny_models import small_cnn
 
 matplotlib.use("Agg")
-
-
-def small_cnn(c: int) -> nn.Module:
-    """A small CNN that learns digits from scratch in a few seconds on a CPU; max pooling at the end
-    lets it find a digit anywhere, so it suits two digits side by side too."""
-    def block(i: int, o: int) -> nn.Module:
-        return nn.Sequential(nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU())
-    return nn.Sequential(block(3, 16), nn.MaxPool2d(2), block(16, 32), nn.MaxPool2d(2), block(32, 64),
-                         nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(64, c))
 
 
 @pytest.fixture(scope="module")
