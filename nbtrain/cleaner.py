@@ -72,14 +72,23 @@ def multilabel_scores(probs: torch.Tensor, targets: torch.Tensor, losses: torch.
     })
 
 
+# On the CPU the activations live in the same memory as everything else: batches of 32 halve what
+# the scoring pass adds to the peak (measured at 10,000 images: +114 MB against +219 MB at 64) at
+# the same speed; 16 is slower (27 s against 18 s).
+CPU_SCORE_BS = 32
+
+
 def score_table(learn: Learner, with_bar: bool = True) -> pd.DataFrame:
     """Scores for every training and validation image, from one pass of `learn` without augmentation."""
     frames = []
     for ds_idx, split in enumerate(SPLITS):
-        ds = learn.dls[ds_idx].dataset
+        dl = learn.dls[ds_idx]
+        ds = dl.dataset
         if not len(ds):
             continue
-        probs, targets, losses = learn.get_preds(ds_idx=ds_idx, with_loss=True, with_bar=with_bar)
+        bs = min(dl.bs, CPU_SCORE_BS) if dl.device.type == "cpu" else dl.bs
+        plain = dl.new(shuffle=False, drop_last=False, augment=False, bs=bs)
+        probs, targets, losses = learn.get_preds(dl=plain, with_loss=True, with_bar=with_bar)
         if learn.dls.multi_label:
             df = multilabel_scores(probs, targets, losses, learn.thresh)
         else:

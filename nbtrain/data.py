@@ -155,15 +155,22 @@ def verify_images(fns: Sequence[Path | str], n_workers: int = 4) -> list[Path]:
     Remove them with `for f in verify_images(fns): f.unlink()`.
     """
     fns = [Path(f) for f in fns]
-    with ThreadPoolExecutor(max(1, n_workers)) as pool:
-        reasons = list(pool.map(_check_full, fns))
+    reasons = _map_files(_check_full, fns, n_workers)
     return [f for f, r in zip(fns, reasons) if r is not None]
 
 
 def _bad_headers(fns: Sequence[Path]) -> dict[Path, str]:
-    with ThreadPoolExecutor(4) as pool:
-        reasons = list(pool.map(_check_header, fns))
+    reasons = _map_files(_check_header, fns)
     return {f: r for f, r in zip(fns, reasons) if r is not None}
+
+
+def _map_files(check: Callable[[Path], str | None], fns: Sequence[Path], n_workers: int = 4,
+               chunk: int = 256) -> list[str | None]:
+    """`check` of every file, in order, on a few threads. Files go in chunks: one future per file
+    costs about 2 KB, 86 MB for 50,000 files, which malloc then keeps."""
+    chunks = [fns[i:i + chunk] for i in range(0, len(fns), chunk)]
+    with ThreadPoolExecutor(max(1, n_workers)) as pool:
+        return [r for part in pool.map(lambda c: [check(f) for f in c], chunks) for r in part]
 
 
 # ---------------------------------------------------------------------------------------------
