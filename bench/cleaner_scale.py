@@ -76,24 +76,28 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_bare(n: int, data: Path) -> dict:
+def nbtrain_learner(n: int, data: Path):
+    """The learner both the bare pass and the cleaner use: mobilenet_v2 at 64 px on `n` images."""
     import nbtrain
 
     root = write_images(data / f"n{n}", n)
     dls = nbtrain.ImageDataLoaders.from_folder(root, item_tfms=nbtrain.Resize(64), bs=64, seed=0)
-    learn = nbtrain.vision_learner(dls, "mobilenet_v2", pretrained=True)
+    return nbtrain.vision_learner(dls, "mobilenet_v2", pretrained=True)
+
+
+def run_bare(n: int, data: Path) -> dict:
+    learn = nbtrain_learner(n, data)
+    dls = learn.dls
     items = list(dls.train_ds.items) + list(dls.valid_ds.items)
     bare = bare_pass(items, learn.model, 128, dls.train.num_workers)
     return {"bare_s": bare, "bare_peak_rss_mb": peak_rss_mb()}
 
 
 def run_one(n: int, data: Path) -> dict:
-    import nbtrain
     from nbtrain.cleaner import ImageClassifierCleaner
 
-    root = write_images(data / f"n{n}", n)
-    dls = nbtrain.ImageDataLoaders.from_folder(root, item_tfms=nbtrain.Resize(64), bs=64, seed=0)
-    learn = nbtrain.vision_learner(dls, "mobilenet_v2", pretrained=True)
+    learn = nbtrain_learner(n, data)
+    dls = learn.dls
     start = time.perf_counter()
     cleaner = ImageClassifierCleaner(learn, max_n=30)
     build = time.perf_counter() - start

@@ -87,8 +87,7 @@ def score_table(learn: Learner, with_bar: bool = True) -> pd.DataFrame:
         if not len(ds):
             continue
         bs = min(dl.bs, CPU_SCORE_BS) if dl.device.type == "cpu" else dl.bs
-        plain = dl.new(shuffle=False, drop_last=False, augment=False, bs=bs)
-        probs, targets, losses = learn.get_preds(dl=plain, with_loss=True, with_bar=with_bar)
+        probs, targets, losses = learn.get_preds(dl=dl.plain(bs=bs), with_loss=True, with_bar=with_bar)
         if learn.dls.multi_label:
             df = multilabel_scores(probs, targets, losses, learn.thresh)
         else:
@@ -298,10 +297,7 @@ class ImageClassifierCleaner:
                 cell.path = row.path
                 cell.image.value = self.thumbs(row.path)
                 cell.caption.value = self._caption(row)
-                choice = self.choices.get(row.path, KEEP)
-                cell.menu.value = DELETE if choice == DELETE else (choice if isinstance(choice, str) else KEEP)
-                if cell.labels is not None:
-                    cell.labels.value = tuple(sorted(choice)) if isinstance(choice, frozenset) else tuple(row.labels)
+                self._set_menus(cell, tuple(row.labels))
                 cell.box.layout.display = None
             for cell in self.cells[len(rows):]:
                 cell.path = None
@@ -375,14 +371,19 @@ class ImageClassifierCleaner:
         cell = next((c for c in self.cells if c.path == path), None)
         if cell is None:
             return
-        choice = self.choices.get(path, KEEP)
         self._updating = True
         try:
-            cell.menu.value = DELETE if choice == DELETE else (choice if isinstance(choice, str) else KEEP)
-            if cell.labels is not None:
-                cell.labels.value = tuple(sorted(choice)) if isinstance(choice, frozenset) else self._own_labels(path)
+            self._set_menus(cell, self._own_labels(path))
         finally:
             self._updating = False
+
+    def _set_menus(self, cell: _Cell, own_labels: tuple[str, ...]) -> None:
+        """Show the recorded choice for `cell`'s image in its menu (and its label list); the caller
+        holds `_updating`, so this is not taken for a new choice."""
+        choice = self.choices.get(cell.path, KEEP)
+        cell.menu.value = DELETE if choice == DELETE else (choice if isinstance(choice, str) else KEEP)
+        if cell.labels is not None:
+            cell.labels.value = tuple(sorted(choice)) if isinstance(choice, frozenset) else own_labels
 
     def _update_summary(self) -> None:
         n_del = sum(v == DELETE for v in self.choices.values())

@@ -312,6 +312,10 @@ class DataLoader:
         dl.memory_format = self.memory_format
         return dl
 
+    def plain(self, **kwargs) -> "DataLoader":
+        """A loader over every item in dataset order, without augmentation: the one predictions use."""
+        return self.new(shuffle=False, drop_last=False, augment=False, **kwargs)
+
     @property
     def items(self) -> list[Path]:
         return self.dataset.items
@@ -499,7 +503,7 @@ class DataLoaders:
         """A loader over other image files, with the validation set's transforms and no labels."""
         ds = ImageDataset(items, [[] if self.multi_label else self.vocab[0]] * len(items), self.vocab,
                           self.multi_label, self.item_tfms, train=False)
-        return self.valid.new(dataset=ds, bs=bs or self.valid.bs, shuffle=False, drop_last=False, augment=False)
+        return self.valid.plain(dataset=ds, bs=bs or self.valid.bs)
 
     def show_batch(self, max_n: int = 9, nrows: int | None = None, figsize: tuple[float, float] | None = None,
                    unique: bool = False):

@@ -174,7 +174,7 @@ def _filled(dl: DataLoader) -> None:
     ds = dl.dataset
     if ds.fully_cached or not ds.deterministic:
         return
-    for _ in dl.new(shuffle=False, drop_last=False, augment=False).iter_with_index(fill_cache=True):
+    for _ in dl.plain().iter_with_index(fill_cache=True):
         pass
 
 
@@ -410,8 +410,7 @@ def find_duplicates(learn: Learner, threshold: float = 0.97, chunk_bytes: int = 
         dl = learn.dls[ds_idx]
         if not len(dl.dataset):
             continue
-        plain = dl.new(shuffle=False, drop_last=False, augment=False)
-        embs.append(image_embeddings(learn, plain))
+        embs.append(image_embeddings(learn, dl.plain()))
         paths += list(dl.dataset.items)
         splits += [split] * len(dl.dataset)
     if not embs:

@@ -524,7 +524,7 @@ class Learner:
     def _plain_loader(self, ds_idx: int) -> DataLoader:
         """The training (0) or validation (1) set in dataset order, without augmentation."""
         dl = self.dls[ds_idx]
-        return dl.new(shuffle=False, drop_last=False, augment=False) if ds_idx == 0 else dl
+        return dl.plain() if ds_idx == 0 else dl
 
     def _activation(self, out: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(out) if self.dls.multi_label else torch.softmax(out, dim=1)

@@ -77,7 +77,7 @@ def test_exif_rotated_photo_is_upright_in_the_batches(tmp_path):
     dls = ImageDataLoaders.from_folder(root, item_tfms=Resize((40, 20), method="squish"), bs=8, num_workers=0,
                                        device="cpu")
     i = dls.train_ds.items.index(rotated)
-    for x, _, idx in dls.train.new(shuffle=False, drop_last=False, augment=False).iter_with_index():
+    for x, _, idx in dls.train.plain().iter_with_index():
         if i in idx.tolist():
             img = x[idx.tolist().index(i)]
             break
