@@ -39,7 +39,8 @@ def demo(out: Path, epochs: int, size: int, noise: float, arch: str, bs: int) ->
     learn = nbtrain.vision_learner(dls, arch, metrics=[nbtrain.error_rate, nbtrain.accuracy], pretrained=pretrained,
                                    path=out)
     dls.show_batch().savefig(out / "batch.png", dpi=80)
-    print(f"Training {arch} on {nbtrain.default_device()} ({torch.get_num_threads()} threads)")
+    weights = "ImageNet weights, fine-tuned" if pretrained else "from scratch"
+    print(f"Training {arch} ({weights}) on {nbtrain.default_device()} ({torch.get_num_threads()} threads)")
     if pretrained:
         # Digits are far from ImageNet's photos, so the body trains at a third of the head's rate
         # rather than fastai's hundredth: 84% -> 93.5% accuracy on 1,000 digits (see issue 2's note).
