@@ -35,7 +35,7 @@ def digest(root: Path) -> dict[str, str]:
 
 
 def test_view_lists_the_category_worst_loss_first(learn):
-    cleaner = ImageClassifierCleaner(learn, max_n=5)
+    cleaner = ImageClassifierCleaner(learn, frontend="plain", max_n=5)
     cleaner.dd_cats.value = "3"
     cleaner.dd_ds.value = "Train"
     assert len(cleaner.fns) == 5
@@ -52,7 +52,7 @@ def test_view_lists_the_category_worst_loss_first(learn):
 
 def test_fastai_book_loops_work_as_written(learn, mnist_copy):
     path = mnist_copy / "train"
-    cleaner = ImageClassifierCleaner(learn, max_n=6)
+    cleaner = ImageClassifierCleaner(learn, frontend="plain", max_n=6)
     cleaner.dd_cats.value = "1"
     first, second, third = cleaner.fns[:3]
     cleaner.cells[0].menu.value = DELETE
@@ -69,7 +69,7 @@ def test_fastai_book_loops_work_as_written(learn, mnist_copy):
 
 
 def test_choices_stay_when_switching_category_split_and_page(learn):
-    cleaner = ImageClassifierCleaner(learn, max_n=4)
+    cleaner = ImageClassifierCleaner(learn, frontend="plain", max_n=4)
     cleaner.dd_cats.value = "2"
     marked = cleaner.fns[1]
     cleaner.cells[1].menu.value = DELETE
@@ -89,7 +89,7 @@ def test_choices_stay_when_switching_category_split_and_page(learn):
 
 
 def test_pages_go_past_max_n_and_cover_the_whole_category(learn):
-    cleaner = ImageClassifierCleaner(learn, max_n=3)
+    cleaner = ImageClassifierCleaner(learn, frontend="plain", max_n=3)
     cleaner.dd_cats.value = "0"
     n = sum(1 for p in learn.dls.train_ds.items if p.parent.name == "0")
     seen = []
@@ -102,7 +102,7 @@ def test_pages_go_past_max_n_and_cover_the_whole_category(learn):
 
 
 def test_predicted_class_filter_shows_only_that_prediction(learn):
-    cleaner = ImageClassifierCleaner(learn, max_n=50)
+    cleaner = ImageClassifierCleaner(learn, frontend="plain", max_n=50)
     probs, _ = learn.get_preds(ds_idx=0)
     pred = dict(zip(learn.dls.train_ds.items, probs.argmax(1).tolist()))
     cleaner.dd_cats.value = "4"
@@ -112,7 +112,7 @@ def test_predicted_class_filter_shows_only_that_prediction(learn):
 
 
 def test_sort_by_confidence_and_margin_rank_low_scores_first(learn):
-    cleaner = ImageClassifierCleaner(learn, max_n=10)
+    cleaner = ImageClassifierCleaner(learn, frontend="plain", max_n=10)
     for key in ("self_confidence", "margin"):
         cleaner.dd_sort.value = key
         view = cleaner._view[key].tolist()
@@ -131,7 +131,7 @@ def test_scores_come_from_images_without_augmentation_and_once(learn):
 
 def test_apply_deletes_and_relabels_and_the_learner_follows(learn, mnist_copy):
     before = digest(mnist_copy)
-    cleaner = ImageClassifierCleaner(learn, max_n=5)
+    cleaner = ImageClassifierCleaner(learn, frontend="plain", max_n=5)
     cleaner.dd_cats.value = "8"
     doomed, moving = cleaner.fns[0], cleaner.fns[1]
     cleaner.cells[0].menu.value = DELETE
@@ -151,7 +151,7 @@ def test_apply_deletes_and_relabels_and_the_learner_follows(learn, mnist_copy):
 
 
 def test_relabel_onto_a_taken_name_keeps_both_files(learn, mnist_copy):
-    cleaner = ImageClassifierCleaner(learn, max_n=3)
+    cleaner = ImageClassifierCleaner(learn, frontend="plain", max_n=3)
     cleaner.dd_cats.value = "6"
     src = cleaner.fns[0]
     clash = src.parent.parent / "0" / src.name
@@ -166,7 +166,7 @@ def test_relabel_onto_a_taken_name_keeps_both_files(learn, mnist_copy):
 
 def test_choosing_the_own_class_is_not_a_change(learn, mnist_copy):
     before = digest(mnist_copy)
-    cleaner = ImageClassifierCleaner(learn, max_n=3)
+    cleaner = ImageClassifierCleaner(learn, frontend="plain", max_n=3)
     cleaner.dd_cats.value = "7"
     cleaner.cells[0].menu.value = "7"
     assert cleaner.change() == [] and cleaner.choices == {}
@@ -176,7 +176,7 @@ def test_choosing_the_own_class_is_not_a_change(learn, mnist_copy):
 
 
 def test_a_missing_file_is_reported_not_fatal(learn):
-    cleaner = ImageClassifierCleaner(learn, max_n=3)
+    cleaner = ImageClassifierCleaner(learn, frontend="plain", max_n=3)
     cleaner.dd_cats.value = "5"
     gone, other = cleaner.fns[0], cleaner.fns[1]
     cleaner.cells[0].menu.value = DELETE
@@ -188,7 +188,7 @@ def test_a_missing_file_is_reported_not_fatal(learn):
 
 
 def test_read_only_dataset_is_refused_and_nothing_changes(learn, mnist_copy):
-    cleaner = ImageClassifierCleaner(learn, max_n=3)
+    cleaner = ImageClassifierCleaner(learn, frontend="plain", max_n=3)
     cleaner.dd_cats.value = "2"
     cleaner.cells[0].menu.value = DELETE
     before = digest(mnist_copy)
@@ -214,7 +214,7 @@ def _mark_many(cleaner) -> None:
 
 
 def test_apply_cut_off_halfway_can_be_resumed(learn, mnist_copy):
-    cleaner = ImageClassifierCleaner(learn, max_n=3)
+    cleaner = ImageClassifierCleaner(learn, frontend="plain", max_n=3)
     _mark_many(cleaner)
     expected = {p: c for p, c in cleaner.choices.items()}
     before = digest(mnist_copy)
@@ -232,7 +232,7 @@ def test_apply_cut_off_halfway_can_be_resumed(learn, mnist_copy):
 
 
 def test_apply_cut_off_halfway_can_be_undone_byte_for_byte(learn, mnist_copy):
-    cleaner = ImageClassifierCleaner(learn, max_n=3)
+    cleaner = ImageClassifierCleaner(learn, frontend="plain", max_n=3)
     _mark_many(cleaner)
     before = digest(mnist_copy)
     with pytest.raises(fileops.InjectedFault):
@@ -243,11 +243,12 @@ def test_apply_cut_off_halfway_can_be_undone_byte_for_byte(learn, mnist_copy):
     assert digest(mnist_copy) == before
 
 
-def test_thumbnails_are_made_only_for_the_page_shown(learn):
-    cleaner = ImageClassifierCleaner(learn, max_n=4)
-    assert len(cleaner.thumbs._items) <= 4
-    cleaner.next_button.click()
+def test_thumbnails_are_made_only_for_the_page_shown_and_the_next(learn):
+    cleaner = ImageClassifierCleaner(learn, frontend="plain", max_n=4)
     assert len(cleaner.thumbs._items) <= 8
+    assert set(cleaner.thumbs._items) == set(cleaner._view["path"].iloc[:8])
+    cleaner.next_button.click()
+    assert len(cleaner.thumbs._items) <= 12
     assert all(c.image.value[:2] == b"\xff\xd8" for c in cleaner.cells if c.path is not None)  # JPEG
 
 
@@ -264,7 +265,7 @@ def test_duplicates_view_pairs_planted_copies_and_deletes_one(mnist_copy):
     torch.manual_seed(0)
     body = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU())
     learn = Learner(dls, VisionModel(body, create_head(32, dls.c)))
-    cleaner = ImageClassifierCleaner(learn, max_n=4)
+    cleaner = ImageClassifierCleaner(learn, frontend="plain", max_n=4)
     pairs = cleaner.show_duplicates(threshold=0.9999)
     assert cleaner.dd_view.value == "duplicates"
     planted = {frozenset(p) for p in zip(originals, copies)}
@@ -279,7 +280,7 @@ def test_duplicates_view_pairs_planted_copies_and_deletes_one(mnist_copy):
 
 
 def test_a_choice_set_from_code_shows_in_the_menu_on_the_page(learn):
-    cleaner = ImageClassifierCleaner(learn, max_n=4)
+    cleaner = ImageClassifierCleaner(learn, frontend="plain", max_n=4)
     first, second = cleaner.fns[0], cleaner.fns[1]
     cleaner.set_choice(first, DELETE)
     other = next(c for c in cleaner.vocab if c not in cleaner._own_labels(second))
