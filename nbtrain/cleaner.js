@@ -49,7 +49,7 @@ function render({ model, el: host }) {
       card.classList.toggle("is-relabel", m.kind === "relabel");
       card.classList.toggle("is-kept", m.kind === "kept");
       const badge = card.querySelector(".nbtrain-badge");
-      badge.textContent = m.kind === "delete" ? "DELETE" : m.kind === "relabel" ? "→ " + m.label : m.kind === "kept" ? "✓ keep" : "";
+      badge.textContent = m.kind === "delete" ? "DELETE" : m.kind === "relabel" ? "→ " + m.label : m.kind === "kept" ? "✓" : "";
       const menu = card.querySelector("select");
       menu.value = m.kind === "delete" ? "<Delete>" : m.kind === "relabel" ? m.label : "<Keep>";
       card.querySelector(".nbtrain-del").textContent = m.kind === "delete" ? "Keep" : "Delete";

@@ -266,8 +266,9 @@ class ImageClassifierCleaner:
         self.choices: dict[Path, str | frozenset] = {}
         # Images a person has decided on or paged past: the "reviewed" count.
         self.reviewed: set[Path] = set()
-        # One entry per decision (a bulk one counts once): path -> the choice it replaced.
-        self.history: list[dict[Path, str | frozenset]] = []
+        # One entry per decision (a bulk one counts once): the choices it replaced, and the images it
+        # was the first decision on (so an undo takes them out of the reviewed count again).
+        self.history: list[tuple[dict[Path, str | frozenset], set[Path]]] = []
         self.thumbs = ThumbnailCache(height, width, capacity=max(512, 3 * max_n))
         self.page = 0
         self.last_report: fileops.ApplyReport | None = None
@@ -330,6 +331,7 @@ class ImageClassifierCleaner:
                    layout=W.Layout(grid_gap="6px")),
             self.apply_box, self.status, self.help, self.grid])
         self._view: pd.DataFrame = self.scores.iloc[:0]
+        self._view_paths: set[Path] = set()
         self._on_view_change()
 
     # -- scores and views ------------------------------------------------------------------------
@@ -431,6 +433,7 @@ class ImageClassifierCleaner:
 
     def _on_view_change(self, change=None) -> None:
         self._view = self._select()
+        self._view_paths = set(self._view["path"])
         self.show_page(0)
 
     @property
@@ -473,6 +476,7 @@ class ImageClassifierCleaner:
         try:
             for cell, row in zip(self.cells, rows.itertuples(index=False)):
                 cell.path = row.path
+                cell.box.tooltip = Path(row.path).name
                 cell.image.value = self.thumbs(row.path)
                 cell.caption.value = self._caption(row)
                 pred = self._predicted(row)
@@ -592,10 +596,10 @@ class ImageClassifierCleaner:
 
     def _decide(self, new: dict[Path, str | frozenset]) -> None:
         """Record several choices as one decision (one undo step) and show them."""
-        step = {p: self.choices.get(p, KEEP) for p in new}
         if not new:
             return
-        self.history.append(step)
+        step = {p: self.choices.get(p, KEEP) for p in new}
+        self.history.append((step, set(new) - self.reviewed))
         for p, c in new.items():
             if c == KEEP:
                 self.choices.pop(p, None)
@@ -648,7 +652,8 @@ class ImageClassifierCleaner:
         if not self.history:
             self.status.value = "Nothing to undo."
             return []
-        step = self.history.pop()
+        step, first_seen = self.history.pop()
+        self.reviewed -= first_seen
         for p, c in step.items():
             if c == KEEP:
                 self.choices.pop(p, None)
@@ -691,9 +696,9 @@ class ImageClassifierCleaner:
         if cell.labels is not None:
             cell.labels.value = tuple(sorted(choice)) if isinstance(choice, frozenset) else own_labels
         mark = self._mark(cell.path)
-        colour = {"delete": "#d32f2f", "relabel": "#1565c0", "kept": "#2e7d32"}.get(mark["kind"], "#ddd")
+        colour = {"delete": "#d32f2f", "relabel": "#1565c0", "kept": "#81c784"}.get(mark["kind"], "#ddd")
         cell.box.layout.border = f"3px solid {colour}"
-        text = {"delete": "DELETE", "relabel": f"→ {mark.get('label')}", "kept": "✓ keep"}.get(mark["kind"], "")
+        text = {"delete": "DELETE", "relabel": f"→ {mark.get('label')}", "kept": "✓"}.get(mark["kind"], "")
         cell.badge.value = (f"<b style='background:{colour};color:white;padding:1px 6px;border-radius:3px'>"
                             f"{html.escape(text)}</b>" if text else "")
         cell.delete_button.description = "Keep" if mark["kind"] == "delete" else "Delete"
@@ -702,7 +707,7 @@ class ImageClassifierCleaner:
     def _update_summary(self) -> None:
         n_del = sum(v == DELETE for v in self.choices.values())
         n_rel = len(self.choices) - n_del
-        n_seen = len(self.reviewed & set(self._view["path"])) if len(self._view) else 0
+        n_seen = len(self.reviewed & self._view_paths)
         self.summary.value = (f"<b>{n_del} to delete, {n_rel} to relabel</b> · reviewed {n_seen} of "
                               f"{len(self._view)} in this view, {len(self.reviewed)} in all")
         self.undo_button.disabled = not self.history

@@ -289,3 +289,168 @@ def test_a_choice_set_from_code_shows_in_the_menu_on_the_page(learn):
     assert cleaner.delete() == [0] and cleaner.change() == [(1, other)]
     cleaner.set_choice(first, KEEP)
     assert cleaner.cells[0].menu.value == KEEP and cleaner.delete() == []
+
+
+# -- one action per decision, undo, bulk, the Apply button, issue views, front ends ------------------
+
+
+def test_a_click_on_delete_marks_the_image_and_a_second_click_keeps_it(learn):
+    cleaner = ImageClassifierCleaner(learn, frontend="plain", max_n=4)
+    cell, path = cleaner.cells[0], cleaner.fns[0]
+    cell.delete_button.click()
+    assert cleaner.choices == {path: DELETE} and cell.menu.value == DELETE
+    assert "DELETE" in cell.badge.value and "#d32f2f" in cell.box.layout.border
+    assert cell.delete_button.description == "Keep"
+    cell.delete_button.click()
+    assert cleaner.choices == {} and cell.menu.value == KEEP and cell.delete_button.description == "Delete"
+
+
+def test_one_click_accepts_the_models_prediction_as_the_new_label(learn):
+    cleaner = ImageClassifierCleaner(learn, frontend="plain", max_n=30)
+    cleaner.dd_cats.value = "(any)"
+    rows = cleaner._view.set_index("path", drop=False).loc[cleaner.fns]
+    i = next(i for i, (labs, pred) in enumerate(zip(rows["labels"], rows["pred_idx"])) if cleaner.vocab[pred] not in labs)
+    pred = cleaner.vocab[rows["pred_idx"].iloc[i]]
+    assert cleaner.cells[i].accept_button.description == f"✓ {pred}"
+    cleaner.cells[i].accept_button.click()
+    assert cleaner.choices == {cleaner.fns[i]: pred} and cleaner.change() == [(i, pred)]
+    assert f"→ {pred}" in cleaner.cells[i].badge.value
+
+
+def test_bulk_decisions_on_a_page_are_undone_in_one_step(learn):
+    cleaner = ImageClassifierCleaner(learn, frontend="plain", max_n=5)
+    first = cleaner.fns[0]
+    cleaner.set_choice(first, "9" if "9" not in cleaner._own_labels(first) else "8")
+    before = dict(cleaner.choices)
+    cleaner.delete_all_button.click()
+    assert cleaner.delete() == list(range(5))
+    cleaner.undo_button.click()
+    assert cleaner.choices == before
+    cleaner.accept_all_button.click()
+    preds = cleaner._view.set_index("path", drop=False).loc[cleaner.fns]
+    expected = {p: cleaner.vocab[i] for p, i, labs in zip(preds["path"], preds["pred_idx"], preds["labels"])
+                if cleaner.vocab[i] not in labs}
+    assert cleaner.choices == expected
+    cleaner.undo()
+    assert cleaner.choices == before
+
+
+def test_undo_takes_back_the_last_decision_and_its_reviewed_count(learn):
+    cleaner = ImageClassifierCleaner(learn, frontend="plain", max_n=4)
+    a, b = cleaner.fns[:2]
+    cleaner.toggle_delete(a)
+    cleaner.toggle_delete(b)
+    assert cleaner.reviewed == {a, b} and "reviewed 2 of" in cleaner.summary.value
+    assert cleaner.undo() == [b]
+    assert cleaner.choices == {a: DELETE} and cleaner.reviewed == {a}
+    cleaner.undo()
+    assert cleaner.choices == {} and cleaner.undo_button.disabled
+    assert cleaner.undo() == [] and "Nothing to undo" in cleaner.status.value
+    cleaner.next_button.click()  # paging past a page counts its images as reviewed: left as they are
+    assert len(cleaner.reviewed) == 4
+
+
+def _buttons(box) -> dict:
+    found = {}
+    for w in box.children:
+        for child in (w.children if hasattr(w, "children") else [w]):
+            if hasattr(child, "on_click"):
+                found[child.description] = child
+    return found
+
+
+def test_apply_button_shows_the_plan_asks_then_applies_and_undo_apply_restores_every_byte(learn, mnist_copy):
+    before = digest(mnist_copy)
+    cleaner = ImageClassifierCleaner(learn, frontend="plain", max_n=4)
+    cleaner.dd_cats.value = "2"
+    doomed, moving = cleaner.fns[:2]
+    cleaner.toggle_delete(doomed)
+    cleaner.set_choice(moving, "5")
+    cleaner.apply_button.click()
+    plan = cleaner.apply_box.children[0].value
+    rel = lambda p: str(p.relative_to(mnist_copy))  # noqa: E731
+    assert f"delete {rel(doomed)}" in plan and f"move {rel(moving)} → {rel(moving.parent.parent / '5' / moving.name)}" in plan
+    assert digest(mnist_copy) == before, "showing the plan changes nothing"
+    buttons = _buttons(cleaner.apply_box)
+    buttons["Cancel"].click()
+    assert cleaner.apply_box.children == () and digest(mnist_copy) == before
+    cleaner.apply_button.click()
+    _buttons(cleaner.apply_box)["Yes, apply 2 changes"].click()
+    assert not doomed.exists() and (moving.parent.parent / "5" / moving.name).exists()
+    assert cleaner.choices == {} and "Applied: 1 deleted, 1 relabelled" in cleaner.apply_box.children[0].value
+    _buttons(cleaner.apply_box)["Undo this apply"].click()
+    assert digest(mnist_copy) == before
+    assert cleaner.choices == {doomed: DELETE, moving: "5"}
+    assert doomed in learn.dls.train_ds.items and moving in learn.dls.train_ds.items
+    learn.fit(1)  # the loaders point at files that exist again
+
+
+def test_decisions_in_the_keys_grid_equal_the_same_decisions_from_code(learn):
+    keys = ImageClassifierCleaner(learn, frontend="keys", max_n=6)
+    code = ImageClassifierCleaner(learn, frontend="plain", max_n=6, scores=keys.scores)
+    g = keys.grid_widget
+    assert len(g.cards) == len(g.images) == len(g.marks) == 6
+    assert all(img[:2] == b"\xff\xd8" for img in g.images)  # JPEG bytes, sent with the page
+    token = g.page_token
+    other = next(c for c in keys.vocab if c not in keys._own_labels(keys.fns[2]))
+    for msg in ({"action": "toggle_delete", "index": 0}, {"action": "accept", "index": 1},
+                {"action": "relabel", "index": 2, "label": other}, {"action": "delete_all"}, {"action": "undo"},
+                {"action": "next"}, {"action": "toggle_delete", "index": 3}, {"action": "prev"}):
+        keys._on_grid_message(g, msg)
+    code.toggle_delete(code.fns[0])
+    code.accept_prediction(code.fns[1])
+    code.set_choice(code.fns[2], other)
+    code.delete_all_shown()
+    code.undo()
+    code.next_page()
+    code.toggle_delete(code.fns[3])
+    code.show_page(0)
+    assert keys.choices == code.choices and len(keys.choices) >= 3
+    assert g.page_token == token + 2 and g.marks[0] == {"kind": "delete"}
+    assert g.marks[2] == {"kind": "relabel", "label": other}
+
+
+def _issue_table(learn) -> "pd.DataFrame":
+    import pandas as pd
+
+    items = learn.dls.train_ds.items
+    rows = [(items[0], "blurry", 0.5, True), (items[1], "blurry", 0.9, True), (items[2], "blurry", 0.7, True),
+            (items[3], "blurry", 0.1, False), (items[4], "dark", 0.95, True)]
+    return pd.DataFrame({"path": [Path(p).resolve() for p, *_ in rows], "split": "train",
+                         "issue": [r[1] for r in rows], "score": [r[2] for r in rows], "flagged": [r[3] for r in rows],
+                         "reason": [f"{r[1]} score {r[2]}" for r in rows], "threshold": 0.3})
+
+
+def test_issue_views_show_each_flagged_type_worst_first_with_its_reason(learn):
+    table = _issue_table(learn)
+    items = learn.dls.train_ds.items
+    cleaner = ImageClassifierCleaner(learn, frontend="plain", max_n=4, issues=table)
+    assert [label for label, _ in cleaner.dd_view.options] == ["images by class", "blurry (3)", "dark (1)"]
+    cleaner.dd_view.value = "issue:blurry"
+    assert cleaner.fns == [items[1], items[2], items[0]]
+    assert "blurry score 0.9" in cleaner.cells[0].caption.value
+    cleaner.cells[0].delete_button.click()
+    assert cleaner.delete() == [0]
+    cleaner.apply()
+    assert not items[1].exists()
+    assert [label for label, _ in cleaner.dd_view.options] == ["images by class", "blurry (2)", "dark (1)"]
+
+    later = ImageClassifierCleaner(learn, frontend="plain", max_n=4)
+    later.show_issues(table.iloc[2:], issue="dark")
+    assert later.dd_view.value == "issue:dark" and later.fns == [items[4]]
+    with pytest.raises(ValueError, match="lacks the columns"):
+        later.show_issues(table.drop(columns=["reason"]))
+
+
+def test_the_front_end_is_chosen_by_name_and_auto_takes_plain_on_kaggle(learn, monkeypatch):
+    from nbtrain.cleaner import choose_frontend
+
+    assert choose_frontend("auto", multi_label=False) == "keys"
+    assert choose_frontend("auto", multi_label=True) == "plain"
+    with pytest.raises(ValueError, match="frontend must be one of"):
+        choose_frontend("fancy", multi_label=False)
+    with pytest.raises(ValueError, match="single-label"):
+        choose_frontend("keys", multi_label=True)
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Interactive")
+    cleaner = ImageClassifierCleaner(learn, max_n=3)
+    assert cleaner.frontend == "plain" and cleaner.cells and cleaner.grid_widget is None

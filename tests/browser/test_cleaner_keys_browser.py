@@ -20,30 +20,12 @@ from pathlib import Path
 import pytest
 
 from .conftest import ACTIVE_PANEL, REPO_ROOT, open_notebook, run_cell, save_screenshot, wait_for_kernel_idle
-from .test_cleaner_browser import DATASET, SAMPLE, _hashes, _screenshot_cleaner
+from .test_cleaner_browser import CELL_TRAIN, DATASET, SAMPLE, _hashes, _screenshot_cleaner
 
 pytestmark = pytest.mark.browser
 
 MAX_N = 8
 
-# A small CNN trained from scratch: a few seconds, and right about most digits.
-CELL_TRAIN = f"""
-import json
-from pathlib import Path
-
-import torch
-from torch import nn
-from nbtrain import ImageClassifierCleaner, ImageDataLoaders, Learner, Resize
-from nbtrain.datasets import make_mnist_sample
-
-torch.manual_seed(0)
-path = make_mnist_sample({DATASET!r}, **{SAMPLE!r}).path  # the test wrote it already: reused as it is
-dls = ImageDataLoaders.from_folder(path, item_tfms=Resize(28), bs=32, seed=0)
-model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(16, 32, 3, padding=1),
-                      nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(32 * 7 * 7, dls.c))
-learn = Learner(dls, model)
-learn.fit(6, 3e-3)
-"""
 DOCS_SHOT = REPO_ROOT / "docs" / "cleaner.png"
 
 CELL_CLEANER = f"""
