@@ -97,6 +97,7 @@ class Person:
         self.clicks = self.keys = 0
         self.focused = False
         self.switch_ms: list[float] = []
+        self.round_trip_ms: list[float] = []
         if frontend == "keys":
             self.cards_sel, self.img_sel = f"{ACTIVE_PANEL} .nbtrain-card", f"{ACTIVE_PANEL} .nbtrain-card img"
         else:
@@ -106,7 +107,10 @@ class Person:
     def select(self, description: str, label_prefix: str) -> None:
         """Choose in one of the cleaner's menus: open it and pick, 2 clicks."""
         menu = self.page.locator(f"{ACTIVE_PANEL} .widget-dropdown", has_text=description).locator("select").first
-        label = next(o for o in menu.locator("option").all_inner_texts() if o.startswith(label_prefix))
+        options = menu.locator("option").all_text_contents()
+        label = next((o for o in options if o.replace("\xa0", " ").startswith(label_prefix)), None)
+        if label is None:
+            raise RuntimeError(f"no option starting with {label_prefix!r} in the {description} menu: {options}")
         menu.select_option(label=label)
         self.clicks += 2
         wait_for_kernel_idle(self.page, 60, stable=0.3)
@@ -174,6 +178,10 @@ class Person:
         self.page.wait_for_function("() => window.__switchMs !== undefined", timeout=30_000, polling="raf")
         ms = self.page.evaluate("() => window.__switchMs")
         self.switch_ms.append(ms)
+        if self.frontend == "keys":  # where the time went: to the kernel and back, then drawing
+            got = self.page.evaluate(f"""() => {{ const d = document.querySelector('{ACTIVE_PANEL} .nbtrain-review').dataset;
+                return [d.receivedAt - window.__askedAt, d.builtAt - d.receivedAt, d.renderedAt - d.builtAt]; }}""")
+            self.round_trip_ms.append([round(x) for x in got])
         return ms
 
 
@@ -291,7 +299,12 @@ def main() -> int:
                             "per_decision": actions / max(1, len(out["corrected"])),
                             "task_switches": len(task_switches),
                             "switch_ms_median": statistics.median(person.switch_ms),
-                            "switch_ms_max": max(person.switch_ms), "seconds": took})
+                            "switch_ms_max": max(person.switch_ms), "seconds": took,
+                            "switch_ms": [round(x) for x in person.switch_ms],
+                            "kernel_build_decode_ms": person.round_trip_ms,
+                            "extra": {n: c for n, c in choices.items() if n not in out["corrected"]},
+                            "wrong": [(n, choices.get(n), truth[n]) for n in out["corrected"]
+                                      if choices.get(n) != truth[n]["true"]]})
                         print(json.dumps(results[-1]), flush=True)
                         page.context.close()
                 browser.close()

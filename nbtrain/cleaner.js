@@ -57,42 +57,34 @@ function render({ model, el: host }) {
     root.dataset.marksToken = String(model.get("marks_token"));
   }
 
-  function card(info, i, image, classes) {
+  // The cards are made once and reused from page to page: a page switch only swaps each card's image,
+  // caption and buttons, which keeps it fast (no new menus, no layout of new elements).
+  let pool = [];
+  let hovered = null; // the card under the pointer: it stays the same element when the page changes
+
+  function makeCard(i, classes) {
     const c = el("div", "nbtrain-card");
     c.dataset.i = String(i);
-    c.title = info.name;
     const thumb = el("div", "nbtrain-thumb");
     const img = el("img");
-    img.alt = info.name;
-    const url = URL.createObjectURL(new Blob([image], { type: "image/jpeg" }));
-    urls.push(url);
-    img.src = url;
     thumb.append(img, el("span", "nbtrain-badge"));
     const caption = el("div", "nbtrain-caption");
-    caption.innerHTML = info.caption;
     const actions = el("div", "nbtrain-actions");
     const del = el("button", "nbtrain-del", "Delete");
     del.title = "mark for deletion, or keep again (D)";
-    actions.append(del);
-    if (info.pred) {
-      const acc = el("button", "nbtrain-accept", "✓ " + info.pred);
-      acc.title = "relabel as the prediction, " + info.pred + " (A)";
-      acc.disabled = info.pred === info.label;
-      actions.append(acc);
-    }
+    const acc = el("button", "nbtrain-accept", "✓");
     const menu = el("select", "nbtrain-menu");
     for (const o of ["<Keep>", "<Delete>", ...classes]) {
       const opt = el("option", "", o);
       opt.value = o;
       menu.append(opt);
     }
-    actions.append(menu);
+    actions.append(del, acc, menu);
     c.append(thumb, caption, actions);
     thumb.addEventListener("click", () => send("toggle_delete", i));
     del.addEventListener("click", () => send("toggle_delete", i));
-    actions.querySelectorAll("button").forEach((b) => b.addEventListener("mousedown", (e) => e.preventDefault()));
-    const acc = actions.querySelector(".nbtrain-accept");
-    if (acc) acc.addEventListener("click", () => send("accept", i));
+    acc.addEventListener("click", () => send("accept", i));
+    for (const b of [del, acc]) b.addEventListener("mousedown", (e) => e.preventDefault());
     menu.addEventListener("change", () => {
       const v = menu.value;
       if (v === "<Keep>") send("keep", i);
@@ -100,7 +92,13 @@ function render({ model, el: host }) {
       else send("relabel", i, { label: v });
       root.focus({ preventScroll: true });
     });
-    c.addEventListener("mouseenter", () => setCursor(i, false));
+    c.addEventListener("mouseenter", () => {
+      hovered = i;
+      setCursor(i, false);
+    });
+    c.addEventListener("mouseleave", () => {
+      if (hovered === i) hovered = null;
+    });
     c.addEventListener("mousedown", (e) => {
       setCursor(i, false);
       if (e.target.tagName !== "SELECT") {
@@ -108,10 +106,26 @@ function render({ model, el: host }) {
         root.focus({ preventScroll: true });
       }
     });
-    return { c, img };
+    grid.append(c);
+    return { c, img, caption, acc };
+  }
+
+  function fillCard(card, info, image) {
+    card.c.title = info.name;
+    card.img.alt = info.name;
+    const url = URL.createObjectURL(new Blob([image], { type: "image/jpeg" }));
+    urls.push(url);
+    card.img.src = url;
+    card.caption.innerHTML = info.caption;
+    card.acc.style.display = info.pred ? "" : "none";
+    card.acc.textContent = "✓ " + info.pred;
+    card.acc.title = "relabel as the prediction, " + info.pred + " (A)";
+    card.acc.disabled = !info.pred || info.pred === info.label;
+    card.c.style.display = "";
   }
 
   async function renderPage() {
+    root.dataset.receivedAt = String(performance.now());
     const infos = model.get("cards") || [];
     const images = model.get("images") || [];
     const classes = model.get("classes") || [];
@@ -121,13 +135,18 @@ function render({ model, el: host }) {
     root.style.setProperty("--nbtrain-card-w", model.get("card_width") + "px");
     const old = urls;
     urls = [];
-    const built = infos.map((info, i) => card(info, i, images[i], classes));
-    cards = built.map((b) => b.c);
-    grid.replaceChildren(...cards);
-    old.forEach((u) => URL.revokeObjectURL(u));
+    while (pool.length < infos.length) pool.push(makeCard(pool.length, classes));
+    pool.forEach((card, i) => {
+      if (i < infos.length) fillCard(card, infos[i], images[i]);
+      else card.c.style.display = "none";
+    });
+    cards = pool.slice(0, infos.length).map((p) => p.c);
     renderMarks();
-    setCursor(0, false);
-    await Promise.all(built.map((b) => b.img.decode().catch(() => undefined)));
+    setCursor(hovered === null || hovered >= cards.length ? 0 : hovered, false);
+    root.dataset.builtAt = String(performance.now());
+    const shown = pool.slice(0, infos.length).map((p) => p.img);
+    await Promise.all(shown.map((img) => img.decode().catch(() => undefined)));
+    old.forEach((u) => URL.revokeObjectURL(u));
     if (model.get("page_token") === token) {
       root.dataset.pageToken = String(token);
       root.dataset.renderedAt = String(performance.now());
