@@ -65,6 +65,7 @@ cleaner
 
 CELL_DUMP = """
 Path("choices.json").write_text(json.dumps({str(p.name): str(c) for p, c in cleaner.choices.items()}))
+Path("history.json").write_text(json.dumps([[p.name for p in step] for step, _ in cleaner.history]))
 train = cleaner.scores[cleaner.scores["split"] == "Train"]
 Path("scores.json").write_text(json.dumps([(p.name, labs[0], float(loss))
                                            for p, labs, loss in zip(train["path"], train["labels"], train["loss"])]))
@@ -98,6 +99,8 @@ class Person:
         self.focused = False
         self.switch_ms: list[float] = []
         self.round_trip_ms: list[float] = []
+        self.misses: list[tuple[int, int]] = []
+        self.log: list = []
         if frontend == "keys":
             self.cards_sel, self.img_sel = f"{ACTIVE_PANEL} .nbtrain-card", f"{ACTIVE_PANEL} .nbtrain-card img"
         else:
@@ -111,8 +114,11 @@ class Person:
         label = next((o for o in options if o.replace("\xa0", " ").startswith(label_prefix)), None)
         if label is None:
             raise RuntimeError(f"no option starting with {label_prefix!r} in the {description} menu: {options}")
+        self.page.evaluate(WATCH_JS, self.img_sel)  # the new view's page must be drawn before it is read
+        self.page.evaluate("() => { window.__askedAt = performance.now(); }")
         menu.select_option(label=label)
         self.clicks += 2
+        self.page.wait_for_function("() => window.__switchMs !== undefined", timeout=30_000, polling="raf")
         wait_for_kernel_idle(self.page, 60, stable=0.3)
 
     def cards(self) -> list[dict]:
@@ -144,11 +150,18 @@ class Person:
         if self.frontend == "keys":
             self.focus()
             card.hover()
+            self.check_target(i)
             self.page.keyboard.press(label)
             self.keys += 1
         else:
             card.locator("select").select_option(label)
             self.clicks += 2
+
+    def check_target(self, i: int) -> None:
+        """The keys act on the card with the blue ring: it must be the one under the pointer."""
+        ring = self.page.eval_on_selector_all(self.cards_sel, "cs => cs.findIndex(c => c.classList.contains('is-cursor'))")
+        if ring != i:
+            self.misses.append((i, ring))
 
     def keep(self, i: int) -> None:
         self.focus()
@@ -217,6 +230,7 @@ def review(person: Person, truth: dict, strategy: str, want: int) -> dict:
                 else:
                     person.relabel(i, truth[c["name"]]["true"])
         corrected += [c["name"] for _, c in wrong]
+        person.log.append([c["name"] for _, c in wrong])
         if len(corrected) < want:
             person.next_page()
     wait_for_kernel_idle(person.page, 60, stable=0.5)
@@ -302,7 +316,8 @@ def main() -> int:
                             "switch_ms_max": max(person.switch_ms), "seconds": took,
                             "switch_ms": [round(x) for x in person.switch_ms],
                             "kernel_build_decode_ms": person.round_trip_ms,
-                            "extra": {n: c for n, c in choices.items() if n not in out["corrected"]},
+                            "misses": person.misses, "log": person.log,
+                            "history": json.loads((server.root / "history.json").read_text()), "extra": {n: c for n, c in choices.items() if n not in out["corrected"]},
                             "wrong": [(n, choices.get(n), truth[n]) for n in out["corrected"]
                                       if choices.get(n) != truth[n]["true"]]})
                         print(json.dumps(results[-1]), flush=True)
