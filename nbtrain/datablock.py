@@ -261,7 +261,8 @@ class ColSplitter:
         else:
             col = o[self.col]
         if self.on is None:
-            if col.dtype == object and set(col.dropna().map(str).str.lower()) - {"true", "false", "1", "0"}:
+            text = not (pd.api.types.is_bool_dtype(col) or pd.api.types.is_numeric_dtype(col))
+            if text and set(col.dropna().map(str).str.lower()) - {"true", "false", "1", "0"}:
                 raise DataError(f"ColSplitter: column {self.col!r} holds {sorted(set(col.map(str)))[:5]}, not true/false. "
                                 f"Pass on= the value(s) that mean validation, e.g. ColSplitter({self.col!r}, on='valid').")
             mask = col.map(lambda v: str(v).lower() in ("true", "1") if isinstance(v, str) else bool(v)).to_numpy()
@@ -535,12 +536,12 @@ class DataBlock:
             try:
                 items = self.get_items(source)
             except Exception as e:
-                raise DataError(f"get_items ({_name(self.get_items)}) failed on {source!r}: "
+                raise DataError(f"get_items ({_name(self.get_items)}) failed on {_short(source)}: "
                                 f"{type(e).__name__}: {e}") from e
         if not isinstance(items, pd.DataFrame):
             items = list(items)
         if len(items) == 0:
-            where = f"get_items ({_name(self.get_items)}) found no items in {source!r}" if self.get_items \
+            where = f"get_items ({_name(self.get_items)}) found no items in {_short(source)}" if self.get_items \
                 else "The source has no items"
             raise DataError(f"{where}. Check the path, and that the images have an image extension.")
         return items
@@ -691,8 +692,7 @@ class DataBlock:
             path = source if isinstance(source, (str, Path)) and Path(source).is_dir() else "."
         table = None
         if isinstance(dsets.items, pd.DataFrame):
-            table = _table_source(dsets.items.iloc[keep].reset_index(drop=True), fnames, labels, self.get_x,
-                                  self.get_y, y_block.multi_label)
+            table = _table_source(dsets.items, keep, fnames, labels, self.get_x, self.get_y, y_block.multi_label)
         return ImageDataLoaders.from_lists(path, fnames, labels, valid_idx=list(range(len(train), len(keep))),
                                            vocab=dsets.vocab, multi_label=y_block.multi_label, item_tfms=self.item_tfms,
                                            batch_tfms=self.batch_tfms, bs=bs, table=table, **kwargs)
@@ -763,10 +763,11 @@ class DataBlock:
             raise DataError(f"DataBlock.summary: the step '{step}' failed: {type(e).__name__}: {e}") from e
 
 
-def _table_source(df: pd.DataFrame, fnames: list[Path], labels: list, get_x: Any, get_y: Any,
+def _table_source(table: pd.DataFrame, rows: list[int], fnames: list[Path], labels: list, get_x: Any, get_y: Any,
                   multi_label: bool) -> TableSource | None:
-    """Which columns of `df` give the file names and the labels, so the cleaner can rewrite the table;
-    None when no column does."""
+    """Which columns of `table` give the file names and the labels (of its `rows`, in order), so the
+    cleaner can rewrite the table; None when no column does."""
+    df = table.iloc[rows]
     fn_found = None
     for col in ([get_x.cols[0]] if isinstance(get_x, ColReader) else []) + list(df.columns):
         if col not in df.columns:
@@ -793,7 +794,7 @@ def _table_source(df: pd.DataFrame, fnames: list[Path], labels: list, get_x: Any
                          [" ", ",", ";", "|"]:
                 split = [[] if _is_missing(v) else [s for s in str(v).split(delim) if s] for v in raw]
                 if all(list(map(str, labs)) == s for labs, s in zip(labels, split)):
-                    return TableSource(df, fn_found[0], col, delim, fn_found[1], fn_found[2])
+                    return TableSource(table, fn_found[0], col, delim, fn_found[1], fn_found[2])
         elif all(lab == v or str(lab) == str(v) for lab, v in zip(labels, raw)):
-            return TableSource(df, fn_found[0], col, None, fn_found[1], fn_found[2])
+            return TableSource(table, fn_found[0], col, None, fn_found[1], fn_found[2])
     return None
