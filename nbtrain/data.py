@@ -149,14 +149,21 @@ def _check_full(fn: Path) -> str | None:
         return f"cannot be decoded ({type(e).__name__}: {e})"
 
 
-def verify_images(fns: Sequence[Path | str], n_workers: int = 4) -> list[Path]:
+class PathList(list):
+    """A list of paths with fastai's `.map`, so the book's `failed.map(Path.unlink)` runs."""
+
+    def map(self, f: Callable) -> list:
+        return [f(p) for p in self]
+
+
+def verify_images(fns: Sequence[Path | str], n_workers: int = 4) -> PathList:
     """The files among `fns` that cannot be opened and fully decoded, as fastai's `verify_images`.
 
-    Remove them with `for f in verify_images(fns): f.unlink()`.
+    Remove them with `failed.map(Path.unlink)`, or `for f in verify_images(fns): f.unlink()`.
     """
     fns = [Path(f) for f in fns]
     reasons = _map_files(_check_full, fns, n_workers)
-    return [f for f, r in zip(fns, reasons) if r is not None]
+    return PathList(f for f, r in zip(fns, reasons) if r is not None)
 
 
 def _bad_headers(fns: Sequence[Path]) -> dict[Path, str]:

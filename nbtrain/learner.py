@@ -203,7 +203,7 @@ class Learner:
                  path: Path | str | None = None, model_dir: str = "models", wd: float = 0.01, thresh: float = 0.5):
         self.dls, self.opt_func, self.lr, self.wd, self.thresh = dls, opt_func, lr, wd, thresh
         self.loss_func = loss_func if loss_func is not None else _default_loss(dls.multi_label)
-        self.metrics = list(metrics) if isinstance(metrics, (list, tuple)) else ([metrics] if metrics else [])
+        self.metrics = metrics
         self.path = Path(path) if path is not None else dls.path
         self.model_dir = model_dir
         self.model = model.to(dls.device)
@@ -214,6 +214,15 @@ class Learner:
         self.epoch = 0
 
     # -- set-up ---------------------------------------------------------------------------------
+
+    @property
+    def metrics(self) -> list[Callable]:
+        return self._metrics
+
+    @metrics.setter
+    def metrics(self, metrics: Sequence[Callable] | Callable | None) -> None:
+        """One metric or several, as fastai's `learn.metrics = partial(accuracy_multi, thresh=0.1)`."""
+        self._metrics = list(metrics) if isinstance(metrics, (list, tuple)) else ([metrics] if metrics else [])
 
     @property
     def device(self) -> torch.device:

@@ -40,13 +40,14 @@ def make_pets(root: Path, per_class: int = 30) -> Path:
 
 
 def make_bears(root: Path, per_class: int = 30) -> Path:
-    """`root/bears/<black|grizzly|teddy>/<n>.png`, what the book's image search writes."""
+    """`root/bears/<black|grizzly|teddy>/<id>.png`, what the book's image search writes (the ids are
+    unique across the classes, so moving a file to another class never meets its name there)."""
     bears = root / "bears"
     by_digit = _digits(root, 10 * per_class, seed=4)
     for digit, name in BEARS.items():
         (bears / name).mkdir(parents=True)
-        for k, f in enumerate(by_digit[digit][:per_class]):
-            shutil.copyfile(f, bears / name / f"{k:08d}.png")
+        for f in by_digit[digit][:per_class]:
+            shutil.copyfile(f, bears / name / f"{int(f.stem):08d}.png")
     return bears
 
 
