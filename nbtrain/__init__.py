@@ -5,16 +5,20 @@ The public names follow fastai's, so code from the fastai course runs with littl
 from . import fileops, models
 from .augmentation import Normalize, PadMode, RandomResizedCrop, Resize, ResizeMethod, aug_transforms
 from .cleaner import ImageClassifierCleaner
-from .datasets import URLs, untar_data
+from .downloads import URLs, untar_data
 from .data import (CategoryMap, DataError, DataLoader, DataLoaders, ImageDataLoaders, get_image_files, load_image,
                    verify_images)
 from .datablock import (CategoryBlock, ColReader, ColSplitter, DataBlock, Datasets, EndSplitter, FuncSplitter,
                         GrandparentSplitter, ImageBlock, IndexSplitter, MaskSplitter, MultiCategoryBlock, PILImage,
                         RandomSplitter, RegexLabeller, TrainTestSplitter, TransformBlock, parent_label, using_attr)
-from .environment import copy_to_working, default_device, is_kaggle
+from .environment import default_device
+from .locations import is_kaggle
+from .fileops import copy_to_working
 from .interpretation import ClassificationInterpretation
 from .label_issues import find_duplicates, find_label_issues
-from .learner import Learner, create_cnn, load_learner, vision_learner
+from .callbacks import (Callback, CancelBatchException, CancelEpochException, CancelFitException, CancelStepException,
+                        CancelTrainException, CancelValidException)
+from .learner import Learner, TrainingInterrupted, TrainingState, create_cnn, load_learner, vision_learner
 from .metrics import (AccuracyMulti, F1Score, F1ScoreMulti, FBeta, FBetaMulti, Precision, PrecisionMulti, Recall,
                       RecallMulti, TopKAccuracy, accuracy, accuracy_multi, accuracy_thresh, error_rate, fbeta,
                       find_best_threshold, top_k_accuracy)
@@ -27,9 +31,10 @@ from .models import (WeightsUnavailableError, convnext_small, convnext_tiny, den
 __version__ = "0.1.0"
 
 __all__ = [
-    "AccuracyMulti", "ClassificationInterpretation", "DataError", "copy_to_working", "DataLoader", "DataLoaders", "F1Score",
+    "AccuracyMulti", "Callback", "CancelBatchException", "CancelEpochException", "CancelFitException",
+    "CancelStepException", "CancelTrainException", "CancelValidException", "ClassificationInterpretation", "DataError", "copy_to_working", "DataLoader", "DataLoaders", "F1Score",
     "F1ScoreMulti", "FBeta", "FBetaMulti", "ImageClassifierCleaner", "ImageDataLoaders", "Learner", "Normalize",
-    "Precision", "PrecisionMulti", "RandomResizedCrop", "Recall", "RecallMulti", "Resize", "TopKAccuracy",
+    "Precision", "PrecisionMulti", "RandomResizedCrop", "Recall", "RecallMulti", "Resize", "TopKAccuracy", "TrainingInterrupted", "TrainingState",
     "WeightsUnavailableError", "accuracy", "accuracy_multi", "accuracy_thresh", "aug_transforms", "create_cnn",
     "default_device", "error_rate", "fileops", "find_best_threshold", "get_image_files", "is_kaggle", "load_image",
     "load_learner", "top_k_accuracy", "untar_data", "URLs", "verify_images", "vision_learner",

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from nbtrain.datasets import make_mnist_sample, make_multilabel_mnist
+from nbtrain.samples import make_mnist_sample, make_multilabel_mnist
 
 # Oxford-IIIT Pets names cats with a capital letter, dogs in lower case.
 PET_BREEDS = {"0": "Abyssinian", "1": "Bengal", "7": "beagle", "8": "pug"}
