@@ -363,3 +363,10 @@ def test_copy_of_dataset_keeps_working_after_files_move(mnist_copy):
     i = dls.train_ds.items.index(mnist_copy / "train" / "5" / f.name)
     assert dls.train_ds.labels[i] == "5"
     assert np.isin(["3", "5"], dls.vocab).all()
+
+
+def test_random_splitter_and_from_name_func_make_the_same_split(mnist_small):
+    files = get_image_files(mnist_small)
+    dls = ImageDataLoaders.from_path_func(mnist_small, files, parent_label, valid_pct=0.2, seed=42, item_tfms=Resize(28))
+    _, valid = RandomSplitter(valid_pct=0.2, seed=42)(files)
+    assert sorted(dls.valid_ds.items) == sorted(files[i] for i in valid)
