@@ -468,6 +468,10 @@ class Datasets:
 # DataBlock
 
 
+# The keyword arguments of ImageDataLoaders.from_lists that dataloaders() passes on.
+_LOADER_ARGS = {"val_bs", "shuffle", "device", "num_workers", "bad_files", "seed"}
+
+
 def _listify(t: Any) -> list:
     if t is None:
         return []
@@ -673,6 +677,10 @@ class DataBlock:
         `bad_files`, `seed` (of the loaders' shuffling). `path` is where the learner saves; it is
         the source folder by default.
         """
+        unknown = sorted(set(kwargs) - _LOADER_ARGS)
+        if unknown:
+            raise DataError(f"dataloaders({', '.join(f'{k}=...' for k in unknown)}) cannot be honoured: nbtrain's loaders "
+                            f"take bs, path, {', '.join(sorted(_LOADER_ARGS))}. Leave the others out.")
         x_block, y_block = self.blocks
         if not isinstance(x_block, ImageBlock) or not isinstance(y_block, CategoryBlock):
             raise DataError(f"dataloaders needs blocks=(ImageBlock, CategoryBlock) or (ImageBlock, MultiCategoryBlock); "

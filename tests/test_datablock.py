@@ -280,6 +280,8 @@ def test_blocks_and_arguments_that_cannot_be_honoured_say_so():
         DataBlock(blocks=(ImageBlock, "category"))
     with pytest.raises(DataError, match="dataloaders needs blocks="):
         DataBlock().dataloaders([Path("a.png")] * 5)
+    with pytest.raises(DataError, match=r"dataloaders\(after_item=...\) cannot be honoured"):
+        _folder_block().dataloaders(".", after_item=lambda x: x)
 
 
 # -- fastai's other names ---------------------------------------------------------------------------
