@@ -372,3 +372,44 @@ def test_random_splitter_and_from_name_func_make_the_same_split(mnist_small):
     dls = ImageDataLoaders.from_path_func(mnist_small, files, parent_label, valid_pct=0.2, seed=42, item_tfms=Resize(28))
     _, valid = RandomSplitter(valid_pct=0.2, seed=42)(files)
     assert sorted(dls.valid_ds.items) == sorted(files[i] for i in valid)
+
+
+# -- the cleaner on DataBlock loaders ----------------------------------------------------------------
+
+
+def _untrained_learner(dls):
+    from tiny_models import small_cnn
+
+    return nbtrain.Learner(dls, small_cnn(dls.c))
+
+
+def test_cleaner_apply_moves_files_of_a_folder_datablock(mnist_copy):
+    dls = _folder_block().dataloaders(mnist_copy, bs=32, num_workers=0)
+    learn = _untrained_learner(dls)
+    cleaner = nbtrain.ImageClassifierCleaner(learn, max_n=4)
+    doomed, moving = cleaner.fns[0], cleaner.fns[1]
+    new_cat = next(c for c in dls.vocab if c != moving.parent.name)
+    cleaner.set_choice(doomed, "<Delete>")
+    cleaner.set_choice(moving, new_cat)
+    cleaner.apply()
+    dest = moving.parent.parent / new_cat / moving.name
+    assert not doomed.exists() and not moving.exists() and dest.exists()
+    items = learn.dls.train_ds.items + learn.dls.valid_ds.items
+    assert dest in items and doomed not in items
+
+
+def test_cleaner_apply_rewrites_the_table_of_a_dataframe_datablock(mnist_copy):
+    df = pd.read_csv(mnist_copy / "labels.csv", dtype={"label": str})
+    block = DataBlock(blocks=(ImageBlock, CategoryBlock), get_x=lambda r: mnist_copy / r["fname"],
+                      get_y=lambda r: r["label"], splitter=ColSplitter(), item_tfms=Resize(28))
+    dls = block.dataloaders(df, bs=32, num_workers=0)
+    assert (dls.table.fn_col, dls.table.label_col) == ("fname", "label")  # found by comparing the values
+    learn = _untrained_learner(dls)
+    cleaner = nbtrain.ImageClassifierCleaner(learn, max_n=4)
+    relabelled = cleaner.fns[0]
+    new_cat = next(c for c in dls.vocab if c != relabelled.parent.name)
+    cleaner.set_choice(relabelled, new_cat)
+    new_df = cleaner.apply()
+    rel = str(relabelled.relative_to(mnist_copy))
+    assert new_df.loc[new_df["fname"] == rel, "label"].tolist() == [new_cat]
+    assert relabelled.exists()  # the file stays where it is; only the table changes

@@ -107,6 +107,7 @@ def test_chapter2_bears_datablock_and_cleaner(in_tmp):
     interp.plot_confusion_matrix()
     interp.plot_top_losses(5, nrows=1)
     assert sorted(dls.vocab) == sorted(bear_types)
+    assert plt.gcf().axes[0].get_subplotspec().get_geometry()[:2] == (1, 5)  # one row of five
 
     cleaner = ImageClassifierCleaner(learn)
     cleaner
