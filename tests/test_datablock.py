@@ -304,13 +304,13 @@ def test_aug_transforms_mult_scales_rotation_lighting_and_warp():
     assert (affine.max_rotate, affine.max_warp, lighting.max_lighting) == (20.0, 0.4, 0.4)
 
 
-def test_aug_transforms_size_resizes_train_and_valid():
-    from nbtrain.data import DataLoader
-
+def test_aug_transforms_size_resizes_train_and_valid(mnist_small):
     tfms = aug_transforms(size=24, min_scale=0.75)
     x = torch.rand(4, 3, 46, 40)
     assert tfms[0](x).shape == (4, 3, 24, 24) and tfms[0].valid(x).shape == (4, 3, 24, 24)
-    assert DataLoader.__init__  # the loaders call .valid() when not augmenting
+    dls = _folder_block(batch_tfms=tfms).dataloaders(mnist_small, bs=8, num_workers=0)
+    assert dls.train.one_batch()[0].shape[-2:] == (24, 24)
+    assert dls.valid.one_batch()[0].shape[-2:] == (24, 24)  # as fastai, the validation set is resized too
 
 
 def test_aug_transforms_batch_gives_the_whole_batch_one_draw():
