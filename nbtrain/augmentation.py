@@ -47,14 +47,14 @@ class Resize:
     """Resize to `size` (an int for a square, or `(height, width)`).
 
     method: "crop" resizes the short side then centre-crops, "squish" stretches to the size, "pad"
-    fits the long side and pads the rest, with `pad_mode` "zeros" (black), "border" (the edge pixels
-    repeated) or "reflection". The crop is centred on the training set too, which keeps this
+    fits the long side and pads the rest, with `pad_mode` "reflection" (fastai's default), "zeros"
+    (black) or "border" (the edge pixels repeated). The crop is centred on the training set too, which keeps this
     transform deterministic (so its output can be cached); use `RandomResizedCrop` for random crops.
     """
 
     deterministic = True
 
-    def __init__(self, size: int | Sequence[int], method: str = "crop", pad_mode: str = "zeros"):
+    def __init__(self, size: int | Sequence[int], method: str = "crop", pad_mode: str = "reflection"):
         if method not in ("crop", "squish", "pad"):
             raise ValueError(f"Resize method must be 'crop', 'squish' or 'pad' (ResizeMethod.Crop, .Squish, .Pad), "
                              f"not {method!r}.")
