@@ -95,9 +95,16 @@ class RandomResizedCrop:
 
     deterministic = False
 
-    def __init__(self, size: int | Sequence[int], min_scale: float = 0.35, ratio: tuple[float, float] = (3 / 4, 4 / 3)):
-        self.size, self.min_scale, self.ratio = _pair(size), min_scale, ratio
-        self._random = v2.RandomResizedCrop(self.size, scale=(min_scale, 1.0), ratio=ratio, antialias=True)
+    def __init__(self, size: int | Sequence[int], min_scale: float = 0.35, ratio: tuple[float, float] = (3 / 4, 4 / 3),
+                 resamples: object = None, val_xtra: float | None = None, max_scale: float = 1.0):
+        if resamples is not None or val_xtra is not None:
+            raise ValueError("RandomResizedCrop's resamples= and val_xtra= cannot be honoured: nbtrain resizes with "
+                             "antialiased bilinear filtering and centre-crops the validation images to `size`. "
+                             "Leave them out.")
+        if not 0 < min_scale <= max_scale <= 1:
+            raise ValueError(f"RandomResizedCrop needs 0 < min_scale <= max_scale <= 1; got {min_scale}, {max_scale}.")
+        self.size, self.min_scale, self.max_scale, self.ratio = _pair(size), min_scale, max_scale, ratio
+        self._random = v2.RandomResizedCrop(self.size, scale=(min_scale, max_scale), ratio=ratio, antialias=True)
         self._valid = Resize(self.size, "crop")
 
     def __call__(self, img: Image.Image, train: bool = False) -> Image.Image:

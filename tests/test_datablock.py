@@ -334,6 +334,15 @@ def test_aug_transforms_arguments_it_cannot_use_raise():
     assert aug_transforms(xtra_tfms=[extra])[-1] is extra
 
 
+def test_random_resized_crop_takes_fastais_arguments_or_says_why_not():
+    from PIL import Image
+
+    img = Image.new("RGB", (64, 48))
+    assert nbtrain.RandomResizedCrop(32, min_scale=0.5, max_scale=0.9)(img, train=True).size == (32, 32)
+    with pytest.raises(ValueError, match="val_xtra= cannot be honoured"):
+        nbtrain.RandomResizedCrop(32, val_xtra=0.2)
+
+
 def test_fbeta_is_the_multilabel_f2_at_0_2():
     preds = torch.tensor([[2.0, -2.0, -2.0], [2.0, 2.0, -2.0]])
     targs = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 1.0]])
