@@ -54,7 +54,11 @@ class Resize:
 
     deterministic = True
 
-    def __init__(self, size: int | Sequence[int], method: str = "crop", pad_mode: str = "reflection"):
+    def __init__(self, size: int | Sequence[int], method: str = "crop", pad_mode: str = "reflection",
+                 resamples: object = None):
+        if resamples is not None:
+            raise ValueError("Resize's resamples= cannot be honoured: nbtrain resizes with antialiased bilinear "
+                             "filtering. Leave it out.")
         if method not in ("crop", "squish", "pad"):
             raise ValueError(f"Resize method must be 'crop', 'squish' or 'pad' (ResizeMethod.Crop, .Squish, .Pad), "
                              f"not {method!r}.")
