@@ -573,6 +573,8 @@ class Learner:
         self.recorder.metric_names = ["train_loss", "valid_loss", *[metric_name(m) for m in self.metrics]]
         self.n_epoch, self.epoch, self.iter, self.n_iter = n_epoch, 0, 0, n_batches
         with self.added_cbs([*([cbs] if isinstance(cbs, Callback) else list(cbs or [])), ProgressCallback()]):
+            for cb in self.cbs:
+                cb.learn = self  # a callback that travelled to another process belongs to its learner there
             try:
                 self.opt.zero_grad(set_to_none=True)
                 self._event("before_fit")
@@ -767,6 +769,9 @@ class Learner:
             if res is None:
                 raise distributed.DistributedError("The training processes ended without sending back the weights.")
             state = TrainingState.from_dict(res)
+        except KeyboardInterrupt:
+            raise TrainingInterrupted("stopped by the user; every process was ended, and the learner is as it "
+                                      "was before this call.") from None
         finally:
             self.model.to(device)
             self.load_training_state(state)  # what they reached, or what it had before on failure
