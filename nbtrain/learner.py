@@ -304,7 +304,7 @@ class Learner:
                  cbs: Sequence[Callback] | Callback | None = None):
         self.dls, self.opt_func, self.lr, self.wd, self.thresh = dls, opt_func, lr, wd, thresh
         self.loss_func = loss_func if loss_func is not None else _default_loss(dls.multi_label)
-        self.metrics = list(metrics) if isinstance(metrics, (list, tuple)) else ([metrics] if metrics else [])
+        self.metrics = metrics
         self.path = Path(path) if path is not None else dls.path
         self.model_dir = model_dir
         self.model = model.to(dls.device)
@@ -323,6 +323,15 @@ class Learner:
         self.pred = self.loss = self.loss_grad = None
 
     # -- set-up ---------------------------------------------------------------------------------
+
+    @property
+    def metrics(self) -> list[Callable]:
+        return self._metrics
+
+    @metrics.setter
+    def metrics(self, metrics: Sequence[Callable] | Callable | None) -> None:
+        """One metric or several, as fastai's `learn.metrics = partial(accuracy_multi, thresh=0.1)`."""
+        self._metrics = list(metrics) if isinstance(metrics, (list, tuple)) else ([metrics] if metrics else [])
 
     @property
     def device(self) -> torch.device:
