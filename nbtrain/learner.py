@@ -33,6 +33,7 @@ from .environment import default_device, in_notebook, mixed_precision, release_d
 from .locations import output_dir
 from .metrics import metric_name
 from .models import VisionModel, arch_name, channels_last_friendly, create_vision_model
+from .plots import image_grid
 
 EXPORT_FORMAT = "nbtrain-export"
 CHECKPOINT_FORMAT = "nbtrain-checkpoint"
@@ -917,33 +918,22 @@ class Learner:
 
     def show_results(self, ds_idx: int = 1, max_n: int = 9, figsize: tuple[float, float] | None = None):
         """Images with their label and the prediction (green when right, red when wrong); returns the figure."""
-        import matplotlib.pyplot as plt
-
         dl = self._plain_loader(ds_idx).new(num_workers=0)
         x, y, _ = next(dl.iter_with_index(fill_cache=False))
         x, y = x[:max_n], y[:max_n]
         self.model.eval()
         with torch.inference_mode():
             probs = self._activation(self.model(x).float()).cpu()
-        imgs = dl.decode(x).cpu()
-        n = len(x)
-        ncols = int(math.ceil(math.sqrt(n)))
-        nrows = int(math.ceil(n / ncols))
-        aspect = imgs.shape[-2] / imgs.shape[-1]  # panels shaped like the images (wide ones, e.g. multi-label pairs)
-        fig, axes = plt.subplots(nrows, ncols, figsize=figsize or (2.4 * ncols, (2.4 * aspect + 0.4) * nrows), squeeze=False)
-        for k, ax in enumerate(axes.flat):
-            ax.axis("off")
-            if k >= n:
-                continue
-            ax.imshow(imgs[k].permute(1, 2, 0).numpy())
+        titles, colors = [], []
+        for k in range(len(x)):
             actual = self.dls.label_of(y[k].cpu())
             if self.dls.multi_label:
                 pred = self.dls.label_of((probs[k] > self.thresh).float())
             else:
-                pred = self.dls.vocab[int(probs[k].argmax())]
-            ax.set_title(f"{actual}\n{pred}", color="green" if actual == pred else "red", fontsize=9)
-        fig.tight_layout()
-        return fig
+                pred = str(self.dls.vocab[int(probs[k].argmax())])
+            titles.append(f"{actual}\n{pred}")
+            colors.append("green" if str(actual) == pred else "red")
+        return image_grid(dl.decode(x).cpu(), titles, colors, figsize=figsize, title_size=9)
 
     # -- files ----------------------------------------------------------------------------------
 
