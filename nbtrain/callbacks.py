@@ -62,3 +62,9 @@ class Callback:
 
     def __repr__(self) -> str:
         return f"{self.name}()"
+
+    def __getstate__(self) -> dict:
+        # Sent to other processes without its learner: each process gives it its own.
+        state = dict(self.__dict__)
+        state.pop("learn", None)
+        return state

@@ -31,6 +31,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from .augmentation import BatchTransform, Normalize, Resize
 from .environment import available_memory, default_device, default_num_workers
+from .plots import image_grid
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
 # Files that operating systems and tools leave in folders; never worth a complaint.
@@ -628,7 +629,7 @@ class DataLoader:
             x, y = self.to_model_input(imgs), ds.targets[[0] * max_n]
         else:
             x, y = self.new(num_workers=0).one_batch()
-        return show_image_grid(self.decode(x[:max_n].float()).cpu(), [self.dataset.label_of(t) for t in y[:max_n].cpu()],
+        return image_grid(self.decode(x[:max_n].float()).cpu(), [self.dataset.label_of(t) for t in y[:max_n].cpu()],
                                nrows=nrows, ncols=ncols, figsize=figsize)
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
@@ -749,28 +750,6 @@ class DataLoaders:
     def __repr__(self) -> str:
         return (f"DataLoaders(train={self.train.n} images, valid={self.valid.n} images, {self.c} classes: "
                 f"{self.vocab[:10]}{'...' if self.c > 10 else ''})")
-
-
-def show_image_grid(x: torch.Tensor, titles: Sequence[str], nrows: int | None = None, ncols: int | None = None,
-                    figsize: tuple[float, float] | None = None):
-    """Images `(N, C, H, W)` in [0, 1] in a grid, each titled; returns the figure."""
-    import matplotlib.pyplot as plt
-
-    n = x.shape[0]
-    if nrows is None and ncols is None:
-        nrows = int(np.ceil(np.sqrt(n)))
-    if nrows is None:
-        nrows = int(np.ceil(n / ncols))
-    ncols = ncols or int(np.ceil(n / nrows))
-    aspect = x.shape[-2] / x.shape[-1]  # panels shaped like the images (wide ones, e.g. multi-label pairs)
-    fig, axes = plt.subplots(nrows, ncols, figsize=figsize or (2.2 * ncols, (2.2 * aspect + 0.2) * nrows), squeeze=False)
-    for k, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if k < n:
-            ax.imshow(x[k].permute(1, 2, 0).numpy())
-            ax.set_title(titles[k], fontsize=10)
-    fig.tight_layout()
-    return fig
 
 
 def random_split(n: int, valid_pct: float, seed: int | None = None) -> tuple[list[int], list[int]]:
