@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from .augmentation import Normalize, Resize, item_tfm_from_spec
 from .data import DataError, DataLoader, DataLoaders, ImageDataset, load_image
+from .image import PILImage
 from . import distributed
 from .environment import default_device, in_notebook, mixed_precision, output_dir
 from .metrics import metric_name
@@ -561,31 +562,15 @@ class Learner:
                 losses[idx] = self.item_losses(out, targets[idx].to(out.device)).float().cpu()
         return probs, targets, losses
 
-    def _to_input(self, item: Path | str | Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor:
-        if isinstance(item, torch.Tensor):
-            t = item if item.dtype == torch.uint8 else (item.clamp(0, 1) * 255).to(torch.uint8)
-            if t.ndim == 2:
-                t = t[None].expand(3, -1, -1)
-            img = TF.to_pil_image(t)
-        elif isinstance(item, np.ndarray):
-            img = Image.fromarray(item)
-        else:
-            img = item
-        try:
-            img = load_image(img)
-        except FileNotFoundError:
-            raise
-        except Exception as e:  # PIL's messages for a truncated file or a decompression bomb omit its name
-            if not isinstance(item, (str, Path)):
-                raise
-            raise DataError(f"Cannot predict on {item}: it cannot be opened as an image ({type(e).__name__}: {e}). "
-                            "verify_images() finds every such file in a folder.") from e
+    def _to_input(self, item: object) -> torch.Tensor:
+        img = PILImage.create(item)
         for t in self.dls.item_tfms:
             img = t(img, train=False)
         return self.dls.valid.new(augment=False).to_model_input(TF.pil_to_tensor(img)[None])
 
-    def predict(self, item: Path | str | Image.Image | np.ndarray | torch.Tensor):
-        """`(label, index, probs)` for one image: a path, a PIL image or an array.
+    def predict(self, item: object):
+        """`(label, index, probs)` for one image: anything `PILImage.create` takes (a path, bytes, an
+        open file, an array, a tensor, a PIL image, an ipywidgets FileUpload's value).
 
         For multi-label data the label is the list of classes above `thresh`, and index a boolean mask.
         """
