@@ -67,7 +67,7 @@ class Row:
 
 
 def make_dataset(name: str, root: Path, n: int, noise: float, seed: int):
-    from nbtrain.datasets import make_digits_sample, make_mnist_sample
+    from nbtrain.samples import make_digits_sample, make_mnist_sample
 
     dest = root / f"{name}-{noise:g}-{seed}"
     if name == "mnist":

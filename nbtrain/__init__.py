@@ -5,9 +5,10 @@ The public names follow fastai's, so code from the fastai course runs with littl
 from . import fileops
 from .augmentation import Normalize, RandomResizedCrop, Resize, aug_transforms
 from .cleaner import ImageClassifierCleaner
-from .datasets import URLs, untar_data
+from .downloads import URLs, untar_data
 from .data import DataError, DataLoader, DataLoaders, ImageDataLoaders, get_image_files, load_image, verify_images
-from .environment import copy_to_working, default_device, is_kaggle
+from .environment import default_device, is_kaggle
+from .fileops import copy_to_working
 from .interpretation import ClassificationInterpretation
 from .learner import Learner, create_cnn, load_learner, vision_learner
 from .metrics import (AccuracyMulti, F1Score, F1ScoreMulti, FBeta, FBetaMulti, Precision, PrecisionMulti, Recall,

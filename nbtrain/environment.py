@@ -7,8 +7,6 @@ from pathlib import Path
 
 import torch
 
-from . import fileops
-
 KAGGLE_INPUT = Path("/kaggle/input")
 KAGGLE_WORKING = Path("/kaggle/working")
 
@@ -77,12 +75,31 @@ def is_kaggle() -> bool:
 
 
 def is_read_only_location(path: Path | str, kaggle_input: Path = KAGGLE_INPUT) -> bool:
-    """True for data under Kaggle's read-only input mount (`kaggle_input`), on a read-only file
-    system, or in a folder without write permission (see `fileops.is_read_only`)."""
+    """True for data under Kaggle's read-only input mount (`kaggle_input`), or wherever `is_read_only` says."""
     path = Path(path).absolute()
     if path == kaggle_input or kaggle_input in path.parents:
         return True
-    return fileops.is_read_only(path)
+    return is_read_only(path)
+
+
+def is_read_only(path: Path | str) -> bool:
+    """Whether files in `path` (or its nearest existing parent) cannot be created, moved or removed.
+
+    Root ignores permissions, so a folder with no write bits counts as read-only even when the
+    system would let root write it: the data's owner meant it not to change.
+    """
+    path = Path(path).absolute()
+    if path == KAGGLE_INPUT or KAGGLE_INPUT in path.parents:
+        return True
+    while not os.path.lexists(path) and path != path.parent:
+        path = path.parent
+    try:
+        if os.statvfs(path).f_flag & os.ST_RDONLY:
+            return True
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not os.access(path, os.W_OK) or mode & 0o222 == 0
 
 
 def working_dir(kaggle_working: Path = KAGGLE_WORKING) -> Path:
@@ -105,21 +122,6 @@ def output_dir(data_path: Path | str | None, model_dir: str = "models", kaggle_i
     return base / model_dir
 
 
-def copy_to_working(src: Path | str, working: Path | str | None = None) -> Path:
-    """Copy a read-only dataset (one under /kaggle/input) into the working folder, where it can be
-    cleaned, and return the copy's path; `working` defaults to `working_dir()`.
-
-    Run again, it returns the copy already there, with whatever cleaning was applied to it, rather
-    than failing or copying afresh: delete that folder to start again from the original.
-    """
-    src = Path(src)
-    dest = Path(working if working is not None else working_dir()) / src.name
-    if dest.is_dir() and any(dest.iterdir()):
-        print(f"Using the copy already at {dest} (delete it to copy {src} afresh).")
-        return dest
-    return fileops.copy_dataset(src, dest)
-
-
 def default_num_workers() -> int:
     """Decoding workers for a loader: every core but one for the training loop, at most 8."""
     if os.environ.get("NBTRAIN_NUM_WORKERS"):
@@ -138,3 +140,27 @@ def available_memory() -> int:
     except OSError:
         pass
     return 4 * 1024**3
+
+
+# ---------------------------------------------------------------------------------------------
+# Where nbtrain keeps data
+
+def nbtrain_home() -> Path:
+    """The cache root: `$NBTRAIN_HOME`, or `~/.nbtrain`."""
+    return Path(os.environ.get("NBTRAIN_HOME") or Path.home() / ".nbtrain").expanduser()
+
+
+def sample_data_dir() -> Path:
+    """The folder for datasets: `$NBTRAIN_DATA`, or the `data` folder of `nbtrain_home()` (`~/.nbtrain/data`)."""
+    env = os.environ.get("NBTRAIN_DATA")
+    return Path(env).expanduser() if env else nbtrain_home() / "data"
+
+
+def data_dir(base: Path | str | None = None) -> Path:
+    """Where `untar_data` puts extracted datasets: `base/data`, or `sample_data_dir()` when no base is given."""
+    return Path(base).expanduser() / "data" if base is not None else sample_data_dir()
+
+
+def archive_dir(base: Path | str | None = None) -> Path:
+    """Where `untar_data` keeps downloaded archives: the `archive` folder of `base` (default `nbtrain_home()`)."""
+    return (Path(base).expanduser() if base is not None else nbtrain_home()) / "archive"
