@@ -3,12 +3,17 @@
 The public names follow fastai's, so code from the fastai course runs with little or no change.
 """
 from . import fileops
+from .app import ImageClassifierApp
 from .augmentation import Normalize, RandomResizedCrop, Resize, aug_transforms
+from .callbacks import (Callback, CancelBatchException, CancelEpochException, CancelFitException, CancelStepException,
+                        CancelTrainException, CancelValidException, CSVLogger, CutMix, EarlyStoppingCallback,
+                        GradientAccumulation, MixUp, SaveModelCallback, ShowGraphCallback, TrackerCallback)
 from .cleaner import ImageClassifierCleaner
 from .downloads import URLs, untar_data
 from .data import DataError, DataLoader, DataLoaders, ImageDataLoaders, get_image_files, load_image, verify_images
 from .environment import default_device, is_kaggle
 from .fileops import copy_to_working
+from .image import PILImage
 from .interpretation import ClassificationInterpretation
 from .learner import Learner, create_cnn, load_learner, vision_learner
 from .metrics import (AccuracyMulti, F1Score, F1ScoreMulti, FBeta, FBetaMulti, Precision, PrecisionMulti, Recall,
@@ -25,4 +30,8 @@ __all__ = [
     "WeightsUnavailableError", "accuracy", "accuracy_multi", "accuracy_thresh", "aug_transforms", "create_cnn",
     "default_device", "error_rate", "fileops", "find_best_threshold", "get_image_files", "is_kaggle", "load_image",
     "load_learner", "top_k_accuracy", "untar_data", "URLs", "verify_images", "vision_learner",
+    "Callback", "CancelBatchException", "CancelEpochException", "CancelFitException", "CancelStepException",
+    "CancelTrainException", "CancelValidException", "CSVLogger", "CutMix", "EarlyStoppingCallback",
+    "GradientAccumulation", "ImageClassifierApp", "MixUp", "PILImage", "SaveModelCallback", "ShowGraphCallback",
+    "TrackerCallback",
 ]

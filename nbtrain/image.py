@@ -75,7 +75,7 @@ def _from_bytes(data: bytes, what: str) -> Image.Image:
     try:
         return load_image(io.BytesIO(data))
     except UnidentifiedImageError:
-        raise DataError(f"{what} ({len(data)} bytes, starting {data[:8]!r}) is not an image PIL can read. "
+        raise DataError(f"{what} ({len(data)} bytes, starting {data[:8]!r}): not an image PIL can read. "
                         "Pass the bytes of a JPEG, PNG, GIF, BMP, TIFF or WebP file.") from None
 
 
