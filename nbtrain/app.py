@@ -77,7 +77,6 @@ class ImageClassifierApp:
             grid_template_columns=f"repeat(auto-fill, minmax({size + 120}px, 1fr))", width="100%"))
         self.upload.observe(self._on_upload, names="value")
         self.folder_button.on_click(lambda _: self.show_folder(self.folder.value))
-        self.folder.on_submit(lambda _: self.show_folder(self.folder.value))
         self.widget = W.VBox([W.HBox([self.upload, self.folder, self.folder_button],
                                      layout=W.Layout(align_items="center", grid_gap="12px")),
                               self.status, self.grid])

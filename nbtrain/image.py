@@ -95,7 +95,7 @@ def _array_to_pil(a: np.ndarray) -> Image.Image:
         a = np.clip(np.nan_to_num(a), 0, 255).astype(np.uint8)
     elif a.dtype != np.uint8:
         a = np.clip(a, 0, 255).astype(np.uint8)
-    return Image.fromarray(np.ascontiguousarray(a))
+    return load_image(Image.fromarray(np.ascontiguousarray(a)))
 
 
 def _to_pil(x: Any) -> Image.Image:
