@@ -11,11 +11,12 @@ from .callbacks import (Callback, CancelBatchException, CancelEpochException, Ca
 from .cleaner import ImageClassifierCleaner
 from .downloads import URLs, untar_data
 from .data import DataError, DataLoader, DataLoaders, ImageDataLoaders, get_image_files, load_image, verify_images
-from .environment import default_device, is_kaggle
+from .environment import default_device
+from .locations import is_kaggle
 from .fileops import copy_to_working
 from .image import PILImage
 from .interpretation import ClassificationInterpretation
-from .learner import Learner, create_cnn, load_learner, vision_learner
+from .learner import Learner, TrainingInterrupted, TrainingState, create_cnn, load_learner, vision_learner
 from .metrics import (AccuracyMulti, F1Score, F1ScoreMulti, FBeta, FBetaMulti, Precision, PrecisionMulti, Recall,
                       RecallMulti, TopKAccuracy, accuracy, accuracy_multi, accuracy_thresh, error_rate,
                       find_best_threshold, top_k_accuracy)
@@ -24,14 +25,14 @@ from .models import WeightsUnavailableError
 __version__ = "0.1.0"
 
 __all__ = [
-    "AccuracyMulti", "ClassificationInterpretation", "DataError", "copy_to_working", "DataLoader", "DataLoaders", "F1Score",
+    "AccuracyMulti", "Callback", "CancelBatchException", "CancelEpochException", "CancelFitException",
+    "CancelStepException", "CancelTrainException", "CancelValidException", "ClassificationInterpretation", "DataError", "copy_to_working", "DataLoader", "DataLoaders", "F1Score",
     "F1ScoreMulti", "FBeta", "FBetaMulti", "ImageClassifierCleaner", "ImageDataLoaders", "Learner", "Normalize",
-    "Precision", "PrecisionMulti", "RandomResizedCrop", "Recall", "RecallMulti", "Resize", "TopKAccuracy",
+    "Precision", "PrecisionMulti", "RandomResizedCrop", "Recall", "RecallMulti", "Resize", "TopKAccuracy", "TrainingInterrupted", "TrainingState",
     "WeightsUnavailableError", "accuracy", "accuracy_multi", "accuracy_thresh", "aug_transforms", "create_cnn",
     "default_device", "error_rate", "fileops", "find_best_threshold", "get_image_files", "is_kaggle", "load_image",
     "load_learner", "top_k_accuracy", "untar_data", "URLs", "verify_images", "vision_learner",
-    "Callback", "CancelBatchException", "CancelEpochException", "CancelFitException", "CancelStepException",
-    "CancelTrainException", "CancelValidException", "CSVLogger", "CutMix", "EarlyStoppingCallback",
+    "CSVLogger", "CutMix", "EarlyStoppingCallback",
     "GradientAccumulation", "ImageClassifierApp", "MixUp", "PILImage", "SaveModelCallback", "ShowGraphCallback",
     "TrackerCallback",
 ]

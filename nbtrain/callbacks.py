@@ -1,21 +1,15 @@
-"""Callbacks: small objects the Learner calls at fixed points of its one training loop.
+"""Callbacks: code that runs at named points of the learner's one training loop, as fastai's do.
 
-The events follow fastai's names, so callbacks written for fastai's course port with little change.
-A callback is a plain class with any of these methods (no arguments; the state is on `self.learn`):
+A callback subclasses `Callback` and defines any of the event methods in `EVENTS` (no arguments);
+it reads and changes the learner through `self.learn`. One batch runs:
 
-    before_fit
-      before_epoch
-        before_train
-          before_batch  after_pred  after_loss  before_backward  after_backward
-          before_step  after_step  after_cancel_batch  after_batch          (once per batch)
-        after_train
-        before_validate  ...the same batch events, without backward and step...  after_validate
-      after_epoch
-    after_cancel_fit  after_fit
+    before_batch -> forward -> after_pred -> loss -> after_loss -> before_backward -> backward
+    -> after_backward -> before_step -> step -> after_step -> zero_grad -> after_batch
 
-Raising one of the `Cancel*Exception`s from an event skips the rest of that stage; `after_fit`
-always runs. Callbacks travel to the processes of distributed training by pickling, so they are
-module-level classes holding plain data.
+Raising a `Cancel*Exception` skips the rest of that stage: `CancelBatchException` skips the rest of
+the batch (no step, no zero_grad) and runs `after_cancel_batch`; `CancelFitException` ends the fit
+after `after_cancel_fit`; `after_fit` always runs. Under DDP, stop from `after_epoch`: the learner
+makes every process stop after the same epoch.
 """
 from __future__ import annotations
 
@@ -32,25 +26,26 @@ import numpy as np
 import torch
 
 from .distributed import is_main, world_size
-from .environment import in_notebook, output_dir
-from .metrics import metric_name
+from .environment import in_notebook
+from .locations import output_dir
 
-if TYPE_CHECKING:  # the learner imports this module, never the other way round
+if TYPE_CHECKING:
     from .learner import Learner
 
 EVENTS = (
-    "before_fit", "before_epoch", "before_train", "before_batch", "after_pred", "after_loss",
-    "before_backward", "after_backward", "before_step", "after_step", "after_cancel_batch", "after_batch",
-    "after_train", "before_validate", "after_validate", "after_epoch", "after_cancel_fit", "after_fit",
+    "before_fit", "before_epoch", "before_train", "before_batch", "after_pred", "after_loss", "before_backward",
+    "after_backward", "before_step", "after_step", "after_cancel_step", "after_cancel_batch", "after_batch",
+    "after_cancel_train", "after_train", "before_validate", "after_cancel_validate", "after_validate",
+    "after_cancel_epoch", "after_epoch", "after_cancel_fit", "after_fit",
 )
 
 
 class CancelFitException(Exception):
-    """Stop training now; `after_cancel_fit` and `after_fit` still run."""
+    """End the fit now (after `after_cancel_fit` and `after_fit`)."""
 
 
 class CancelEpochException(Exception):
-    """Skip the rest of this epoch (training and validation)."""
+    """Skip the rest of this epoch."""
 
 
 class CancelTrainException(Exception):
@@ -62,39 +57,25 @@ class CancelValidException(Exception):
 
 
 class CancelBatchException(Exception):
-    """Skip the rest of this batch: no backward, no step."""
+    """Skip the rest of this batch: no optimizer step and no zero_grad."""
 
 
 class CancelStepException(Exception):
-    """Skip the optimizer step of this batch."""
+    """Skip this batch's optimizer step (the gradients are still zeroed)."""
 
 
 class Callback:
-    """Base class: subclass it and define the events you need.
-
-    `order` sorts callbacks (lower runs first). `learn` is set by the Learner when the callback is
-    added, so an event reads and may change the training state through it (`learn.xb`, `learn.loss`...).
-    """
+    """Base class: override the events you need. `order` sorts callbacks (lower runs first)."""
 
     order: int = 0
     learn: "Learner"
 
-    def __call__(self, event: str) -> None:
-        """Run the method named `event`, if this callback defines it."""
-        method = getattr(self, event, None)
-        if method is not None:
-            method()
-
     @property
     def name(self) -> str:
-        """The class name in snake case without 'Callback', as fastai names callbacks on a learner."""
-        name = type(self).__name__
-        if name.endswith("Callback") and name != "Callback":
-            name = name[: -len("Callback")]
-        return "".join(f"_{c.lower()}" if c.isupper() and i else c.lower() for i, c in enumerate(name))
+        return type(self).__name__
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
+        return f"{self.name}()"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,7 +109,7 @@ class TrackerCallback(Callback):
         return float("inf") if _is_less(self.comp) else -float("inf")
 
     def before_fit(self) -> None:
-        names = ["train_loss", "valid_loss", *[metric_name(m) for m in self.learn.metrics]]
+        names = self.learn.recorder.metric_names
         if self.monitor not in names:
             raise ValueError(f"{type(self).__name__} monitors {self.monitor!r}, which is not a column of the epoch "
                              f"table. Columns: {names}. Pass monitor= one of them (a metric's column exists "
@@ -139,8 +120,7 @@ class TrackerCallback(Callback):
 
     def current(self) -> float:
         """This epoch's value of the monitored column."""
-        rec = self.learn.recorder
-        return float(rec.values[-1][list(rec.metric_names).index(self.monitor)])
+        return self.learn.recorder.last(self.monitor)
 
     def after_epoch(self) -> None:
         value = self.current()
@@ -315,8 +295,7 @@ class CSVLogger(Callback):
         self.file = path.open("a" if self.append else "w", newline="")
         self.writer = csv.writer(self.file)
         if not has_rows:
-            names = ["train_loss", "valid_loss", *[metric_name(m) for m in self.learn.metrics]]
-            self._write(["epoch", *names, "time"])
+            self._write(["epoch", *self.learn.recorder.metric_names, "time"])
 
     def before_epoch(self) -> None:
         self.start = time.time()
@@ -359,6 +338,7 @@ class GradientAccumulation(Callback):
         if n_acc < 1:
             raise ValueError(f"n_acc is a number of samples per optimizer step (e.g. 32), not {n_acc}.")
         self.n_acc = n_acc
+        self.count = 0  # also when lr_find takes training steps without a fit
 
     def before_fit(self) -> None:
         self.count = 0

@@ -1,4 +1,5 @@
-"""PILImage: one image from whatever a notebook has at hand, as fastai's `PILImage.create`.
+"""Opening images: `load_image` for files the loaders read, and `PILImage.create` (fastai's name)
+for one image from whatever a notebook has at hand.
 
 A path, the bytes of a file (an upload, a download, a database blob), an open file, a numpy array,
 a torch tensor, a PIL image, or the value of an ipywidgets `FileUpload`: the result is an 8-bit RGB
@@ -13,12 +14,52 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
-
-from .data import DataError, load_image
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 _KINDS = ("a path, the bytes of an image file, an open file, a numpy array, a torch tensor, a PIL image, "
           "or an ipywidgets FileUpload's value")
+
+
+class DataError(ValueError):
+    """A dataset or an image that cannot be used as it is; the message says what to change."""
+
+
+def load_image(fn: Path | str | Image.Image, draft: tuple[int, int] | None = None) -> Image.Image:
+    """Open any image PIL can read as 8-bit RGB, upright as its EXIF says.
+
+    Greyscale, palette, RGBA (composited on white), CMYK and 16-bit images are converted;
+    an animated GIF gives its first frame. `draft` lets JPEG decode at a reduced size, much faster
+    for photos far larger than the model's input.
+    """
+    if isinstance(fn, Image.Image):
+        return _to_rgb(fn)
+    with Image.open(fn) as img:
+        if draft is not None and img.format == "JPEG":
+            img.draft("RGB", draft)
+        img.load()
+        out = _to_rgb(img)
+        # Closing the file frees the decoded pixels too, so keep a copy when nothing was converted.
+        return out.copy() if out is img else out
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """`img` upright and in 8-bit RGB."""
+    img = ImageOps.exif_transpose(img) or img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        scale = 255.0 / max(arr.max(), 1.0) if arr.max() > 255 else 1.0
+        img = Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8))
+    elif img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        img = Image.fromarray(((arr - lo) / max(hi - lo, 1e-12) * 255).astype(np.uint8))
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img)
+    return img.convert("RGB") if img.mode != "RGB" else img
 
 
 class PILImage(Image.Image):

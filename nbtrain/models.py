@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
-from .environment import KAGGLE_INPUT, is_kaggle
+from .locations import KAGGLE_INPUT, is_kaggle
 
 
 class WeightsUnavailableError(RuntimeError):
