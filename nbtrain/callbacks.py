@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import numpy as np
 import torch
 
-from .distributed import is_main, world_size
+from .distributed import broadcast, is_main, world_size
 from .environment import in_notebook
 from .locations import output_dir
 
@@ -88,6 +88,7 @@ def _is_less(comp: Callable) -> bool:
 
 class TrackerCallback(Callback):
     """Follows `monitor` (a column of the epoch table) and notes when an epoch beats the best so far.
+    In distributed training the first process's value decides.
 
     `comp` decides what is better: by default lower for a loss or an error, higher otherwise (as in
     fastai). An epoch counts as better only by more than `min_delta`, so noise does not reset the
@@ -119,8 +120,9 @@ class TrackerCallback(Callback):
         self.epochs_seen = 0
 
     def current(self) -> float:
-        """This epoch's value of the monitored column."""
-        return self.learn.recorder.last(self.monitor)
+        """This epoch's value of the monitored column, as the first process has it: every process then
+        makes the same decision (and the same `learn.save` calls, which wait for one another)."""
+        return float(broadcast(self.learn.recorder.last(self.monitor)))
 
     def after_epoch(self) -> None:
         value = self.current()
