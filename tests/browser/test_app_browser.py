@@ -1,5 +1,5 @@
 """ImageClassifierApp in a real JupyterLab and Chromium: upload real image files through the page's
-file input, as a person choosing files would, and see each file with the class the model predicts.
+upload button and its file chooser, as a person would, and see each file with the class the model predicts.
 
 A kernel trains a small CNN on real MNIST digit files for a few seconds, shows the app, and writes
 what `learn.predict` says for two files; the page must show those two files with those classes.
@@ -29,12 +29,13 @@ from nbtrain.samples import make_mnist_sample
 torch.manual_seed(0)
 path = make_mnist_sample({DATASET!r}, n=300, noise=0.0, seed=0).path  # the test wrote it already
 dls = ImageDataLoaders.from_folder(path, item_tfms=Resize(28), bs=16, seed=0)
-model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(16, 32, 3, padding=1),
-                      nn.ReLU(), nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(32, dls.c))
+model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+                      nn.Conv2d(16, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+                      nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(32, dls.c))
 learn = Learner(dls, model)
-learn.fit_one_cycle(2, 1e-2)
+learn.fit_one_cycle(3, 1e-2)
 files = [str(p) for p in dls.valid_ds.items[:2]]
-Path("expected.json").write_text(json.dumps([[f, learn.predict(f)[0]] for f in files]))
+Path("expected.json").write_text(json.dumps([[f, learn.predict(f)[0]] for f in files]));
 """
 
 CELL_APP = """
@@ -54,9 +55,12 @@ def test_uploading_image_files_through_the_page_shows_their_predicted_classes(ju
     run_cell(page, 1)
     expected = json.loads((root / "expected.json").read_text())
 
-    upload = page.locator(f"{ACTIVE_PANEL} .jp-OutputArea-output input[type=file]")
-    upload.wait_for(state="attached", timeout=30_000)
-    upload.set_input_files([f for f, _ in expected])
+    # Click the upload button and choose the files in the file chooser it opens, as a person would.
+    button = page.locator(f"{ACTIVE_PANEL} .jp-OutputArea-output .widget-upload")
+    button.wait_for(state="visible", timeout=30_000)
+    with page.expect_file_chooser() as chooser:
+        button.click()
+    chooser.value.set_files([f for f, _ in expected])
 
     cards = page.locator(f"{ACTIVE_PANEL} .nbtrain-prediction")
     deadline = time.monotonic() + 60
@@ -65,7 +69,7 @@ def test_uploading_image_files_through_the_page_shows_their_predicted_classes(ju
     texts = cards.all_inner_texts()
     save_screenshot(page, "predict_app", full_page=False)
     assert texts == [f"Prediction: {label}" for _, label in expected], texts
-    names = page.locator(f"{ACTIVE_PANEL} .jp-OutputArea-output").inner_text()
+    names = page.locator(f"{ACTIVE_PANEL} .widget-gridbox").inner_text()
     for f, _ in expected:
         assert f.rsplit("/", 1)[-1] in names
     # The thumbnails arrived as images.
