@@ -408,9 +408,22 @@ class _MixHandler(Callback):
         loss = torch.lerp(a, b, self.lam.to(a.dtype))
         return loss.sum() if reduction == "sum" else loss.mean()
 
-    def _mix_targets(self, y: torch.Tensor, y1: torch.Tensor) -> None:
-        lam = self.lam.view(-1, *[1] * (y.ndim - 1)) if self.lam.ndim else self.lam
-        self.learn.yb = (torch.lerp(y1, y, lam.to(y.dtype)),)
+    def before_batch(self) -> None:
+        if not self.learn.training:
+            return
+        x, y = self.learn.xb[0], self.learn.yb[0]
+        shuffle = torch.randperm(len(y), device=x.device)
+        mixed, self.lam = self.mix(x, shuffle)
+        self.learn.xb = (mixed,)
+        self.yb1 = (y[shuffle],)
+        self.mix_loss = not torch.is_floating_point(y)
+        if not self.mix_loss:  # multi-hot targets: mix them; the loss stays as it is
+            lam = self.lam.view(-1, *[1] * (y.ndim - 1)) if self.lam.ndim else self.lam
+            self.learn.yb = (torch.lerp(y[shuffle], y, lam.to(y.dtype)),)
+
+    def mix(self, x: torch.Tensor, shuffle: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mixed batch, and the weight of each image's own label (one per image, or one for all)."""
+        raise NotImplementedError
 
 
 class MixUp(_MixHandler):
@@ -420,18 +433,10 @@ class MixUp(_MixHandler):
     def __init__(self, alpha: float = 0.4):
         super().__init__(alpha)
 
-    def before_batch(self) -> None:
-        if not self.learn.training:
-            return
-        x, y = self.learn.xb[0], self.learn.yb[0]
-        lam = self._distrib().sample((len(y),)).to(x.device)
-        self.lam = torch.maximum(lam, 1 - lam)  # the original image dominates
-        shuffle = torch.randperm(len(y), device=x.device)
-        self.yb1 = (y[shuffle],)
-        self.learn.xb = (torch.lerp(x[shuffle], x, self.lam.view(-1, *[1] * (x.ndim - 1)).to(x.dtype)),)
-        self.mix_loss = not torch.is_floating_point(y)
-        if not self.mix_loss:
-            self._mix_targets(y, y[shuffle])
+    def mix(self, x: torch.Tensor, shuffle: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        lam = self._distrib().sample((len(x),)).to(x.device)
+        lam = torch.maximum(lam, 1 - lam)  # the original image dominates
+        return torch.lerp(x[shuffle], x, lam.view(-1, *[1] * (x.ndim - 1)).to(x.dtype)), lam
 
 
 class CutMix(_MixHandler):
@@ -441,22 +446,12 @@ class CutMix(_MixHandler):
     def __init__(self, alpha: float = 1.0):
         super().__init__(alpha)
 
-    def before_batch(self) -> None:
-        if not self.learn.training:
-            return
-        x, y = self.learn.xb[0], self.learn.yb[0]
-        bs, _, h, w = x.shape
-        lam = float(self._distrib().sample())
-        shuffle = torch.randperm(bs, device=x.device)
-        x1, y1, x2, y2 = self.rand_bbox(w, h, lam)
+    def mix(self, x: torch.Tensor, shuffle: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h, w = x.shape[-2:]
+        x1, y1, x2, y2 = self.rand_bbox(w, h, float(self._distrib().sample()))
         x = x.clone()
         x[..., y1:y2, x1:x2] = x[shuffle][..., y1:y2, x1:x2]
-        self.learn.xb = (x,)
-        self.lam = torch.tensor(1 - ((x2 - x1) * (y2 - y1)) / float(w * h), device=x.device)
-        self.yb1 = (y[shuffle],)
-        self.mix_loss = not torch.is_floating_point(y)
-        if not self.mix_loss:
-            self._mix_targets(y, y[shuffle])
+        return x, torch.tensor(1 - ((x2 - x1) * (y2 - y1)) / float(w * h), device=x.device)  # the area left
 
     @staticmethod
     def rand_bbox(w: int, h: int, lam: float) -> tuple[int, int, int, int]:

@@ -18,7 +18,6 @@ from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 from torch.optim.lr_scheduler import OneCycleLR
 from torchvision.transforms.v2 import functional as TF
@@ -28,7 +27,7 @@ from . import distributed
 from .augmentation import Normalize, item_tfm_from_spec
 from .callbacks import (Callback, CancelBatchException, CancelEpochException, CancelFitException,
                         CancelStepException, CancelTrainException, CancelValidException)
-from .data import Batch, DataError, DataLoader, DataLoaders, ImageDataset, load_image
+from .data import Batch, DataError, DataLoader, DataLoaders, ImageDataset
 from .environment import default_device, in_notebook, mixed_precision, release_device_memory
 from .image import PILImage
 from .locations import output_dir
