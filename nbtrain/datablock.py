@@ -12,7 +12,6 @@ the label block, or (in `summary`) the item transforms and the collation of a ba
 from __future__ import annotations
 
 import copy
-import io
 import os
 import posixpath
 import re
@@ -26,39 +25,13 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from .data import (CategoryMap, DataError, DataLoaders, ImageDataLoaders, TableSource, load_image, make_vocab,
+from .data import (CategoryMap, DataError, DataLoaders, ImageDataLoaders, TableSource, make_vocab,
                    random_split)
+from .image import PILImage
 
 
 # ---------------------------------------------------------------------------------------------
 # Images
-
-
-class PILImage(Image.Image):
-    """fastai's `PILImage`: `PILImage.create(x)` opens a file, bytes, an array or a tensor as RGB."""
-
-    @classmethod
-    def create(cls, fn: Any) -> "PILImage":
-        if isinstance(fn, torch.Tensor):
-            fn = fn.detach().cpu().numpy()
-            fn = fn.transpose(1, 2, 0) if fn.ndim == 3 and fn.shape[0] in (1, 3) else fn
-        if isinstance(fn, np.ndarray):
-            fn = Image.fromarray(fn.squeeze().astype(np.uint8))
-        if isinstance(fn, (bytes, bytearray)):
-            fn = io.BytesIO(fn)
-        img = load_image(fn) if not isinstance(fn, io.BytesIO) else load_image(Image.open(fn))
-        out = copy.copy(img)
-        out.__class__ = cls  # the same object layout, with fastai's methods
-        return out
-
-    def to_thumb(self, h: int, w: int | None = None) -> "PILImage":
-        """A copy no larger than `h` by `w` (`w` defaults to `h`), keeping the aspect ratio."""
-        out = self.copy()
-        out.thumbnail((h, w or h))
-        return out
-
-    def __repr__(self) -> str:
-        return f"PILImage mode={self.mode} size={self.width}x{self.height}"
 
 
 # ---------------------------------------------------------------------------------------------
