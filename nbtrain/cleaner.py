@@ -1,8 +1,12 @@
 """ImageClassifierCleaner: review a dataset's images worst first, mark each one, apply the choices safely.
 
-It is built from plain ipywidgets 8 (no front-end build), so it renders in JupyterLab 4, Notebook 7,
-VS Code, Colab and Kaggle. The scores are computed once, from images without augmentation; a page
-shows `max_n` images and makes only their thumbnails, so a dataset of any size opens quickly.
+One click or one key per decision: the "keys" front end is a small anywidget (its ES module ships in
+the package, nothing comes from a CDN) that draws a page from one message and sends back clicks and
+keys; the "plain" front end is ipywidgets 8 alone, for where that code cannot load (Kaggle), with a
+button per decision. Both drive the same methods (`toggle_delete`, `accept_prediction`, `set_choice`,
+the bulk ones, `undo`), so code and clicks give the same choices. The scores are computed once, from
+images without augmentation; a page shows `max_n` images and makes only their thumbnails (and the next
+page's), so a dataset of any size opens quickly.
 
 Choices are kept per file, across categories, splits and pages. `delete()`, `change()` and `fns`
 describe the current view, as fastai's do, so the fastai book's loops work unchanged; `apply()`
@@ -542,7 +546,8 @@ class ImageClassifierCleaner:
     def set_choice(self, path: Path, choice: str | Sequence[str], from_widget: bool = False) -> None:
         """Record `choice` for `path`: <Keep>, <Delete>, a class name, or for multi-label data the
         collection of labels it should have. Its own class (or label set) means keep. It is one
-        decision, as a key or a click in the widget, and the page shown follows it."""
+        decision, as a key or a click in the widget, and the page shown follows it (`from_widget` is
+        accepted for older callers and changes nothing)."""
         path = Path(path)
         self._decide({path: self._normalise(path, choice)})
 
