@@ -77,6 +77,12 @@ class Callback:
     def __repr__(self) -> str:
         return f"{self.name}()"
 
+    def __getstate__(self) -> dict:
+        # Sent to other processes without its learner: each process gives it its own.
+        state = dict(self.__dict__)
+        state.pop("learn", None)
+        return state
+
 
 # ---------------------------------------------------------------------------------------------
 # Tracking a monitored value: the best epoch, and stopping when it no longer improves
@@ -259,7 +265,9 @@ class ShowGraphCallback(Callback):
         plt.close(fig)  # shown through the handle only, not again at the end of the cell
 
     def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "handle"}
+        state = super().__getstate__()
+        state.pop("handle", None)
+        return state
 
 
 class CSVLogger(Callback):
@@ -319,7 +327,10 @@ class CSVLogger(Callback):
             self.file = None
 
     def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k not in ("file", "writer")}
+        state = super().__getstate__()
+        for k in ("file", "writer"):
+            state.pop(k, None)
+        return state
 
 
 # ---------------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from torchvision.transforms.v2 import functional as TF
 from .augmentation import BatchTransform, Normalize, Resize
 from .environment import available_memory, default_device, default_num_workers
 from .image import DataError, load_image
+from .plots import image_grid
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
 # Files that operating systems and tools leave in folders; never worth a complaint.
@@ -111,14 +112,21 @@ def _check_full(fn: Path) -> str | None:
         return f"cannot be decoded ({type(e).__name__}: {e})"
 
 
-def verify_images(fns: Sequence[Path | str], n_workers: int = 4) -> list[Path]:
+class PathList(list):
+    """A list of paths with fastai's `.map`, so the book's `failed.map(Path.unlink)` runs."""
+
+    def map(self, f: Callable) -> list:
+        return [f(p) for p in self]
+
+
+def verify_images(fns: Sequence[Path | str], n_workers: int = 4) -> PathList:
     """The files among `fns` that cannot be opened and fully decoded, as fastai's `verify_images`.
 
-    Remove them with `for f in verify_images(fns): f.unlink()`.
+    Remove them with `failed.map(Path.unlink)`, or `for f in verify_images(fns): f.unlink()`.
     """
     fns = [Path(f) for f in fns]
     reasons = _map_files(_check_full, fns, n_workers)
-    return [f for f, r in zip(fns, reasons) if r is not None]
+    return PathList(f for f, r in zip(fns, reasons) if r is not None)
 
 
 def _bad_headers(fns: Sequence[Path]) -> dict[Path, str]:
@@ -139,6 +147,47 @@ def _map_files(check: Callable[[Path], str | None], fns: Sequence[Path], n_worke
 # Datasets
 
 
+class CategoryMap(list):
+    """The class names, in the order of the model's outputs, as fastai's: a list that can also be
+    indexed by a tensor or list of indices (`dls.vocab[torch.where(y == 1)[0]]` gives those names).
+
+    The names keep the type the labels had: a `bool` label function gives `[False, True]`.
+    """
+
+    def __getitem__(self, i):
+        if isinstance(i, torch.Tensor):
+            i = i.tolist()
+        if isinstance(i, np.ndarray):
+            i = i.tolist()
+        if isinstance(i, (list, tuple)):
+            return CategoryMap(list.__getitem__(self, int(k)) for k in i)
+        out = list.__getitem__(self, i)
+        return CategoryMap(out) if isinstance(i, slice) else out
+
+    def o2i(self) -> dict:
+        """Each class name's index."""
+        return {c: i for i, c in enumerate(self)}
+
+
+def make_vocab(labels: Sequence, multi_label: bool = False) -> CategoryMap:
+    """The sorted distinct labels: by value when they are all numbers or all bools (as fastai's
+    `CategoryMap`, so 2 comes before 10), as text otherwise."""
+    seen = {lab for labs in labels for lab in labs} if multi_label else set(labels)
+    if seen and (all(isinstance(v, bool) for v in seen) or
+                 all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in seen)):
+        return CategoryMap(sorted(seen))
+    return CategoryMap(sorted((str(v) for v in seen)))
+
+
+def _vocab_labels(labels: Sequence, vocab: Sequence, multi_label: bool) -> list:
+    """`labels` with the type the vocabulary's names have: text labels become text when the names are."""
+    if not vocab or not all(isinstance(v, str) for v in vocab):
+        return list(labels)
+    if multi_label:
+        return [[str(lab) for lab in labs] for labs in labels]
+    return [str(lab) for lab in labels]
+
+
 class ImageDataset(Dataset):
     """Image files with their targets. An item is `(uint8 CHW tensor or None, index)`.
 
@@ -150,12 +199,17 @@ class ImageDataset(Dataset):
     def __init__(self, items: Sequence[Path], labels: Sequence, vocab: Sequence[str], multi_label: bool = False,
                  item_tfms: Sequence | None = None, train: bool = False):
         self.items = [Path(p) for p in items]
-        self.labels = list(labels)
-        self.vocab = list(vocab)
+        self.vocab = CategoryMap(vocab)
+        self.labels = _vocab_labels(labels, self.vocab, multi_label)
         self.multi_label = multi_label
         self.item_tfms = list(item_tfms or [])
         self.train = train
-        index = {c: i for i, c in enumerate(self.vocab)}
+        index = self.vocab.o2i()
+        unknown = {lab for labs in self.labels for lab in labs} if multi_label else set(self.labels)
+        unknown = sorted((str(lab) for lab in unknown - set(index)))
+        if unknown:
+            raise DataError(f"Label(s) {unknown[:10]} are not in the vocabulary {list(self.vocab)[:20]}. Add them to "
+                            "vocab=, or leave out the images that have them.")
         if multi_label:
             targets = torch.zeros(len(self.items), len(self.vocab))
             for i, labs in enumerate(self.labels):
@@ -216,7 +270,13 @@ class ImageDataset(Dataset):
 
     def label_str(self, i: int) -> str:
         lab = self.labels[i]
-        return ";".join(lab) if self.multi_label else str(lab)
+        return ";".join(map(str, lab)) if self.multi_label else str(lab)
+
+    def label_of(self, target: torch.Tensor) -> str:
+        """A target (a class index, or a multi-hot row) as text."""
+        if self.multi_label:
+            return ";".join(str(self.vocab[i]) for i in torch.nonzero(target > 0.5).flatten().tolist()) or "(none)"
+        return str(self.vocab[int(target)])
 
     def mark_bad(self, indices: Iterable[int]) -> None:
         """Leave these items out from now on: their files could not be decoded."""
@@ -486,9 +546,9 @@ class DataLoader:
     def to_model_input(self, imgs: torch.Tensor) -> torch.Tensor:
         """uint8 images to the model's input: device, [0, 1], augmentation, normalisation."""
         x = imgs.to(self.device, non_blocking=True).float().div_(255)
-        if self.augment:
-            for t in self.batch_tfms:
-                x = t(x)
+        for t in self.batch_tfms:
+            # Without augmentation, a transform that sets the size still resizes (as fastai's do on the validation set).
+            x = t(x) if self.augment else t.valid(x) if hasattr(t, "valid") else x
         if self.normalize is not None:
             x = self.normalize(x)
         return x.contiguous(memory_format=self.memory_format)
@@ -514,6 +574,22 @@ class DataLoader:
         for x, y, _ in self.new(num_workers=0).iter_with_index(fill_cache=False):
             return x, y
         raise DataError("This loader has no batch: the dataset is empty, or smaller than one batch with drop_last.")
+
+    def show_batch(self, max_n: int = 9, nrows: int | None = None, ncols: int | None = None,
+                   figsize: tuple[float, float] | None = None, unique: bool = False):
+        """A grid of one batch of this loader with its labels, as the model sees it (augmented on the
+        training loader). `unique` shows the first image `max_n` times, each with its own random
+        transforms, to see what the augmentation does."""
+        if unique:
+            ds = self.dataset
+            if not len(ds):
+                raise DataError("This loader has no images to show.")
+            imgs = torch.stack([ds.decode(0) for _ in range(max_n)])
+            x, y = self.to_model_input(imgs), ds.targets[[0] * max_n]
+        else:
+            x, y = self.new(num_workers=0).one_batch()
+        return image_grid(self.decode(x[:max_n].float()).cpu(), [self.dataset.label_of(t) for t in y[:max_n].cpu()],
+                               nrows=nrows, ncols=ncols, figsize=figsize)
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Model input back to displayable images in [0, 1]."""
@@ -621,30 +697,14 @@ class DataLoaders:
                           self.multi_label, self.item_tfms, train=False)
         return self.valid.plain(dataset=ds, bs=bs or self.valid.bs)
 
-    def show_batch(self, max_n: int = 9, nrows: int | None = None, figsize: tuple[float, float] | None = None,
-                   unique: bool = False):
-        """A grid of one training batch with its labels (augmented, as the model sees it)."""
-        import matplotlib.pyplot as plt
-
-        x, y = self.train.new(shuffle=True, num_workers=0).one_batch()
-        x = self.train.decode(x[:max_n].float()).cpu()
-        n = x.shape[0]
-        nrows = nrows or int(np.ceil(np.sqrt(n)))
-        ncols = int(np.ceil(n / nrows))
-        aspect = x.shape[-2] / x.shape[-1]  # panels shaped like the images (wide ones, e.g. multi-label pairs)
-        fig, axes = plt.subplots(nrows, ncols, figsize=figsize or (2.2 * ncols, (2.2 * aspect + 0.2) * nrows), squeeze=False)
-        for k, ax in enumerate(axes.flat):
-            ax.axis("off")
-            if k < n:
-                ax.imshow(x[k].permute(1, 2, 0).numpy())
-                ax.set_title(self.label_of(y[k]), fontsize=10)
-        fig.tight_layout()
-        return fig
+    def show_batch(self, max_n: int = 9, nrows: int | None = None, ncols: int | None = None,
+                   figsize: tuple[float, float] | None = None, unique: bool = False):
+        """A grid of one training batch with its labels (augmented, as the model sees it); see
+        `DataLoader.show_batch`."""
+        return self.train.show_batch(max_n=max_n, nrows=nrows, ncols=ncols, figsize=figsize, unique=unique)
 
     def label_of(self, target: torch.Tensor) -> str:
-        if self.multi_label:
-            return ";".join(self.vocab[i] for i in torch.nonzero(target > 0.5).flatten().tolist()) or "(none)"
-        return self.vocab[int(target)]
+        return self.train.dataset.label_of(target)
 
     def __repr__(self) -> str:
         return (f"DataLoaders(train={self.train.n} images, valid={self.valid.n} images, {self.c} classes: "
@@ -688,11 +748,8 @@ class ImageDataLoaders:
             new_index = {old: new for new, old in enumerate(keep)}
             fnames, labels = [fnames[i] for i in keep], [labels[i] for i in keep]
             valid_idx = None if valid_idx is None else [new_index[i] for i in valid_idx if i in new_index]
-        if vocab is None:
-            seen = {lab for labs in labels for lab in labs} if multi_label else set(labels)
-            vocab = sorted(seen, key=str)
-        vocab = [str(v) for v in vocab]
-        if not multi_label and len(vocab) < 2:
+        vocab = make_vocab(labels, multi_label) if vocab is None else CategoryMap(vocab)
+        if not multi_label and len(vocab) == 1:
             raise DataError(f"Only one class ({vocab[0]!r}) found under {path}: a classifier needs at least two. "
                             "Put each class's images in a folder named for the class.")
         if valid_idx is None:

@@ -84,6 +84,9 @@ class PILImage(Image.Image):
         thumb.thumbnail((w or h, h))
         return thumb
 
+    def __repr__(self) -> str:
+        return f"PILImage mode={self.mode} size={self.width}x{self.height}"
+
 
 def upload_content(value: Any) -> bytes:
     """The bytes of the last file of an ipywidgets FileUpload's value (8.x: a tuple of dicts with

@@ -1,18 +1,15 @@
 """Wrong labels found with out-of-fold predictions, and the same picture twice found with the model's features.
 
 A model scores the images it was trained on too kindly: it has partly memorised their labels, the wrong
-ones included. `find_label_issues` trains K short models, each on K-1 folds of the training set with the
-learner's architecture, transforms and batch size, and scores every training image with the one model
-that never saw it (cross-validation, as cleanlab requires). No fold model trains on the validation set, so a validation image is scored by
-the average of the K models: out-of-sample too, and steadier than any one of them. The K models are
-thrown away; the learner itself is not touched.
+ones included. `find_label_issues` trains K short models, each on K-1 folds of the training set, and
+scores every training image with the one model that never saw it (cross-validation, as cleanlab
+requires); a validation image is scored by the average of the K models.
 
 `find_duplicates` pairs each image with its most similar other image by the cosine similarity of the
 model's features (the body's output, average-pooled) and keeps the pairs above a threshold: copies,
-re-encodes and resizes of one picture, within a split or across train and valid (leakage). Copies of a
-file score 1.0. Measured on 28-pixel MNIST digits with an ImageNet mobilenet_v2, resized or re-saved
-copies score 0.92 to 0.98 and the most similar two distinct digits 0.94: the default threshold (0.97)
-keeps the copies and most resizes, a lower one finds more resizes and some pairs that are not copies.
+re-encodes and resizes of one picture, within a split or across train and valid (leakage). The default
+threshold was chosen on MNIST with bench/label_noise.py: it keeps copies and most resizes, and no two
+distinct digits.
 """
 from __future__ import annotations
 
@@ -207,46 +204,29 @@ def find_label_issues(learn_or_dls: Learner | DataLoaders, arch: str | Callable 
     The training set is split into `folds` stratified folds; for each, a fresh model is trained on the
     others with `fine_tune(epochs, base_lr, freeze_epochs, lr_mult)` and predicts the held-out fold and
     the validation set. A training image is scored by the model that never saw it, a validation image by
-    the average of the `folds` models. The learner itself is neither trained nor changed. A bar shows
-    the models as they finish; they train on the learner's device (the GPU when there is one).
-
-    The default recipe was chosen on MNIST-5k with 10% of labels flipped (bench/label_noise.py): the
-    whole network trains from the first step, body and head at one learning rate, for 6 epochs. The
-    fine_tune defaults (a frozen epoch, then the body at a 100x lower rate) leave an ImageNet body
-    unable to adapt to a new domain in a few epochs: fastai's fine_tune(2) on all the training images
-    errs on 12.5% of MNIST's validation digits, the fold models of this recipe, on 3/4 of them, 1.3%.
-    Ranked by out-of-fold loss the first k (k = the flipped labels) are 95.8% flips, against 80.3% for
-    the in-sample loss and 94.3% for cleanlab's find_label_issues on the same probabilities (3 seeds;
-    6 epochs against 4: 95.8% against 94.9%, better on each seed, for 1.4x the time).
+    the average of the `folds` models. The learner itself is neither trained nor changed; the models
+    train on its device. The recipe (the whole network at one rate from the first step, label
+    smoothing, images at their own size when smaller than the learner's) was chosen with
+    bench/label_noise.py; the README gives the figures.
 
     Args:
         learn_or_dls: a Learner (its architecture, transforms, batch size, metrics and precision are
             reused) or DataLoaders (then `arch` is used, mobilenet_v2 by default).
         arch: the architecture of the fold models, when not the learner's.
         folds: how many models; each trains on (folds-1)/folds of the training set.
-        epochs, freeze_epochs, base_lr, lr_mult: each fold model's `fine_tune` (the body trains at
-            `lr_mult` times lower a rate than the head).
-        min_steps: each fold model trains for at least this many batches: a small dataset gets more
-            epochs than `epochs`, since a few epochs of a few hundred images are too few steps to
-            learn from (measured on 400 MNIST digits: 60 steps, 12% error; 120 steps, 5%).
-        size: the image size of the fold models. "auto" (the default) keeps the learner's, unless the
-            image files are smaller than it: then their own size rounded up to a multiple of 32
-            (MNIST's 28-pixel digits train at 32, not the learner's 64: 1.1 to 1.7x faster steps on a
-            CPU, the same error on one fold, 2.1% against 2.2%). An int sets it; None keeps the
-            learner's. The transforms keep their kind.
+        epochs, freeze_epochs, base_lr, lr_mult: each fold model's `fine_tune`.
+        min_steps: each fold model trains for at least this many batches, so a small dataset gets
+            more epochs: a few epochs of a few hundred images are too few steps to learn from.
+        size: "auto" keeps the learner's image size unless the files are smaller (then their own
+            size, rounded up to a multiple of 32); an int sets it; None keeps the learner's.
         label_smoothing: of the fold models' cross-entropy (the scores are the plain probabilities).
-            Measured on MNIST-5k, one seed: 0.1 against 0 leaves the error on clean data where it
-            was (1.1% against 1.4%) and, with 10% of labels flipped, ranks better (precision at k
-            0.963 against 0.943).
         seed: makes folds, initial heads, shuffling and augmentation reproducible (the global RNG is
             restored afterwards); None for fresh randomness.
 
     Returns:
-        The cleaner's score table, so `ImageClassifierCleaner(learn, ranking=table)` shows it: `path`,
-        `split` ("Train"/"Valid"), `labels` (the given label, as a 1-tuple), then `item_scores`'
-        `target, pred_idx, prob, loss, self_confidence, margin, readable`, where `loss` is -log of the
-        out-of-fold probability of the given label. `table.attrs["oof"]` holds the probabilities
-        (`OutOfFoldProbs`).
+        The cleaner's score table (see `nbtrain.scores`), so `ImageClassifierCleaner(learn,
+        ranking=table)` shows it; `loss` is -log of the out-of-fold probability of the given label, and
+        `table.attrs["oof"]` holds the probabilities (`OutOfFoldProbs`). Interrupting it stops every fold.
     """
     if folds < 2:
         raise ValueError(f"folds must be at least 2 (each model needs a held-out part), not {folds}.")

@@ -33,6 +33,7 @@ from .image import PILImage
 from .locations import output_dir
 from .metrics import metric_name
 from .models import VisionModel, arch_name, channels_last_friendly, create_vision_model
+from .plots import image_grid
 
 EXPORT_FORMAT = "nbtrain-export"
 CHECKPOINT_FORMAT = "nbtrain-checkpoint"
@@ -304,7 +305,7 @@ class Learner:
                  cbs: Sequence[Callback] | Callback | None = None):
         self.dls, self.opt_func, self.lr, self.wd, self.thresh = dls, opt_func, lr, wd, thresh
         self.loss_func = loss_func if loss_func is not None else _default_loss(dls.multi_label)
-        self.metrics = list(metrics) if isinstance(metrics, (list, tuple)) else ([metrics] if metrics else [])
+        self.metrics = metrics
         self.path = Path(path) if path is not None else dls.path
         self.model_dir = model_dir
         self.model = model.to(dls.device)
@@ -323,6 +324,15 @@ class Learner:
         self.pred = self.loss = self.loss_grad = None
 
     # -- set-up ---------------------------------------------------------------------------------
+
+    @property
+    def metrics(self) -> list[Callable]:
+        return self._metrics
+
+    @metrics.setter
+    def metrics(self, metrics: Sequence[Callable] | Callable | None) -> None:
+        """One metric or several, as fastai's `learn.metrics = partial(accuracy_multi, thresh=0.1)`."""
+        self._metrics = list(metrics) if isinstance(metrics, (list, tuple)) else ([metrics] if metrics else [])
 
     @property
     def device(self) -> torch.device:
@@ -573,6 +583,8 @@ class Learner:
         self.recorder.metric_names = ["train_loss", "valid_loss", *[metric_name(m) for m in self.metrics]]
         self.n_epoch, self.epoch, self.iter, self.n_iter = n_epoch, 0, 0, n_batches
         with self.added_cbs([*([cbs] if isinstance(cbs, Callback) else list(cbs or [])), ProgressCallback()]):
+            for cb in self.cbs:
+                cb.learn = self  # a callback that travelled to another process belongs to its learner there
             try:
                 self.opt.zero_grad(set_to_none=True)
                 self._event("before_fit")
@@ -767,6 +779,9 @@ class Learner:
             if res is None:
                 raise distributed.DistributedError("The training processes ended without sending back the weights.")
             state = TrainingState.from_dict(res)
+        except KeyboardInterrupt:
+            raise TrainingInterrupted("stopped by the user; every process was ended, and the learner is as it "
+                                      "was before this call.") from None
         finally:
             self.model.to(device)
             self.load_training_state(state)  # what they reached, or what it had before on failure
@@ -887,33 +902,22 @@ class Learner:
 
     def show_results(self, ds_idx: int = 1, max_n: int = 9, figsize: tuple[float, float] | None = None):
         """Images with their label and the prediction (green when right, red when wrong); returns the figure."""
-        import matplotlib.pyplot as plt
-
         dl = self._plain_loader(ds_idx).new(num_workers=0)
         x, y, _ = next(dl.iter_with_index(fill_cache=False))
         x, y = x[:max_n], y[:max_n]
         self.model.eval()
         with torch.inference_mode():
             probs = self._activation(self.model(x).float()).cpu()
-        imgs = dl.decode(x).cpu()
-        n = len(x)
-        ncols = int(math.ceil(math.sqrt(n)))
-        nrows = int(math.ceil(n / ncols))
-        aspect = imgs.shape[-2] / imgs.shape[-1]  # panels shaped like the images (wide ones, e.g. multi-label pairs)
-        fig, axes = plt.subplots(nrows, ncols, figsize=figsize or (2.4 * ncols, (2.4 * aspect + 0.4) * nrows), squeeze=False)
-        for k, ax in enumerate(axes.flat):
-            ax.axis("off")
-            if k >= n:
-                continue
-            ax.imshow(imgs[k].permute(1, 2, 0).numpy())
+        titles, colors = [], []
+        for k in range(len(x)):
             actual = self.dls.label_of(y[k].cpu())
             if self.dls.multi_label:
                 pred = self.dls.label_of((probs[k] > self.thresh).float())
             else:
-                pred = self.dls.vocab[int(probs[k].argmax())]
-            ax.set_title(f"{actual}\n{pred}", color="green" if actual == pred else "red", fontsize=9)
-        fig.tight_layout()
-        return fig
+                pred = str(self.dls.vocab[int(probs[k].argmax())])
+            titles.append(f"{actual}\n{pred}")
+            colors.append("green" if str(actual) == pred else "red")
+        return image_grid(dl.decode(x).cpu(), titles, colors, figsize=figsize, title_size=9)
 
     # -- files ----------------------------------------------------------------------------------
 

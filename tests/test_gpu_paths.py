@@ -162,3 +162,21 @@ def test_starting_processes_from_a_notebook_lets_go_of_the_optimizer_and_device_
     assert seen["opt"] is None and seen["device"].type == "cpu" and seen["state_devices"] == {"cpu"}
     assert released == [learn.device]
     assert learn.opt is not None and learn.opt.state  # given back afterwards
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_a_gpu_fp16_fit_and_lr_find_both_scale_the_loss(mnist_small):
+    dls = ImageDataLoaders.from_folder(mnist_small, item_tfms=Resize(16), bs=16, seed=0, num_workers=0, device="cuda")
+    learn = Learner(dls, TinyCNN(dls.c)).to_fp16()
+    made = []
+    real = learn._make_scaler
+
+    def spy():
+        made.append(real())
+        return made[-1]
+
+    learn._make_scaler = spy
+    learn.fit(1)
+    learn.lr_find(num_it=5, show_plot=False, stop_div=False)
+    assert len(made) == 2 and all(isinstance(s, torch.amp.GradScaler) and s.get_scale() > 0 for s in made)
+    assert learn.opt.defaults.get("fused") is True
