@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.nbtrain-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast bench clean-venv
+.PHONY: demo lab test test-fast bench clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml Makefile
 
 demo: $(STAMP)
 	$(BIN)/python -m nbtrain demo
+
+# JupyterLab from this environment, on the notebooks (the cleaner's front end comes with it).
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks/
 
 # Everything CI runs: unit tests, slow tests, the notebooks and the real-browser tests.
 test: $(STAMP)
@@ -34,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/cleaner_scale.py --fastai
 	$(BIN)/python bench/label_noise.py
 	$(BIN)/python bench/faults.py
+	$(BIN)/python bench/review_speed.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -5,6 +5,7 @@ The public names follow fastai's, so code from the fastai course runs with littl
 from . import fileops, models
 from .app import ImageClassifierApp
 from .augmentation import Normalize, PadMode, RandomResizedCrop, Resize, ResizeMethod, aug_transforms
+from .audit import audit
 from .callbacks import (Callback, CancelBatchException, CancelEpochException, CancelFitException, CancelStepException,
                         CancelTrainException, CancelValidException, CSVLogger, CutMix, EarlyStoppingCallback,
                         GradientAccumulation, MixUp, SaveModelCallback, ShowGraphCallback, TrackerCallback)
@@ -34,7 +35,7 @@ from .models import (WeightsUnavailableError, convnext_small, convnext_tiny, den
 __version__ = "0.1.0"
 
 __all__ = [
-    "AccuracyMulti", "Callback", "CancelBatchException", "CancelEpochException", "CancelFitException",
+    "AccuracyMulti", "audit", "Callback", "CancelBatchException", "CancelEpochException", "CancelFitException",
     "CancelStepException", "CancelTrainException", "CancelValidException", "ClassificationInterpretation", "DataError", "copy_to_working", "DataLoader", "DataLoaders", "F1Score",
     "F1ScoreMulti", "FBeta", "FBetaMulti", "ImageClassifierCleaner", "ImageDataLoaders", "Learner", "Normalize",
     "Precision", "PrecisionMulti", "RandomResizedCrop", "Recall", "RecallMulti", "Resize", "TopKAccuracy", "TrainingInterrupted", "TrainingState",
@@ -43,7 +44,7 @@ __all__ = [
     "load_learner", "top_k_accuracy", "untar_data", "URLs", "verify_images", "vision_learner",
     # fastai's DataBlock API
     "CategoryBlock", "CategoryMap", "ColReader", "ColSplitter", "DataBlock", "Datasets", "EndSplitter", "FuncSplitter",
-    "GrandparentSplitter", "ImageBlock", "IndexSplitter", "MaskSplitter", "MultiCategoryBlock",
+    "GrandparentSplitter", "ImageBlock", "IndexSplitter", "MaskSplitter", "MultiCategoryBlock", "PILImage",
     "RandomSplitter", "RegexLabeller", "TrainTestSplitter", "TransformBlock", "parent_label", "using_attr",
     "PadMode", "ResizeMethod", "fbeta", "find_duplicates", "find_label_issues",
     # fastai's `models` and the architecture names vision_learner takes
@@ -51,7 +52,8 @@ __all__ = [
     "efficientnet_b3", "efficientnet_b4", "efficientnet_b5", "efficientnet_b6", "efficientnet_b7", "efficientnet_v2_s",
     "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small", "regnet_y_400mf", "regnet_y_800mf", "resnet18",
     "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "vgg16_bn", "wide_resnet50_2",
-    # callbacks, the predict widget, images from anything
-    "CSVLogger", "CutMix", "EarlyStoppingCallback", "GradientAccumulation", "ImageClassifierApp", "MixUp", "PILImage",
-    "SaveModelCallback", "ShowGraphCallback", "TrackerCallback",
+    # callbacks, the predict widget
+    "CSVLogger", "CutMix", "EarlyStoppingCallback",
+    "GradientAccumulation", "ImageClassifierApp", "MixUp", "SaveModelCallback", "ShowGraphCallback",
+    "TrackerCallback",
 ]

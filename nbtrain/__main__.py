@@ -57,7 +57,8 @@ def demo(out: Path, epochs: int, size: int, noise: float, arch: str, bs: int) ->
     _flipped_report(learn, sample)
     print(f"Plots: {out / 'batch.png'}, {out / 'losses.png'}, {out / 'confusion_matrix.png'}, {out / 'top_losses.png'}")
     print(f"Model for load_learner: {export}")
-    print("Next: open notebooks/02_clean_your_data.ipynb to review the worst images with ImageClassifierCleaner.")
+    print("Next: run `make lab` (JupyterLab from .venv on notebooks/) and open 02_clean_your_data.ipynb to review "
+          "the worst images with ImageClassifierCleaner.")
     return 0
 
 

@@ -265,7 +265,7 @@ class ShowGraphCallback(Callback):
         plt.close(fig)  # shown through the handle only, not again at the end of the cell
 
     def __getstate__(self) -> dict:
-        state = super().__getstate__()
+        state = super().__getstate__()  # without its learner, as every callback
         state.pop("handle", None)
         return state
 
@@ -327,7 +327,7 @@ class CSVLogger(Callback):
             self.file = None
 
     def __getstate__(self) -> dict:
-        state = super().__getstate__()
+        state = super().__getstate__()  # without its learner, as every callback
         for k in ("file", "writer"):
             state.pop(k, None)
         return state

@@ -31,8 +31,8 @@ from torchvision.transforms.v2 import functional as TF
 
 from .augmentation import BatchTransform, Normalize, Resize
 from .environment import available_memory, default_device, default_num_workers
-from .image import DataError, load_image
 from .plots import image_grid
+from .image import DataError, load_image
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
 # Files that operating systems and tools leave in folders; never worth a complaint.
@@ -711,6 +711,16 @@ class DataLoaders:
                 f"{self.vocab[:10]}{'...' if self.c > 10 else ''})")
 
 
+def random_split(n: int, valid_pct: float, seed: int | None = None) -> tuple[list[int], list[int]]:
+    """(train, valid) indices of `n` items with a random `valid_pct` in valid: fastai's `RandomSplitter`
+    exactly (`torch.manual_seed(seed)`, `torch.randperm`, cut at `int(valid_pct * n)`), so a seed gives
+    the split fastai gives. Its own generator leaves the global random state alone."""
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    perm = torch.randperm(n, generator=gen).tolist()
+    cut = int(valid_pct * n)
+    return perm[cut:], perm[:cut]
+
+
 def _listing(paths: Sequence[Path], limit: int = 10) -> str:
     shown = "\n  ".join(str(p) for p in paths[:limit])
     more = f"\n  ... and {len(paths) - limit} more" if len(paths) > limit else ""
@@ -755,10 +765,7 @@ class ImageDataLoaders:
         if valid_idx is None:
             if valid_pct is None or not 0 < valid_pct < 1:
                 raise DataError(f"valid_pct must be between 0 and 1 (e.g. 0.2 for 20%), not {valid_pct!r}.")
-            rng = random.Random(seed)
-            order = list(range(len(fnames)))
-            rng.shuffle(order)
-            valid_idx = order[:max(1, int(round(valid_pct * len(fnames))))]
+            valid_idx = random_split(len(fnames), valid_pct, seed)[1] or random_split(len(fnames), 1, seed)[1][:1]
         vset = set(valid_idx)
         t_idx = [i for i in range(len(fnames)) if i not in vset]
         v_idx = sorted(vset)

@@ -25,8 +25,13 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from .data import CategoryMap, DataError, DataLoaders, ImageDataLoaders, TableSource, make_vocab
+from .data import (CategoryMap, DataError, DataLoaders, ImageDataLoaders, TableSource, make_vocab,
+                   random_split)
 from .image import PILImage
+
+
+# ---------------------------------------------------------------------------------------------
+# Images
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,9 +135,8 @@ def _mask_split(mask: Sequence[bool]) -> tuple[list[int], list[int]]:
 
 
 class RandomSplitter:
-    """A random `valid_pct` of the items to the validation set. With `seed`, the split is fastai's
-    exactly: `torch.manual_seed(seed)` then `torch.randperm` (here with its own generator, so the
-    global random state is left alone)."""
+    """A random `valid_pct` of the items to the validation set; with `seed`, the split fastai gives
+    (see `random_split`), the same one `ImageDataLoaders.from_*(valid_pct=..., seed=...)` makes."""
 
     def __init__(self, valid_pct: float = 0.2, seed: int | None = None):
         if not 0 <= valid_pct <= 1:
@@ -140,10 +144,7 @@ class RandomSplitter:
         self.valid_pct, self.seed = valid_pct, seed
 
     def __call__(self, o: Any) -> tuple[list[int], list[int]]:
-        gen = torch.Generator().manual_seed(self.seed) if self.seed is not None else None
-        rand_idx = torch.randperm(_n_items(o), generator=gen).tolist()
-        cut = int(self.valid_pct * _n_items(o))
-        return rand_idx[cut:], rand_idx[:cut]
+        return random_split(_n_items(o), self.valid_pct, self.seed)
 
     def __repr__(self) -> str:
         return f"RandomSplitter(valid_pct={self.valid_pct}, seed={self.seed})"
@@ -440,6 +441,10 @@ class Datasets:
 # DataBlock
 
 
+# The keyword arguments of ImageDataLoaders.from_lists that dataloaders() passes on.
+_LOADER_ARGS = {"val_bs", "shuffle", "device", "num_workers", "bad_files", "seed"}
+
+
 def _listify(t: Any) -> list:
     if t is None:
         return []
@@ -645,6 +650,10 @@ class DataBlock:
         `bad_files`, `seed` (of the loaders' shuffling). `path` is where the learner saves; it is
         the source folder by default.
         """
+        unknown = sorted(set(kwargs) - _LOADER_ARGS)
+        if unknown:
+            raise DataError(f"dataloaders({', '.join(f'{k}=...' for k in unknown)}) cannot be honoured: nbtrain's loaders "
+                            f"take bs, path, {', '.join(sorted(_LOADER_ARGS))}. Leave the others out.")
         x_block, y_block = self.blocks
         if not isinstance(x_block, ImageBlock) or not isinstance(y_block, CategoryBlock):
             raise DataError(f"dataloaders needs blocks=(ImageBlock, CategoryBlock) or (ImageBlock, MultiCategoryBlock); "

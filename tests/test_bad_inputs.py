@@ -98,7 +98,7 @@ def test_cleaner_shows_a_broken_file_first_and_apply_never_touches_a_link_target
     learn = Learner(dls, nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4),
                                        nn.Flatten(), nn.Linear(128, dls.c)))
     with pytest.warns(UserWarning, match="truncated.jpg"):  # once, when scoring decodes it
-        cleaner = ImageClassifierCleaner(learn, max_n=4, height=badzoo.THUMB, width=badzoo.THUMB)
+        cleaner = ImageClassifierCleaner(learn, frontend="plain", max_n=4, height=badzoo.THUMB, width=badzoo.THUMB)
     cleaner.dd_cats.value, cleaner.dd_ds.value = "a", "Train"
     assert cleaner.fns[0] == truncated.path  # unreadable ranks first
     assert "unreadable" in cleaner.cells[0].caption.value

@@ -35,7 +35,7 @@ def digest(root: Path) -> dict[str, str]:
 
 
 def test_view_lists_the_category_worst_loss_first(learn):
-    cleaner = ImageClassifierCleaner(learn, max_n=5)
+    cleaner = ImageClassifierCleaner(learn, frontend="plain", max_n=5)
     cleaner.dd_cats.value = "3"
     cleaner.dd_ds.value = "Train"
     assert len(cleaner.fns) == 5
@@ -52,7 +52,7 @@ def test_view_lists_the_category_worst_loss_first(learn):
 
 def test_fastai_book_loops_work_as_written(learn, mnist_copy):
     path = mnist_copy / "train"
-    cleaner = ImageClassifierCleaner(learn, max_n=6)
+    cleaner = ImageClassifierCleaner(learn, frontend="plain", max_n=6)
     cleaner.dd_cats.value = "1"
     first, second, third = cleaner.fns[:3]
     cleaner.cells[0].menu.value = DELETE
@@ -69,7 +69,7 @@ def test_fastai_book_loops_work_as_written(learn, mnist_copy):
 
 
 def test_choices_stay_when_switching_category_split_and_page(learn):
-    cleaner = ImageClassifierCleaner(learn, max_n=4)
+    cleaner = ImageClassifierCleaner(learn, frontend="plain", max_n=4)
     cleaner.dd_cats.value = "2"
     marked = cleaner.fns[1]
     cleaner.cells[1].menu.value = DELETE
@@ -89,7 +89,7 @@ def test_choices_stay_when_switching_category_split_and_page(learn):
 
 
 def test_pages_go_past_max_n_and_cover_the_whole_category(learn):
-    cleaner = ImageClassifierCleaner(learn, max_n=3)
+    cleaner = ImageClassifierCleaner(learn, frontend="plain", max_n=3)
     cleaner.dd_cats.value = "0"
     n = sum(1 for p in learn.dls.train_ds.items if p.parent.name == "0")
     seen = []
@@ -102,7 +102,7 @@ def test_pages_go_past_max_n_and_cover_the_whole_category(learn):
 
 
 def test_predicted_class_filter_shows_only_that_prediction(learn):
-    cleaner = ImageClassifierCleaner(learn, max_n=50)
+    cleaner = ImageClassifierCleaner(learn, frontend="plain", max_n=50)
     probs, _ = learn.get_preds(ds_idx=0)
     pred = dict(zip(learn.dls.train_ds.items, probs.argmax(1).tolist()))
     cleaner.dd_cats.value = "4"
@@ -112,7 +112,7 @@ def test_predicted_class_filter_shows_only_that_prediction(learn):
 
 
 def test_sort_by_confidence_and_margin_rank_low_scores_first(learn):
-    cleaner = ImageClassifierCleaner(learn, max_n=10)
+    cleaner = ImageClassifierCleaner(learn, frontend="plain", max_n=10)
     for key in ("self_confidence", "margin"):
         cleaner.dd_sort.value = key
         view = cleaner._view[key].tolist()
@@ -131,7 +131,7 @@ def test_scores_come_from_images_without_augmentation_and_once(learn):
 
 def test_apply_deletes_and_relabels_and_the_learner_follows(learn, mnist_copy):
     before = digest(mnist_copy)
-    cleaner = ImageClassifierCleaner(learn, max_n=5)
+    cleaner = ImageClassifierCleaner(learn, frontend="plain", max_n=5)
     cleaner.dd_cats.value = "8"
     doomed, moving = cleaner.fns[0], cleaner.fns[1]
     cleaner.cells[0].menu.value = DELETE
@@ -151,7 +151,7 @@ def test_apply_deletes_and_relabels_and_the_learner_follows(learn, mnist_copy):
 
 
 def test_relabel_onto_a_taken_name_keeps_both_files(learn, mnist_copy):
-    cleaner = ImageClassifierCleaner(learn, max_n=3)
+    cleaner = ImageClassifierCleaner(learn, frontend="plain", max_n=3)
     cleaner.dd_cats.value = "6"
     src = cleaner.fns[0]
     clash = src.parent.parent / "0" / src.name
@@ -166,7 +166,7 @@ def test_relabel_onto_a_taken_name_keeps_both_files(learn, mnist_copy):
 
 def test_choosing_the_own_class_is_not_a_change(learn, mnist_copy):
     before = digest(mnist_copy)
-    cleaner = ImageClassifierCleaner(learn, max_n=3)
+    cleaner = ImageClassifierCleaner(learn, frontend="plain", max_n=3)
     cleaner.dd_cats.value = "7"
     cleaner.cells[0].menu.value = "7"
     assert cleaner.change() == [] and cleaner.choices == {}
@@ -176,7 +176,7 @@ def test_choosing_the_own_class_is_not_a_change(learn, mnist_copy):
 
 
 def test_a_missing_file_is_reported_not_fatal(learn):
-    cleaner = ImageClassifierCleaner(learn, max_n=3)
+    cleaner = ImageClassifierCleaner(learn, frontend="plain", max_n=3)
     cleaner.dd_cats.value = "5"
     gone, other = cleaner.fns[0], cleaner.fns[1]
     cleaner.cells[0].menu.value = DELETE
@@ -188,7 +188,7 @@ def test_a_missing_file_is_reported_not_fatal(learn):
 
 
 def test_read_only_dataset_is_refused_and_nothing_changes(learn, mnist_copy):
-    cleaner = ImageClassifierCleaner(learn, max_n=3)
+    cleaner = ImageClassifierCleaner(learn, frontend="plain", max_n=3)
     cleaner.dd_cats.value = "2"
     cleaner.cells[0].menu.value = DELETE
     before = digest(mnist_copy)
@@ -214,7 +214,7 @@ def _mark_many(cleaner) -> None:
 
 
 def test_apply_cut_off_halfway_can_be_resumed(learn, mnist_copy):
-    cleaner = ImageClassifierCleaner(learn, max_n=3)
+    cleaner = ImageClassifierCleaner(learn, frontend="plain", max_n=3)
     _mark_many(cleaner)
     expected = {p: c for p, c in cleaner.choices.items()}
     before = digest(mnist_copy)
@@ -232,7 +232,7 @@ def test_apply_cut_off_halfway_can_be_resumed(learn, mnist_copy):
 
 
 def test_apply_cut_off_halfway_can_be_undone_byte_for_byte(learn, mnist_copy):
-    cleaner = ImageClassifierCleaner(learn, max_n=3)
+    cleaner = ImageClassifierCleaner(learn, frontend="plain", max_n=3)
     _mark_many(cleaner)
     before = digest(mnist_copy)
     with pytest.raises(fileops.InjectedFault):
@@ -243,11 +243,12 @@ def test_apply_cut_off_halfway_can_be_undone_byte_for_byte(learn, mnist_copy):
     assert digest(mnist_copy) == before
 
 
-def test_thumbnails_are_made_only_for_the_page_shown(learn):
-    cleaner = ImageClassifierCleaner(learn, max_n=4)
-    assert len(cleaner.thumbs._items) <= 4
-    cleaner.next_button.click()
+def test_thumbnails_are_made_only_for_the_page_shown_and_the_next(learn):
+    cleaner = ImageClassifierCleaner(learn, frontend="plain", max_n=4)
     assert len(cleaner.thumbs._items) <= 8
+    assert set(cleaner.thumbs._items) == set(cleaner._view["path"].iloc[:8])
+    cleaner.next_button.click()
+    assert len(cleaner.thumbs._items) <= 12
     assert all(c.image.value[:2] == b"\xff\xd8" for c in cleaner.cells if c.path is not None)  # JPEG
 
 
@@ -264,7 +265,7 @@ def test_duplicates_view_pairs_planted_copies_and_deletes_one(mnist_copy):
     torch.manual_seed(0)
     body = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU())
     learn = Learner(dls, VisionModel(body, create_head(32, dls.c)))
-    cleaner = ImageClassifierCleaner(learn, max_n=4)
+    cleaner = ImageClassifierCleaner(learn, frontend="plain", max_n=4)
     pairs = cleaner.show_duplicates(threshold=0.9999)
     assert cleaner.dd_view.value == "duplicates"
     planted = {frozenset(p) for p in zip(originals, copies)}
@@ -279,7 +280,7 @@ def test_duplicates_view_pairs_planted_copies_and_deletes_one(mnist_copy):
 
 
 def test_a_choice_set_from_code_shows_in_the_menu_on_the_page(learn):
-    cleaner = ImageClassifierCleaner(learn, max_n=4)
+    cleaner = ImageClassifierCleaner(learn, frontend="plain", max_n=4)
     first, second = cleaner.fns[0], cleaner.fns[1]
     cleaner.set_choice(first, DELETE)
     other = next(c for c in cleaner.vocab if c not in cleaner._own_labels(second))
@@ -288,3 +289,168 @@ def test_a_choice_set_from_code_shows_in_the_menu_on_the_page(learn):
     assert cleaner.delete() == [0] and cleaner.change() == [(1, other)]
     cleaner.set_choice(first, KEEP)
     assert cleaner.cells[0].menu.value == KEEP and cleaner.delete() == []
+
+
+# -- one action per decision, undo, bulk, the Apply button, issue views, front ends ------------------
+
+
+def test_a_click_on_delete_marks_the_image_and_a_second_click_keeps_it(learn):
+    cleaner = ImageClassifierCleaner(learn, frontend="plain", max_n=4)
+    cell, path = cleaner.cells[0], cleaner.fns[0]
+    cell.delete_button.click()
+    assert cleaner.choices == {path: DELETE} and cell.menu.value == DELETE
+    assert "DELETE" in cell.badge.value and "#d32f2f" in cell.box.layout.border
+    assert cell.delete_button.description == "Keep"
+    cell.delete_button.click()
+    assert cleaner.choices == {} and cell.menu.value == KEEP and cell.delete_button.description == "Delete"
+
+
+def test_one_click_accepts_the_models_prediction_as_the_new_label(learn):
+    cleaner = ImageClassifierCleaner(learn, frontend="plain", max_n=30)
+    cleaner.dd_cats.value = "(any)"
+    rows = cleaner._view.set_index("path", drop=False).loc[cleaner.fns]
+    i = next(i for i, (labs, pred) in enumerate(zip(rows["labels"], rows["pred_idx"])) if cleaner.vocab[pred] not in labs)
+    pred = cleaner.vocab[rows["pred_idx"].iloc[i]]
+    assert cleaner.cells[i].accept_button.description == f"✓ {pred}"
+    cleaner.cells[i].accept_button.click()
+    assert cleaner.choices == {cleaner.fns[i]: pred} and cleaner.change() == [(i, pred)]
+    assert f"→ {pred}" in cleaner.cells[i].badge.value
+
+
+def test_bulk_decisions_on_a_page_are_undone_in_one_step(learn):
+    cleaner = ImageClassifierCleaner(learn, frontend="plain", max_n=5)
+    first = cleaner.fns[0]
+    cleaner.set_choice(first, "9" if "9" not in cleaner._own_labels(first) else "8")
+    before = dict(cleaner.choices)
+    cleaner.delete_all_button.click()
+    assert cleaner.delete() == list(range(5))
+    cleaner.undo_button.click()
+    assert cleaner.choices == before
+    cleaner.accept_all_button.click()
+    preds = cleaner._view.set_index("path", drop=False).loc[cleaner.fns]
+    expected = {p: cleaner.vocab[i] for p, i, labs in zip(preds["path"], preds["pred_idx"], preds["labels"])
+                if cleaner.vocab[i] not in labs}
+    assert cleaner.choices == expected
+    cleaner.undo()
+    assert cleaner.choices == before
+
+
+def test_undo_takes_back_the_last_decision_and_its_reviewed_count(learn):
+    cleaner = ImageClassifierCleaner(learn, frontend="plain", max_n=4)
+    a, b = cleaner.fns[:2]
+    cleaner.toggle_delete(a)
+    cleaner.toggle_delete(b)
+    assert cleaner.reviewed == {a, b} and "reviewed 2 of" in cleaner.summary.value
+    assert cleaner.undo() == [b]
+    assert cleaner.choices == {a: DELETE} and cleaner.reviewed == {a}
+    cleaner.undo()
+    assert cleaner.choices == {} and cleaner.undo_button.disabled
+    assert cleaner.undo() == [] and "Nothing to undo" in cleaner.status.value
+    cleaner.next_button.click()  # paging past a page counts its images as reviewed: left as they are
+    assert len(cleaner.reviewed) == 4
+
+
+def _buttons(box) -> dict:
+    found = {}
+    for w in box.children:
+        for child in (w.children if hasattr(w, "children") else [w]):
+            if hasattr(child, "on_click"):
+                found[child.description] = child
+    return found
+
+
+def test_apply_button_shows_the_plan_asks_then_applies_and_undo_apply_restores_every_byte(learn, mnist_copy):
+    before = digest(mnist_copy)
+    cleaner = ImageClassifierCleaner(learn, frontend="plain", max_n=4)
+    cleaner.dd_cats.value = "2"
+    doomed, moving = cleaner.fns[:2]
+    cleaner.toggle_delete(doomed)
+    cleaner.set_choice(moving, "5")
+    cleaner.apply_button.click()
+    plan = cleaner.apply_box.children[0].value
+    rel = lambda p: str(p.relative_to(mnist_copy))  # noqa: E731
+    assert f"delete {rel(doomed)}" in plan and f"move {rel(moving)} → {rel(moving.parent.parent / '5' / moving.name)}" in plan
+    assert digest(mnist_copy) == before, "showing the plan changes nothing"
+    buttons = _buttons(cleaner.apply_box)
+    buttons["Cancel"].click()
+    assert cleaner.apply_box.children == () and digest(mnist_copy) == before
+    cleaner.apply_button.click()
+    _buttons(cleaner.apply_box)["Yes, apply 2 changes"].click()
+    assert not doomed.exists() and (moving.parent.parent / "5" / moving.name).exists()
+    assert cleaner.choices == {} and "Applied: 1 deleted, 1 relabelled" in cleaner.apply_box.children[0].value
+    _buttons(cleaner.apply_box)["Undo this apply"].click()
+    assert digest(mnist_copy) == before
+    assert cleaner.choices == {doomed: DELETE, moving: "5"}
+    assert doomed in learn.dls.train_ds.items and moving in learn.dls.train_ds.items
+    learn.fit(1)  # the loaders point at files that exist again
+
+
+def test_decisions_in_the_keys_grid_equal_the_same_decisions_from_code(learn):
+    keys = ImageClassifierCleaner(learn, frontend="keys", max_n=6)
+    code = ImageClassifierCleaner(learn, frontend="plain", max_n=6, scores=keys.scores)
+    g = keys.grid_widget
+    assert len(g.cards) == len(g.images) == len(g.marks) == 6
+    assert all(img[:2] == b"\xff\xd8" for img in g.images)  # JPEG bytes, sent with the page
+    token = g.page_token
+    other = next(c for c in keys.vocab if c not in keys._own_labels(keys.fns[2]))
+    for msg in ({"action": "toggle_delete", "index": 0}, {"action": "accept", "index": 1},
+                {"action": "relabel", "index": 2, "label": other}, {"action": "delete_all"}, {"action": "undo"},
+                {"action": "next"}, {"action": "toggle_delete", "index": 3}, {"action": "prev"}):
+        keys._on_grid_message(g, msg)
+    code.toggle_delete(code.fns[0])
+    code.accept_prediction(code.fns[1])
+    code.set_choice(code.fns[2], other)
+    code.delete_all_shown()
+    code.undo()
+    code.next_page()
+    code.toggle_delete(code.fns[3])
+    code.show_page(0)
+    assert keys.choices == code.choices and len(keys.choices) >= 3
+    assert g.page_token == token + 2 and g.marks[0] == {"kind": "delete"}
+    assert g.marks[2] == {"kind": "relabel", "label": other}
+
+
+def _issue_table(learn) -> "pd.DataFrame":
+    import pandas as pd
+
+    items = learn.dls.train_ds.items
+    rows = [(items[0], "blurry", 0.5, True), (items[1], "blurry", 0.9, True), (items[2], "blurry", 0.7, True),
+            (items[3], "blurry", 0.1, False), (items[4], "dark", 0.95, True)]
+    return pd.DataFrame({"path": [Path(p).resolve() for p, *_ in rows], "split": "train",
+                         "issue": [r[1] for r in rows], "score": [r[2] for r in rows], "flagged": [r[3] for r in rows],
+                         "reason": [f"{r[1]} score {r[2]}" for r in rows], "threshold": 0.3})
+
+
+def test_issue_views_show_each_flagged_type_worst_first_with_its_reason(learn):
+    table = _issue_table(learn)
+    items = learn.dls.train_ds.items
+    cleaner = ImageClassifierCleaner(learn, frontend="plain", max_n=4, issues=table)
+    assert [label for label, _ in cleaner.dd_view.options] == ["images by class", "blurry (3)", "dark (1)"]
+    cleaner.dd_view.value = "issue:blurry"
+    assert cleaner.fns == [items[1], items[2], items[0]]
+    assert "blurry score 0.9" in cleaner.cells[0].caption.value
+    cleaner.cells[0].delete_button.click()
+    assert cleaner.delete() == [0]
+    cleaner.apply()
+    assert not items[1].exists()
+    assert [label for label, _ in cleaner.dd_view.options] == ["images by class", "blurry (2)", "dark (1)"]
+
+    later = ImageClassifierCleaner(learn, frontend="plain", max_n=4)
+    later.show_issues(table.iloc[2:], issue="dark")
+    assert later.dd_view.value == "issue:dark" and later.fns == [items[4]]
+    with pytest.raises(ValueError, match="lacks the columns"):
+        later.show_issues(table.drop(columns=["reason"]))
+
+
+def test_the_front_end_is_chosen_by_name_and_auto_takes_plain_on_kaggle(learn, monkeypatch):
+    from nbtrain.cleaner import choose_frontend
+
+    assert choose_frontend("auto", multi_label=False) == "keys"
+    assert choose_frontend("auto", multi_label=True) == "plain"
+    with pytest.raises(ValueError, match="frontend must be one of"):
+        choose_frontend("fancy", multi_label=False)
+    with pytest.raises(ValueError, match="single-label"):
+        choose_frontend("keys", multi_label=True)
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Interactive")
+    cleaner = ImageClassifierCleaner(learn, max_n=3)
+    assert cleaner.frontend == "plain" and cleaner.cells and cleaner.grid_widget is None

@@ -250,13 +250,12 @@ def _stop(proc: subprocess.Popen) -> None:
             continue
 
 
-@pytest.fixture(scope="session")
-def jupyter_server(tmp_path_factory) -> JupyterServer:
-    """A JupyterLab on 127.0.0.1:<free port>, no token, root_dir a fresh tmp dir; killed at teardown."""
-    require_browser()
-    base = tmp_path_factory.mktemp("jupyter")
+def start_jupyter_server(base: Path) -> JupyterServer:
+    """Start a JupyterLab from this venv on 127.0.0.1:<free port>, no token, root_dir ``base/root``, with its
+    config, kernelspec and settings under ``base``; returns once ``/lab`` answers 200. The bench scripts use
+    it too; stop it with :func:`stop_jupyter_server`."""
     root = base / "root"
-    root.mkdir()
+    root.mkdir(parents=True)
     env = _write_isolated_jupyter_dirs(base)
     port = _free_port()
     log_path = base / "jupyter.log"
@@ -273,6 +272,7 @@ def jupyter_server(tmp_path_factory) -> JupyterServer:
     proc = subprocess.Popen(
         cmd, cwd=str(root), env=env, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True
     )
+    logf.close()  # the child holds its own copy
     server = JupyterServer(url=f"http://127.0.0.1:{port}", root=root, log_path=log_path, proc=proc)
     try:
         deadline = time.monotonic() + SERVER_START_TIMEOUT
@@ -293,15 +293,30 @@ def jupyter_server(tmp_path_factory) -> JupyterServer:
                     f"(last: {last}); command: {' '.join(cmd)}\nlog:\n{server.log()}"
                 )
             time.sleep(0.5)
+    except BaseException:
+        _stop(proc)
+        raise
+    return server
+
+
+def stop_jupyter_server(server: JupyterServer) -> None:
+    """Stop the server and its kernels, and keep its log in artifacts/ next to the screenshots."""
+    _stop(server.proc)
+    try:
+        (artifacts_dir() / "jupyter-server.log").write_text(server.log(tail=200_000))
+    except OSError:
+        pass
+
+
+@pytest.fixture(scope="session")
+def jupyter_server(tmp_path_factory) -> JupyterServer:
+    """A JupyterLab on 127.0.0.1:<free port>, no token, root_dir a fresh tmp dir; killed at teardown."""
+    require_browser()
+    server = start_jupyter_server(tmp_path_factory.mktemp("jupyter"))
+    try:
         yield server
     finally:
-        _stop(proc)
-        logf.close()
-        # Keep the server log next to the screenshots; handy when a test failed.
-        try:
-            (artifacts_dir() / "jupyter-server.log").write_text(server.log(tail=200_000))
-        except OSError:
-            pass
+        stop_jupyter_server(server)
 
 
 # --------------------------------------------------------------------------------------------------
