@@ -4,6 +4,7 @@ The public names follow fastai's, so code from the fastai course runs with littl
 """
 from . import fileops
 from .augmentation import Normalize, RandomResizedCrop, Resize, aug_transforms
+from .audit import audit
 from .cleaner import ImageClassifierCleaner
 from .datasets import URLs, untar_data
 from .data import DataError, DataLoader, DataLoaders, ImageDataLoaders, get_image_files, load_image, verify_images
@@ -18,7 +19,7 @@ from .models import WeightsUnavailableError
 __version__ = "0.1.0"
 
 __all__ = [
-    "AccuracyMulti", "ClassificationInterpretation", "DataError", "copy_to_working", "DataLoader", "DataLoaders", "F1Score",
+    "AccuracyMulti", "audit", "ClassificationInterpretation", "DataError", "copy_to_working", "DataLoader", "DataLoaders", "F1Score",
     "F1ScoreMulti", "FBeta", "FBetaMulti", "ImageClassifierCleaner", "ImageDataLoaders", "Learner", "Normalize",
     "Precision", "PrecisionMulti", "RandomResizedCrop", "Recall", "RecallMulti", "Resize", "TopKAccuracy",
     "WeightsUnavailableError", "accuracy", "accuracy_multi", "accuracy_thresh", "aug_transforms", "create_cnn",
