@@ -17,7 +17,7 @@ Planted into each (the truth recorded as each file is written):
   a little noise; 3x larger or 1/3; stretched 2.5x); grayscale (photos only: a colour photo made grey);
   exact_duplicate (a byte copy, or the same pixels saved again, with other PNG/JPEG settings);
   near_duplicate (re-encoded as JPEG at quality 75, or resized by 0.9); leakage (half of the copies go
-  to the valid folder of their class); outlier (photos, made grey and 28 px, among the digits; digits,
+  to the valid folder of their class); outlier (photos, 28 px, among the digits; digits,
   tinted and 112 px, among the photos); label (the flipped digits).
 Each method scores the same files: nbtrain's `audit` (with a learner: mobilenet_v2 fine-tuned on the
 digits; for the photos, its ImageNet body with a new head, untrained, for features), cleanvision's
@@ -177,13 +177,13 @@ def build_digits(root: Path, n: int, n_plant: int, n_outliers: int, seed: int) -
     photos = []
     for src in _foolbox_photos():
         with Image.open(src) as im:
-            photos.append(im.convert("L").resize((28, 28), Image.Resampling.BILINEAR))
+            photos.append(im.convert("RGB").resize((28, 28), Image.Resampling.BILINEAR))
     rng = np.random.default_rng(seed)
     # More outliers than photos: crops of the photos, each its own picture at 28 px.
     while len(photos) < n_outliers:
         with Image.open(_foolbox_photos()[len(photos) % 20]) as im:
             x, y = rng.integers(0, 112, size=2)
-            photos.append(im.convert("L").crop((x, y, x + 112, y + 112)).resize((28, 28), Image.Resampling.BILINEAR))
+            photos.append(im.convert("RGB").crop((x, y, x + 112, y + 112)).resize((28, 28), Image.Resampling.BILINEAR))
     p.outliers(photos[:n_outliers], [str(c) for c in range(10)])
     return p
 
@@ -260,6 +260,14 @@ def copy_scores(flag_pairs: list[tuple[Path, Path | None]], truth_pairs: set) ->
 
 
 def peak_mb() -> float:
+    """This process' peak resident memory. VmHWM, not getrusage: ru_maxrss survives exec, so a child
+    started from a big parent would report the parent's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

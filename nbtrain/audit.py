@@ -35,15 +35,15 @@ COLUMNS = ["path", "split", "issue", "score", "flagged", "reason", "threshold", 
 # Rules that need a model, with why each default (see image_properties for the others).
 MODEL_THRESHOLDS: dict[str, float] = {
     "label": 0.5,
-    "outlier": 6.0,
+    "outlier": 12.0,
     "near_duplicate_similarity": 0.97,
 }
 MODEL_THRESHOLD_NOTES: dict[str, str] = {
     "label": "normalised margin (p[given] - max p[other] + 1) / 2 below this: another class is more likely "
              "than the given one",
-    "outlier": "distance to the nearest images in the model's feature space, in robust standard deviations "
-               "(MADs) above the dataset's median: planted photos among digits and digits among photos sit "
-               "above 10, the farthest genuine images near 4",
+    "outlier": "distance to the nearest images in the model's features, in robust standard deviations (MADs) "
+               "above the median, to the whole dataset plus to the image's class, above this: chosen on the "
+               "bench's digits and photos with planted outliers from the other set (see bench/audit.py)",
     "near_duplicate_similarity": "cosine similarity of the model's features at or above this: as find_duplicates",
 }
 OUTLIER_K = 10
@@ -135,7 +135,7 @@ def _keeper_first(members: list[int], items: _Items) -> list[int]:
 
 
 def _copy_rows(items: _Items, stats: pd.DataFrame, t: dict[str, float],
-               emb: torch.Tensor | None) -> list[dict]:
+               emb: torch.Tensor | None, use_hash: bool = True) -> list[dict]:
     rows: list[dict] = []
     grouped: set[int] = set()
     for members, kind in exact_groups(stats):
@@ -154,10 +154,13 @@ def _copy_rows(items: _Items, stats: pd.DataFrame, t: dict[str, float],
                                  other=items.paths[keep],
                                  reason=f"same {kind} as {items.splits[keep]} file {items.paths[keep].name}"))
 
-    # Near copies: the perceptual hash always; the model's features too when there is a model.
+    # Near copies: by perceptual hash, and/or by the model's features.
     pairs: dict[tuple[int, int], tuple[float, str, float]] = {}
     ok = (stats["error"] == "").to_numpy()
-    bits, nb = hash_neighbours(stats["phash"].to_numpy(), ok)
+    if use_hash:
+        bits, nb = hash_neighbours(list(stats["phash"]), ok)
+    else:
+        bits, nb = np.full(len(ok), HASH_BITS), np.full(len(ok), -1)
     limit = t["near_duplicate_bits"]
     for i in np.flatnonzero((bits <= limit) & (nb >= 0)):
         j = int(nb[i])
@@ -195,13 +198,13 @@ def _copy_rows(items: _Items, stats: pd.DataFrame, t: dict[str, float],
 # With a model
 
 
-def _knn_distance(emb: torch.Tensor, k: int, groups: np.ndarray | None = None,
+def _knn_distance(feats: torch.Tensor, k: int, groups: np.ndarray | None = None,
                   chunk_bytes: int = 64 * 1024**2) -> np.ndarray:
-    """Mean cosine distance of each unit row to its `k` nearest other rows (within its group when
-    `groups` is given), a chunk of rows at a time; NaN for NaN rows."""
-    n = len(emb)
-    ok = ~torch.isnan(emb).any(dim=1)
-    e = torch.where(ok[:, None], emb, torch.zeros_like(emb))
+    """Mean Euclidean distance of each row to its `k` nearest other rows (within its group when
+    `groups` is given), a chunk of rows at a time; NaN for NaN rows and rows alone in their group."""
+    n = len(feats)
+    ok = ~torch.isnan(feats).any(dim=1)
+    e = torch.where(ok[:, None], feats, torch.zeros_like(feats)).float()
     out = np.full(n, np.nan)
     if n < 2:
         return out
@@ -209,23 +212,32 @@ def _knn_distance(emb: torch.Tensor, k: int, groups: np.ndarray | None = None,
     step = max(1, chunk_bytes // (4 * n))
     for i0 in range(0, n, step):
         i1 = min(n, i0 + step)
-        sim = e[i0:i1] @ e.T
-        sim[torch.arange(i1 - i0), torch.arange(i0, i1)] = float("-inf")
-        sim[:, ~ok] = float("-inf")
+        d = torch.cdist(e[i0:i1], e)
+        d[torch.arange(i1 - i0), torch.arange(i0, i1)] = float("inf")
+        d[:, ~ok] = float("inf")
         if g is not None:
-            sim[g[i0:i1, None] != g[None, :]] = float("-inf")
-        kk = min(k, n - 1)
-        top = sim.topk(kk, dim=1).values
-        finite = torch.isfinite(top)
-        d = torch.where(finite, 1 - top, torch.zeros_like(top)).sum(1) / finite.sum(1).clamp_min(1)
-        d[finite.sum(1) == 0] = float("nan")
-        out[i0:i1] = d.numpy()
+            d[g[i0:i1, None] != g[None, :]] = float("inf")
+        near = d.topk(min(k, n - 1), dim=1, largest=False).values
+        finite = torch.isfinite(near)
+        mean = torch.where(finite, near, torch.zeros_like(near)).sum(1) / finite.sum(1).clamp_min(1)
+        mean[finite.sum(1) == 0] = float("nan")
+        out[i0:i1] = mean.numpy()
     out[~ok.numpy()] = np.nan
     return out
 
 
-def _embeddings(learn: Learner) -> torch.Tensor:
-    parts = [image_embeddings(learn, dl.plain()) for dl in (learn.dls.train, learn.dls.valid) if len(dl.dataset)]
+def _robust_z(x: np.ndarray) -> np.ndarray:
+    ok = ~np.isnan(x)
+    if not ok.any():
+        return x
+    med = float(np.median(x[ok]))
+    mad = max(1.4826 * float(np.median(np.abs(x[ok] - med))), 1e-9)
+    return (x - med) / mad
+
+
+def _embeddings(learn: Learner, normalize: bool = True) -> torch.Tensor:
+    parts = [image_embeddings(learn, dl.plain(), normalize=normalize) for dl in (learn.dls.train, learn.dls.valid)
+             if len(dl.dataset)]
     parts = [p for p in parts if p.numel()]
     return torch.cat(parts) if parts else torch.empty(0, 0)
 
@@ -269,26 +281,26 @@ def _label_rows(items: _Items, probs: np.ndarray, how: str, t: dict[str, float])
     return rows, np.where(ok, pred, -1)
 
 
-def _outlier_rows(items: _Items, emb: torch.Tensor, t: dict[str, float]) -> list[dict]:
-    d_all = _knn_distance(emb, OUTLIER_K)
+def _outlier_rows(items: _Items, feats: torch.Tensor, t: dict[str, float], explained: dict[int, str]) -> list[dict]:
+    """Distance in the model's (unnormalised) feature space to the nearest images of the whole dataset
+    and of the image's own class, each in robust standard deviations above its median, summed. An
+    image already flagged for a property (uniform, dark, odd size...) is not flagged again as an
+    outlier: that property says why it is unlike the rest."""
+    d_all = _knn_distance(feats, OUTLIER_K)
     index = {c: i for i, c in enumerate(items.vocab)}
     groups = np.array([index.get(lab, -1) for lab in items.labels])
-    d_class = _knn_distance(emb, OUTLIER_K, groups)
-    ok = ~np.isnan(d_all)
-    if not ok.any():
-        return []
-    med = float(np.median(d_all[ok]))
-    mad = max(1.4826 * float(np.median(np.abs(d_all[ok] - med))), 1e-6)
-    z = (d_all - med) / mad
+    d_class = _knn_distance(feats, OUTLIER_K, groups)
+    z_all, z_class = _robust_z(d_all), _robust_z(d_class)
+    z = z_all + np.nan_to_num(z_class, nan=0.0)
     thr = t["outlier"]
     rows = []
-    for i in np.flatnonzero(ok):
-        flagged = bool(z[i] > thr)
-        cls = f"; to its class '{items.labels[i]}' {d_class[i]:.3f}" if not np.isnan(d_class[i]) else ""
+    for i in np.flatnonzero(~np.isnan(d_all)):
+        flagged = bool(z[i] > thr) and i not in explained
+        note = f"; flagged as {explained[i]} instead" if z[i] > thr and i in explained else ""
         rows.append(dict(idx=int(i), issue="outlier", score=float(z[i]), flagged=flagged, threshold=thr,
-                         reason=(f"feature distance to its {OUTLIER_K} nearest images {d_all[i]:.3f}{cls}; "
-                                 f"{z[i]:.1f} MADs above the median {'>' if flagged else '<='} {thr:g} "
-                                 "(outlier threshold)")))
+                         reason=(f"far from its {OUTLIER_K} nearest images in the model's features ({z_all[i]:.1f} "
+                                 f"MADs) and from its class '{items.labels[i]}' ({z_class[i]:.1f}); sum {z[i]:.1f} "
+                                 f"{'>' if z[i] > thr else '<='} {thr:g} (outlier threshold){note}")))
     return rows
 
 
@@ -323,8 +335,8 @@ def _balance(items: _Items, pred: np.ndarray | None) -> BalanceSummary:
 
 
 def audit(learn_or_path_or_dls: Learner | DataLoaders | str | Path, label_method: str = "oof",
-          thresholds: dict[str, float] | None = None, n_workers: int | None = None, with_bar: bool = True,
-          **oof_kwargs) -> pd.DataFrame:
+          thresholds: dict[str, float] | None = None, near_duplicates: str = "hash", n_workers: int | None = None,
+          with_bar: bool = True, **oof_kwargs) -> pd.DataFrame:
     """Every problem of an image dataset, in one table (see the module's notes for the columns).
 
     Args:
@@ -336,7 +348,10 @@ def audit(learn_or_path_or_dls: Learner | DataLoaders | str | Path, label_method
             model has not memorised the labels it judges); "loss" uses the trained model's own
             predictions (the fast way). Extra keyword arguments go to `find_label_issues`.
         thresholds: overrides of the defaults by name, e.g. `{"dark": 0.2, "outlier": 8}`;
-            `nbtrain.audit.threshold_notes()` lists them with why each default.
+            `threshold_notes()` (in nbtrain.audit) lists them with why each default.
+        near_duplicates: how near copies are found: "hash" (a perceptual hash of the pixels, the
+            default: no model needed, and it does not depend on how well a model trained), "features"
+            (the learner's features, as `find_duplicates`) or "both".
         n_workers: threads reading the files (default: the CPU count, at most 8).
     """
     t = _all_thresholds(thresholds)
@@ -354,6 +369,10 @@ def audit(learn_or_path_or_dls: Learner | DataLoaders | str | Path, label_method
     else:
         raise TypeError(f"audit needs a Learner, DataLoaders or the path of a folder of images, not "
                         f"{type(learn_or_path_or_dls).__name__}.")
+    if near_duplicates not in ("hash", "features", "both"):
+        raise ValueError(f"near_duplicates must be 'hash', 'features' or 'both', not {near_duplicates!r}.")
+    if near_duplicates != "hash" and learn is None:
+        raise ValueError("near_duplicates='features' needs a model's features: pass a Learner, or use 'hash'.")
     if label_method not in ("oof", "loss"):
         raise ValueError(f"label_method must be 'oof' (out-of-fold models, slower, finds more) or 'loss' (the "
                          f"trained model's own loss, fast), not {label_method!r}.")
@@ -367,15 +386,17 @@ def audit(learn_or_path_or_dls: Learner | DataLoaders | str | Path, label_method
     pred = None
     emb = None
     if learn is not None:
-        emb = _embeddings(learn)
-        if len(emb) != len(items.paths):
-            emb = None
+        feats = _embeddings(learn, normalize=False)
+        if len(feats) == len(items.paths):
+            emb = torch.nn.functional.normalize(feats, dim=1)
+            fl = props[props["flagged"]]
+            explained = dict(zip(fl["idx"], fl["issue"]))
+            rows += _outlier_rows(items, feats, t, explained)
         probs, how = _label_probs(learn, items, label_method, with_bar, oof_kwargs)
         label_rows, pred = _label_rows(items, probs, how, t)
         rows += label_rows
-        if emb is not None:
-            rows += _outlier_rows(items, emb, t)
-    rows += _copy_rows(items, stats, t, emb)
+    rows += _copy_rows(items, stats, t, emb if near_duplicates != "hash" else None,
+                       use_hash=near_duplicates != "features")
 
     extra = pd.DataFrame(rows, columns=["idx", "issue", "score", "flagged", "threshold", "reason", "prediction",
                                         "other"])

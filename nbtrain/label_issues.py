@@ -348,9 +348,10 @@ def find_label_issues(learn_or_dls: Learner | DataLoaders, arch: str | Callable 
 # Near-duplicates
 
 
-def image_embeddings(learn: Learner, dl: DataLoader) -> torch.Tensor:
+def image_embeddings(learn: Learner, dl: DataLoader, normalize: bool = True) -> torch.Tensor:
     """The penultimate features of every item of `dl` (the body's output, average-pooled), in dataset
-    order, unit length; a file that cannot be decoded gets a row of NaN."""
+    order, unit length unless `normalize=False` (the length carries how strongly the model responds,
+    which outlier distances use); a file that cannot be decoded gets a row of NaN."""
     model = learn.model
     if not isinstance(model, VisionModel):
         raise TypeError("Embeddings need a model with a body and a head, as vision_learner makes.")
@@ -364,7 +365,7 @@ def image_embeddings(learn: Learner, dl: DataLoader) -> torch.Tensor:
             f = f.mean(dim=(2, 3)) if f.ndim == 4 else f.flatten(1)
             if out is None:
                 out = torch.full((len(dl.dataset), f.shape[1]), float("nan"))
-            out[idx] = nn.functional.normalize(f, dim=1).cpu()
+            out[idx] = (nn.functional.normalize(f, dim=1) if normalize else f).cpu()
     return out if out is not None else torch.empty(0, 0)
 
 
