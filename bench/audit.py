@@ -419,6 +419,17 @@ def evaluate(name: str, planter: Planter, learn, args, rows: list[dict]) -> None
         p, r, f = prf(found, truth)
         rows.append(dict(dataset=name, type=typ, method="nbtrain", planted=len(truth), flagged=len(found), P=p, R=r,
                          F1=f, Pk=p_at_k(list(sub["path"]), truth)))
+        if typ == "outlier":
+            # Among the images without another planted problem (a uniform or stretched image is unlike
+            # the rest too, and is reported under its own type).
+            others = set().union(*(v for k, v in planter.truth.items() if k not in ("outlier", "label")))
+            others |= {c for prs in planter.pairs.values() for c, _ in prs}
+            ranked = [x for x in sub["path"] if x not in others]
+            z = sub.set_index("path")["score"]
+            print(f"outlier scores: planted {sorted(round(z[x], 1) for x in truth if x in z.index)}; highest other "
+                  f"{sorted((round(v, 1) for x, v in z.items() if x not in truth and x not in others), reverse=True)[:5]}")
+            rows.append(dict(dataset=name, type="outlier (only)", method="nbtrain", planted=len(truth),
+                             Pk=p_at_k(ranked, truth)))
         if cv and typ in cv["flags"]:
             cf = {Path(x) for x in cv["flags"][typ]}
             p, r, f = prf(cf, truth)
@@ -455,6 +466,11 @@ def evaluate(name: str, planter: Planter, learn, args, rows: list[dict]) -> None
                     rows.append(dict(dataset=name, type=typ, method="datalab", planted=len(truth),
                                      flagged=len(dl_out[typ]), P=p, R=r, F1=f,
                                      Pk=p_at_k(dl_out[typ + "_ranked"], truth)))
+            others = set().union(*(v for k, v in planter.truth.items() if k not in ("outlier", "label")))
+            others |= {c for prs in planter.pairs.values() for c, _ in prs}
+            rows.append(dict(dataset=name, type="outlier (only)", method="datalab", planted=len(planter.truth["outlier"]),
+                             Pk=p_at_k([x for x in dl_out["outlier_ranked"] if x not in others],
+                                       planter.truth["outlier"])))
             truth = planter.pairs["near_duplicate"] | planter.pairs["exact_duplicate"]
             cfp = [(x, s[0]) for s in dl_out["near_sets"] for x in s[1:]]
             p, r, f, pk = copy_scores(cfp, truth)
