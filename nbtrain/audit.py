@@ -29,6 +29,7 @@ from .image_properties import (HASH_BITS, THRESHOLD_NOTES, THRESHOLDS, exact_gro
                                property_issues)
 from .label_issues import find_label_issues, image_embeddings
 from .learner import Learner
+from .models import VisionModel
 
 COLUMNS = ["path", "split", "issue", "score", "flagged", "reason", "threshold", "label", "prediction", "other"]
 
@@ -386,7 +387,8 @@ def audit(learn_or_path_or_dls: Learner | DataLoaders | str | Path, label_method
     pred = None
     emb = None
     if learn is not None:
-        feats = _embeddings(learn, normalize=False)
+        # Features need a body and a head (vision_learner's models); other models get no outlier rows.
+        feats = _embeddings(learn, normalize=False) if isinstance(learn.model, VisionModel) else torch.empty(0, 0)
         if len(feats) == len(items.paths):
             emb = torch.nn.functional.normalize(feats, dim=1)
             fl = props[props["flagged"]]

@@ -288,3 +288,17 @@ def test_audit_of_a_learner_scores_labels_and_reports_leakage(model_table):
     leaks = _flagged(table, "leakage")
     assert list(leaks["path"]) == [leak] and leaks.iloc[0]["other"] == src
     assert "error" in table.attrs["balance"].table.columns
+
+
+def test_a_learner_without_a_body_gets_labels_but_no_outlier_rows(tmp_path):
+    from torch import nn
+
+    from nbtrain import Learner
+
+    root = make_mnist_sample(tmp_path / "d", n=40, noise=0.0, seed=5).path
+    (root / "labels.csv").unlink()
+    dls = ImageDataLoaders.from_folder(root, item_tfms=Resize(28), bs=8, seed=0)
+    learn = Learner(dls, nn.Sequential(nn.Flatten(), nn.Linear(3 * 28 * 28, dls.c)))
+    table = audit(learn, label_method="loss", with_bar=False)
+    assert (table["issue"] == "label").sum() == 40
+    assert not (table["issue"] == "outlier").any()
