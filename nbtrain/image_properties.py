@@ -41,15 +41,16 @@ THRESHOLDS: dict[str, float] = {
     "near_duplicate_bits": 18,
 }
 THRESHOLD_NOTES: dict[str, str] = {
-    "dark": "brightest 1% of pixels below this (0..1): a normal digit or photo has white or bright parts "
-            "(>= 0.6); an image at a quarter of its brightness is near 0.25",
-    "overexposed": "darkest 5% of pixels above this (0..1): digits have a black background and photos shadows "
-                   "(<= 0.4); washed-out copies sit above 0.75",
+    "dark": "brightest 1% of pixels below this (0..1): measured, real digits are at 0.86 or more and "
+            "quarters of ImageNet photos at 0.44 or more; the same images at a fifth of their brightness "
+            "at 0.22 or less",
+    "overexposed": "darkest 5% of pixels above this (0..1): digits have a black background (0) and photo "
+                   "quarters reach 0.53 at most; washed out towards white, both sit at 0.80 or more",
     "blurry": "sharpness against the dataset's median below this: the product of two ratios to their medians, "
               "the Laplacian's spread over the image's own contrast (so a dark or faint image is not blurry) and "
               "the fine Laplacian over the Laplacian at half size (blur takes the finest detail first, whatever "
-              "the picture); a Gaussian blur of 1.5 px at 28 px or 3 px at 112 px scores below 0.14, sharp digits "
-              "and photos above 0.23",
+              "the picture); measured, a Gaussian blur of 1.5 px at 28 px or 3 px at 112 px scores 0.14 or "
+              "less, sharp digits and photos 0.30 or more",
     "low_information": "spread (standard deviation, 0..1) of the grey levels below this: an almost uniform "
                        "image with a little noise spreads less than 0.007; real digits and photos more than 0.05, "
                        "and still more than 0.017 at a quarter of their brightness (dark, not uniform)",
