@@ -90,7 +90,7 @@ def _plant(data: Path) -> tuple[Path, Path]:
 
 def _choose_view(page, label_start: str) -> None:
     view = page.locator(f"{ACTIVE_PANEL} .widget-dropdown").filter(has_text="View").locator("select").first
-    label = next(t for t in view.locator("option").all_inner_texts() if t.startswith(label_start))
+    label = next(t for t in view.locator("option").all_inner_texts() if t.replace("\xa0", " ").startswith(label_start))
     view.select_option(label=label)
     wait_for_kernel_idle(page, 30)
 
@@ -113,7 +113,7 @@ def test_delete_a_blurry_image_and_relabel_an_outlier_from_the_issue_views(jupyt
     # The View menu offers each issue type with its count.
     view = page.locator(f"{ACTIVE_PANEL} .widget-dropdown").filter(has_text="View").locator("select").first
     view.wait_for(state="visible", timeout=30_000)
-    labels = view.locator("option").all_inner_texts()
+    labels = [t.replace("\xa0", " ") for t in view.locator("option").all_inner_texts()]  # ipywidgets' nbsp
     assert "blurry (1)" in labels, labels
     assert any(t.startswith("outlier (") for t in labels), labels
 
