@@ -50,6 +50,11 @@ MODEL_THRESHOLD_NOTES: dict[str, str] = {
 OUTLIER_K = 10
 
 
+def outlier_k(n: int) -> int:
+    """How many nearest images an outlier's distance averages over: 10, or 2% of a large dataset (at most 200)."""
+    return max(OUTLIER_K, min(200, n // 50))
+
+
 @dataclass(frozen=True, eq=False)
 class BalanceSummary:
     """Per class: images in train and valid, its share, and with a model its error rate, worst first.
@@ -287,10 +292,13 @@ def _outlier_rows(items: _Items, feats: torch.Tensor, t: dict[str, float], expla
     and of the image's own class, each in robust standard deviations above its median, summed. An
     image already flagged for a property (uniform, dark, odd size...) is not flagged again as an
     outlier: that property says why it is unlike the rest."""
-    d_all = _knn_distance(feats, OUTLIER_K)
+    # A group of similar outliers (twenty screenshots among cats) are each other's nearest images: k
+    # grows with the dataset (2%), so a group smaller than k still finds its distance to the rest.
+    k = outlier_k(len(feats))
+    d_all = _knn_distance(feats, k)
     index = {c: i for i, c in enumerate(items.vocab)}
     groups = np.array([index.get(lab, -1) for lab in items.labels])
-    d_class = _knn_distance(feats, OUTLIER_K, groups)
+    d_class = _knn_distance(feats, k, groups)
     z_all, z_class = _robust_z(d_all), _robust_z(d_class)
     z = z_all + np.nan_to_num(z_class, nan=0.0)
     thr = t["outlier"]
@@ -299,7 +307,7 @@ def _outlier_rows(items: _Items, feats: torch.Tensor, t: dict[str, float], expla
         flagged = bool(z[i] > thr) and i not in explained
         note = f"; flagged as {explained[i]} instead" if z[i] > thr and i in explained else ""
         rows.append(dict(idx=int(i), issue="outlier", score=float(z[i]), flagged=flagged, threshold=thr,
-                         reason=(f"far from its {OUTLIER_K} nearest images in the model's features ({z_all[i]:.1f} "
+                         reason=(f"far from its {k} nearest images in the model's features ({z_all[i]:.1f} "
                                  f"MADs) and from its class '{items.labels[i]}' ({z_class[i]:.1f}); sum {z[i]:.1f} "
                                  f"{'>' if z[i] > thr else '<='} {thr:g} (outlier threshold){note}")))
     return rows
