@@ -381,8 +381,9 @@ def datalab(learn, table_paths: list[Path]) -> tuple[dict, float, float]:
         sub = issues[issues[f"is_{typ}_issue"]].sort_values(f"{typ}_score")
         out[typ] = [kept[i] for i in sub.index]
         out[typ + "_ranked"] = [kept[i] for i in issues.sort_values(f"{typ}_score").index]
+    # near_duplicate_sets holds, for each row, the rows it nearly duplicates: a pair per (row, member).
     nd = lab.get_info("near_duplicate").get("near_duplicate_sets")
-    out["near_sets"] = [[kept[j] for j in s] for s in nd] if nd is not None else []
+    out["near_sets"] = ([[kept[i], kept[j]] for i, s in enumerate(nd) for j in s if i < j] if nd is not None else [])
     return out, wall, peak_mb() - base
 
 
