@@ -159,7 +159,7 @@ class Planter:
 
 
 def build_digits(root: Path, n: int, n_plant: int, n_outliers: int, seed: int) -> Planter:
-    from nbtrain.datasets import _foolbox_photos, make_mnist_sample
+    from nbtrain.samples import _foolbox_photos, make_mnist_sample
 
     sample = make_mnist_sample(root / "src", n=n, noise=0.05, seed=seed, size=28)
     shutil.copytree(sample.path, root / "digits")
@@ -189,7 +189,7 @@ def build_digits(root: Path, n: int, n_plant: int, n_outliers: int, seed: int) -
 
 
 def build_photos(root: Path, n_plant: int, n_outliers: int, seed: int) -> Planter:
-    from nbtrain.datasets import _foolbox_photos, _imagenet_name, _mnist_arrays
+    from nbtrain.samples import _foolbox_photos, _imagenet_name, _mnist_arrays
 
     ds = root / "photos"
     rng = np.random.default_rng(seed)
@@ -488,7 +488,7 @@ def evaluate(name: str, planter: Planter, learn, args, rows: list[dict]) -> None
 
 def scale_pass(root: Path, n: int, args, rows: list[dict]) -> None:
     """The property pass over `n` files: MNIST digits and photo quadrants written again and again."""
-    from nbtrain.datasets import _foolbox_photos, _mnist_arrays
+    from nbtrain.samples import _foolbox_photos, _mnist_arrays
 
     dest = root / "scale"
     images, y = _mnist_arrays()

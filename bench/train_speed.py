@@ -31,7 +31,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import nbtrain  # noqa: E402
-from nbtrain.datasets import make_mnist_sample  # noqa: E402
+from nbtrain.samples import make_mnist_sample  # noqa: E402
 from nbtrain.models import create_vision_model  # noqa: E402
 
 from fastai_setup import fastai_vision  # noqa: E402

@@ -18,7 +18,7 @@ def demo(out: Path, epochs: int, size: int, noise: float, arch: str, bs: int) ->
     import torch
 
     import nbtrain
-    from nbtrain.datasets import make_mnist_sample
+    from nbtrain.samples import make_mnist_sample
     from nbtrain.interpretation import ClassificationInterpretation
     from nbtrain.models import WeightsUnavailableError, pretrained_state_dict
 

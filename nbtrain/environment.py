@@ -1,29 +1,33 @@
-"""Where the code runs: the device, mixed precision, notebooks, Kaggle, and where outputs go."""
+"""Where the code runs: the device, mixed precision, notebooks, decoding workers and memory."""
 from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 import torch
 
-from . import fileops
-
-KAGGLE_INPUT = Path("/kaggle/input")
-KAGGLE_WORKING = Path("/kaggle/working")
-
-
 def default_device() -> torch.device:
-    """CUDA first, then Apple's MPS, then the CPU; `NBTRAIN_DEVICE` overrides."""
+    """CUDA first, then Apple's MPS, then the CPU; `NBTRAIN_DEVICE` overrides.
+
+    Under torchrun (LOCAL_RANK set) it is this process's own GPU, so that nothing, the model, an
+    optimizer loaded before the first fit or a CUDA context, lands on GPU 0 by default.
+    """
     forced = os.environ.get("NBTRAIN_DEVICE")
     if forced:
         return torch.device(forced)
     if torch.cuda.is_available():
-        return torch.device("cuda")
+        local = os.environ.get("LOCAL_RANK")
+        return torch.device("cuda", int(local) % torch.cuda.device_count()) if local is not None else torch.device("cuda")
     mps = getattr(torch.backends, "mps", None)
     if mps is not None and mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def release_device_memory(device: torch.device) -> None:
+    """Give the GPU memory that PyTorch keeps cached back to the driver (other processes need it)."""
+    if device.type == "cuda" and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def autocast_dtype(device: torch.device, capability: tuple[int, int] | None = None) -> torch.dtype | None:
@@ -69,55 +73,6 @@ def in_notebook() -> bool:
         return False
     ip = shell.get_ipython()  # type: ignore[attr-defined]
     return ip is not None and "IPKernelApp" in getattr(ip, "config", {})
-
-
-def is_kaggle() -> bool:
-    """True inside a Kaggle kernel; Kaggle sets KAGGLE_KERNEL_RUN_TYPE in every notebook."""
-    return "KAGGLE_KERNEL_RUN_TYPE" in os.environ or "KAGGLE_URL_BASE" in os.environ
-
-
-def is_read_only_location(path: Path | str, kaggle_input: Path = KAGGLE_INPUT) -> bool:
-    """True for data under Kaggle's read-only input mount (`kaggle_input`), on a read-only file
-    system, or in a folder without write permission (see `fileops.is_read_only`)."""
-    path = Path(path).absolute()
-    if path == kaggle_input or kaggle_input in path.parents:
-        return True
-    return fileops.is_read_only(path)
-
-
-def working_dir(kaggle_working: Path = KAGGLE_WORKING) -> Path:
-    """Where outputs go when the data cannot be written: Kaggle's /kaggle/working (what a notebook
-    version keeps) when it exists, else the current folder."""
-    return kaggle_working if kaggle_working.is_dir() else Path.cwd()
-
-
-def output_dir(data_path: Path | str | None, model_dir: str = "models", kaggle_input: Path = KAGGLE_INPUT,
-               kaggle_working: Path = KAGGLE_WORKING) -> Path:
-    """Where models, logs and exports go for a dataset at `data_path`.
-
-    Next to the data, as fastai does, unless the data cannot be written (Kaggle's /kaggle/input):
-    then under `working_dir()`. The cleaner's journals need no such rule: it refuses read-only
-    data, and a copy made with `copy_to_working` is writable, so they live in the copy.
-    """
-    base = Path(data_path) if data_path is not None else Path(".")
-    if is_read_only_location(base, kaggle_input):
-        return working_dir(kaggle_working) / model_dir
-    return base / model_dir
-
-
-def copy_to_working(src: Path | str, working: Path | str | None = None) -> Path:
-    """Copy a read-only dataset (one under /kaggle/input) into the working folder, where it can be
-    cleaned, and return the copy's path; `working` defaults to `working_dir()`.
-
-    Run again, it returns the copy already there, with whatever cleaning was applied to it, rather
-    than failing or copying afresh: delete that folder to start again from the original.
-    """
-    src = Path(src)
-    dest = Path(working if working is not None else working_dir()) / src.name
-    if dest.is_dir() and any(dest.iterdir()):
-        print(f"Using the copy already at {dest} (delete it to copy {src} afresh).")
-        return dest
-    return fileops.copy_dataset(src, dest)
 
 
 def default_num_workers() -> int:

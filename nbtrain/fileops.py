@@ -41,6 +41,8 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
+from .locations import KAGGLE_WORKING, is_read_only, working_dir
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -52,8 +54,6 @@ except ImportError:  # Windows: a student's laptop must still import nbtrain and
 
 JOURNAL_VERSION = 1
 STATE_DIR = ".nbtrain"
-KAGGLE_INPUT = Path("/kaggle/input")
-KAGGLE_WORKING = Path("/kaggle/working")
 
 # Test hooks (the `_hook` argument) are called with these names between the steps of an operation, so
 # that a test can cut a run off between any two of them.
@@ -154,26 +154,6 @@ class ApplyReport:
 
 
 # -- read-only data and copying it ------------------------------------------------------------------
-
-
-def is_read_only(path: Path | str) -> bool:
-    """Whether files in `path` (or its nearest existing parent) cannot be created, moved or removed.
-
-    Root ignores permissions, so a folder with no write bits counts as read-only even when the
-    system would let root write it: the data's owner meant it not to change.
-    """
-    path = Path(path).absolute()
-    if path == KAGGLE_INPUT or KAGGLE_INPUT in path.parents:
-        return True
-    while not os.path.lexists(path) and path != path.parent:
-        path = path.parent
-    try:
-        if os.statvfs(path).f_flag & os.ST_RDONLY:
-            return True
-        mode = os.stat(path).st_mode
-    except OSError:
-        return False
-    return not os.access(path, os.W_OK) or mode & 0o222 == 0
 
 
 def _suggest_copy(root: Path) -> str:
@@ -880,3 +860,18 @@ def _write_csv_atomically(df: pd.DataFrame, csv_path: Path) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(folder)
+
+
+def copy_to_working(src: Path | str, working: Path | str | None = None) -> Path:
+    """Copy a read-only dataset (one under /kaggle/input) into the working folder, where it can be
+    cleaned, and return the copy's path; `working` defaults to `working_dir()`.
+
+    Run again, it returns the copy already there, with whatever cleaning was applied to it, rather
+    than failing or copying afresh: delete that folder to start again from the original.
+    """
+    src = Path(src)
+    dest = Path(working if working is not None else working_dir()) / src.name
+    if dest.is_dir() and any(dest.iterdir()):
+        print(f"Using the copy already at {dest} (delete it to copy {src} afresh).")
+        return dest
+    return copy_dataset(src, dest)

@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 
 from .learner import Learner
+from .plots import image_grid
 
 
 class TopLosses(NamedTuple):
@@ -52,27 +53,32 @@ class ClassificationInterpretation:
         return torch.bincount(t * c + p, minlength=c * c).reshape(c, c).numpy()
 
     def plot_confusion_matrix(self, normalize: bool = False, title: str = "Confusion matrix", cmap: str = "Blues",
-                              figsize: tuple[float, float] | None = None):
-        """The confusion matrix as a picture; with `normalize`, each row shows fractions of its class."""
+                              norm_dec: int = 2, plot_txt: bool = True, figsize: tuple[float, float] | None = None,
+                              dpi: float | None = None, **kwargs):
+        """The confusion matrix as a picture, with fastai's arguments: with `normalize`, each row shows
+        fractions of its class (to `norm_dec` decimals); `plot_txt=False` leaves the numbers out;
+        other keyword arguments go to `matplotlib.pyplot.figure`."""
         import matplotlib.pyplot as plt
 
         cm = self.confusion_matrix().astype(float)
         if normalize:
             cm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-        c = len(self.vocab)
+        names = [str(v) for v in self.vocab]
+        c = len(names)
         size = figsize or (max(4.0, 0.5 * c + 2), max(4.0, 0.5 * c + 2))
-        fig, ax = plt.subplots(figsize=size)
+        fig = plt.figure(figsize=size, dpi=dpi, **kwargs)
+        ax = fig.add_subplot()
         ax.imshow(cm, interpolation="nearest", cmap=cmap)
         ax.set_title(title)
-        ax.set_xticks(range(c), self.vocab, rotation=90 if c > 8 and max(map(len, self.vocab)) > 3 else 0)
-        ax.set_yticks(range(c), self.vocab)
+        ax.set_xticks(range(c), names, rotation=90 if c > 8 and max(map(len, names)) > 3 else 0)
+        ax.set_yticks(range(c), names)
         ax.set_xlabel("Predicted")
         ax.set_ylabel("Actual")
-        if c <= 30:
+        if plot_txt and c <= 30:
             thresh = cm.max() / 2 if cm.max() else 0.5
             for i in range(c):
                 for j in range(c):
-                    text = f"{cm[i, j]:.2f}" if normalize else f"{int(cm[i, j])}"
+                    text = f"{cm[i, j]:.{norm_dec}f}" if normalize else f"{int(cm[i, j])}"
                     ax.text(j, i, text, ha="center", va="center", fontsize=8,
                             color="white" if cm[i, j] > thresh else "black")
         fig.tight_layout()
@@ -95,35 +101,24 @@ class ClassificationInterpretation:
     def _label(self, target: torch.Tensor) -> str:
         return self.learn.dls.label_of(target)
 
-    def plot_top_losses(self, k: int = 9, largest: bool = True, figsize: tuple[float, float] | None = None):
-        """The images with the highest losses, titled prediction / actual / loss / probability."""
-        import matplotlib.pyplot as plt
-
+    def plot_top_losses(self, k: int = 9, largest: bool = True, nrows: int | None = None, ncols: int | None = None,
+                        figsize: tuple[float, float] | None = None):
+        """The images with the highest losses, titled prediction / actual / loss / probability,
+        in `nrows` rows (or `ncols` columns) as fastai's."""
         from .data import load_image
 
         losses, idxs = self.top_losses(k, largest)
-        n = len(idxs)
-        ncols = int(np.ceil(np.sqrt(n))) if n else 1
-        nrows = int(np.ceil(n / ncols)) if n else 1
         imgs = [load_image(self.items[i]) if self.items else None for i in idxs.tolist()]
-        # Panels shaped like the images (two digits side by side are twice as wide as high), plus the title.
-        aspect = float(np.median([im.height / im.width for im in imgs if im is not None] or [1.0]))
-        # Constrained layout keeps each two-line title clear of the image above it (tight_layout does not).
-        fig, axes = plt.subplots(nrows, ncols, figsize=figsize or (3.0 * ncols, (3.0 * aspect + 0.6) * nrows + 0.5),
-                                 squeeze=False, layout="constrained")
-        for ax in axes.flat:
-            ax.axis("off")
-        for ax, loss, i, img in zip(axes.flat, losses.tolist(), idxs.tolist(), imgs):
-            if img is not None:
-                ax.imshow(np.asarray(img))
+        titles = []
+        for loss, i in zip(losses.tolist(), idxs.tolist()):
             if self.multi_label:
                 pred, prob = self._label(self.decoded[i]), float(self.probs[i].max())
             else:
                 p = int(self.decoded[i])
-                pred, prob = self.vocab[p], float(self.probs[i, p])
-            ax.set_title(f"{pred}/{self._label(self.targs[i])}\n{loss:.2f} / {prob:.2f}", fontsize=9)
-        fig.suptitle("prediction/actual\nloss / probability", fontsize=10)
-        return fig
+                pred, prob = str(self.vocab[p]), float(self.probs[i, p])
+            titles.append(f"{pred}/{self._label(self.targs[i])}\n{loss:.2f} / {prob:.2f}")
+        return image_grid(imgs, titles, nrows=nrows, ncols=ncols, figsize=figsize, panel=3.0, title_size=9,
+                          suptitle="prediction/actual\nloss / probability")
 
     def classification_report(self) -> pd.DataFrame:
         """Per-class precision, recall, F1 and support, then the macro and weighted averages."""

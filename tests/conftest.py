@@ -11,7 +11,7 @@ import pytest
 matplotlib.use("Agg")
 os.environ.setdefault("NBTRAIN_NUM_WORKERS", "1")
 
-from nbtrain.datasets import make_mnist_sample  # noqa: E402
+from nbtrain.samples import make_mnist_sample  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from PIL import Image, ImageFilter
 
 from nbtrain import ImageDataLoaders, Resize, audit, vision_learner
 from nbtrain.audit import COLUMNS, BalanceSummary, issue_counts, threshold_notes
-from nbtrain.datasets import make_mnist_sample
+from nbtrain.samples import make_mnist_sample
 from nbtrain.image_properties import (HASH_BITS, THRESHOLDS, brightness, fine_detail, hash_neighbours,
                                       measure_file, measure_images, perceptual_hash, sharpness)
 

@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from nbtrain.datasets import (SampleDataset, make_digits_sample, make_mnist_sample, make_multilabel_mnist,
+from nbtrain.samples import (SampleDataset, make_digits_sample, make_mnist_sample, make_multilabel_mnist,
                               make_photos_sample)
-from nbtrain import datasets
-from nbtrain.datasets import _mnist_arrays
+from nbtrain import samples as datasets
+from nbtrain.samples import _mnist_arrays
 
 DIGITS = [str(d) for d in range(10)]
 
@@ -201,11 +201,8 @@ def test_photos_sample_copies_foolboxs_imagenet_jpegs_into_class_folders(tmp_pat
 def test_sample_data_dir_follows_the_environment(tmp_path):
     # In a child process, so this process's environment is never changed.
     code = """if True:
-        import importlib.util, json, os, sys
-        # The module alone, without the package's __init__ (which imports torch: seconds for nothing here).
-        spec = importlib.util.spec_from_file_location("datasets", sys.argv[2])
-        ds = sys.modules["datasets"] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(ds)
+        import json, os, sys
+        from nbtrain import locations as ds
         out = []
         for env in json.loads(sys.argv[1]):
             for k in ("NBTRAIN_DATA", "NBTRAIN_HOME"):
@@ -215,7 +212,7 @@ def test_sample_data_dir_follows_the_environment(tmp_path):
         print(json.dumps(out))
     """
     envs = [{"NBTRAIN_DATA": str(tmp_path / "d")}, {"NBTRAIN_HOME": str(tmp_path / "h")}, {}]
-    done = subprocess.run([sys.executable, "-c", code, json.dumps(envs), datasets.__file__], capture_output=True,
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(envs)], capture_output=True,
                           text=True)
     assert done.returncode == 0, done.stderr
     home = Path.home() / ".nbtrain"

@@ -25,7 +25,7 @@ from torch import nn
 
 from nbtrain import (ClassificationInterpretation, F1ScoreMulti, ImageDataLoaders, Learner, Resize, accuracy_multi,
                      error_rate)
-from nbtrain.datasets import make_multilabel_mnist
+from nbtrain.samples import make_multilabel_mnist
 from tiny_models import small_cnn
 
 matplotlib.use("Agg")

@@ -24,7 +24,7 @@ from torch import nn
 from nbtrain import (AccuracyMulti, F1ScoreMulti, FBetaMulti, ImageDataLoaders, Learner, Resize, accuracy_multi,
                      find_best_threshold, vision_learner)
 from nbtrain.cleaner import DELETE, KEEP, ImageClassifierCleaner
-from nbtrain.datasets import make_multilabel_mnist
+from nbtrain.samples import make_multilabel_mnist
 from tiny_models import small_cnn
 
 DIGITS = [str(d) for d in range(10)]

@@ -14,8 +14,9 @@ from typing import Sequence
 
 import pytest
 
-from nbtrain.datasets import (DATASET_NAMES, ChecksumError, DownloadError, URLs, UnsafeArchiveError, extract_archive,
-                              make_mnist_sample, untar_data)
+from nbtrain.downloads import (DATASET_NAMES, ChecksumError, DownloadError, URLs, UnsafeArchiveError, extract_archive,
+                               untar_data)
+from nbtrain.samples import make_mnist_sample
 
 
 @dataclass

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 from nbtrain import ImageClassifierCleaner, ImageDataLoaders, Resize, audit, vision_learner
-from nbtrain.datasets import make_mnist_sample
+from nbtrain.samples import make_mnist_sample
 
 torch.manual_seed(0)
 path = make_mnist_sample({DATASET!r}, **{SAMPLE!r}).path  # the test wrote it and planted its problems
@@ -96,7 +96,7 @@ def _choose_view(page, label_start: str) -> None:
 
 
 def test_delete_a_blurry_image_and_relabel_an_outlier_from_the_issue_views(jupyter_server, page):
-    from nbtrain.datasets import make_mnist_sample
+    from nbtrain.samples import make_mnist_sample
 
     root = jupyter_server.root
     data = make_mnist_sample(root / DATASET, **SAMPLE).path

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 from nbtrain import ImageClassifierCleaner, ImageDataLoaders, Resize, error_rate, vision_learner
-from nbtrain.datasets import make_mnist_sample
+from nbtrain.samples import make_mnist_sample
 
 torch.manual_seed(0)
 path = make_mnist_sample({DATASET!r}, **{SAMPLE!r}).path  # the test wrote it already: reused as it is
@@ -105,7 +105,7 @@ def _screenshot_cleaner(page) -> Path:
 
 
 def test_mark_in_the_browser_then_apply_changes_exactly_those_files(jupyter_server, page):
-    from nbtrain.datasets import make_mnist_sample
+    from nbtrain.samples import make_mnist_sample
 
     root = jupyter_server.root
     sample = make_mnist_sample(root / DATASET, **SAMPLE)
