@@ -5,6 +5,7 @@ The public names follow fastai's, so code from the fastai course runs with littl
 from . import fileops, models
 from .app import ImageClassifierApp
 from .augmentation import Normalize, PadMode, RandomResizedCrop, Resize, ResizeMethod, aug_transforms
+from .audit import audit
 from .callbacks import (Callback, CancelBatchException, CancelEpochException, CancelFitException, CancelStepException,
                         CancelTrainException, CancelValidException, CSVLogger, CutMix, EarlyStoppingCallback,
                         GradientAccumulation, MixUp, SaveModelCallback, ShowGraphCallback, TrackerCallback)
@@ -34,7 +35,7 @@ from .models import (WeightsUnavailableError, convnext_small, convnext_tiny, den
 __version__ = "0.1.0"
 
 __all__ = [
-    "AccuracyMulti", "Callback", "CancelBatchException", "CancelEpochException", "CancelFitException",
+    "AccuracyMulti", "audit", "Callback", "CancelBatchException", "CancelEpochException", "CancelFitException",
     "CancelStepException", "CancelTrainException", "CancelValidException", "ClassificationInterpretation", "DataError", "copy_to_working", "DataLoader", "DataLoaders", "F1Score",
     "F1ScoreMulti", "FBeta", "FBetaMulti", "ImageClassifierCleaner", "ImageDataLoaders", "Learner", "Normalize",
     "Precision", "PrecisionMulti", "RandomResizedCrop", "Recall", "RecallMulti", "Resize", "TopKAccuracy", "TrainingInterrupted", "TrainingState",

@@ -83,6 +83,7 @@ class Callback:
         state.pop("learn", None)
         return state
 
+
 # ---------------------------------------------------------------------------------------------
 # Tracking a monitored value: the best epoch, and stopping when it no longer improves
 
@@ -264,7 +265,9 @@ class ShowGraphCallback(Callback):
         plt.close(fig)  # shown through the handle only, not again at the end of the cell
 
     def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "handle"}
+        state = super().__getstate__()  # without its learner, as every callback
+        state.pop("handle", None)
+        return state
 
 
 class CSVLogger(Callback):
@@ -324,7 +327,10 @@ class CSVLogger(Callback):
             self.file = None
 
     def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k not in ("file", "writer")}
+        state = super().__getstate__()  # without its learner, as every callback
+        for k in ("file", "writer"):
+            state.pop(k, None)
+        return state
 
 
 # ---------------------------------------------------------------------------------------------

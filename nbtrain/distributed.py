@@ -353,6 +353,12 @@ def dumps(obj: object, label: str) -> bytes:
                                f"{fix}") from None
 
 
+def _public_name(cls: type, attr: str) -> str:
+    """`metrics` for `_metrics` when the class shows it as the property `metrics`: the name a user wrote."""
+    public = attr.lstrip("_")
+    return public if attr != public and isinstance(getattr(cls, public, None), property) else attr
+
+
 def _locate(obj: object, label: str, depth: int = 4) -> str:
     """The attribute path, from `label`, of the first part of `obj` that cannot be pickled."""
     if isinstance(obj, dict):
@@ -363,7 +369,7 @@ def _locate(obj: object, label: str, depth: int = 4) -> str:
         fields = obj.__dict__
         if isinstance(obj, nn.Module):  # name submodules as one would write them: model.head, not model._modules
             fields = {**{k: v for k, v in fields.items() if not k.startswith("_")}, **dict(obj.named_children())}
-        children = [(f"{label}.{k}", v) for k, v in fields.items()]
+        children = [(f"{label}.{_public_name(type(obj), k)}", v) for k, v in fields.items()]
     else:
         return label
     for sub, child in children:

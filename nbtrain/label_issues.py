@@ -300,16 +300,18 @@ def find_label_issues(learn_or_dls: Learner | DataLoaders, arch: str | Callable 
 # Near-duplicates
 
 
-def image_embeddings(learn: Learner, dl: DataLoader) -> torch.Tensor:
+def image_embeddings(learn: Learner, dl: DataLoader, normalize: bool = True) -> torch.Tensor:
     """The penultimate features of every item of `dl` (the body's output, average-pooled), in dataset
-    order, unit length, on the CPU; a file that cannot be decoded gets a row of NaN."""
+    order, unit length unless `normalize=False` (the length carries how strongly the model responds,
+    which outlier distances use), on the CPU; a file that cannot be decoded gets a row of NaN."""
     model = learn.model
     if not isinstance(model, VisionModel):
         raise TypeError("Embeddings need a model with a body and a head, as vision_learner makes.")
 
     def features(x: torch.Tensor) -> torch.Tensor:
         f = model.body(x).float()
-        return nn.functional.normalize(f.mean(dim=(2, 3)) if f.ndim == 4 else f.flatten(1), dim=1)
+        f = f.mean(dim=(2, 3)) if f.ndim == 4 else f.flatten(1)
+        return nn.functional.normalize(f, dim=1) if normalize else f
 
     feats, _, idx = learn.outputs(dl, forward=features)
     if not len(feats):

@@ -355,3 +355,19 @@ def test_the_first_process_decides_and_both_stop_after_the_same_epoch(mnist_smal
     assert [v[2] for v in learn.recorder.values] == [0.5, 0.2, 0.4, 0.6]
     saved = safe_load(tmp_path / "models" / "model.pth")
     assert weights_hash(saved["model"]) == weights_hash(learn.model.state_dict())  # the best, loaded at the end
+
+
+def test_callbacks_with_state_of_their_own_are_pickled_without_their_learner_or_open_files(mnist_small, tmp_path):
+    import pickle
+
+    learn = make_learner(mnist_small, tmp_path)
+    logger, graph = CSVLogger(), ShowGraphCallback()
+    learn.add_cbs([logger, graph])
+    logger.before_fit()  # an open file, as during a fit
+    try:
+        for cb in (logger, graph, SaveModelCallback(), MixUp()):
+            cb.learn = learn
+            copy = pickle.loads(pickle.dumps(cb))
+            assert "learn" not in copy.__dict__ and "file" not in copy.__dict__
+    finally:
+        logger.after_fit()

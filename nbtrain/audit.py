@@ -1,0 +1,437 @@
+"""One table of everything that may be wrong with an image dataset: wrong labels, outliers, exact and near
+copies (and copies across train and valid), image properties, and a class-balance summary.
+
+`audit(path)` needs no model: image properties and copies found from the files alone. `audit(learn)`
+adds what a model sees: label issues (out-of-fold, or the model's own loss for the fast way), outliers
+by distance in the model's feature space, near copies by those features, and per-class error.
+
+The table has one row per (image, issue type) for every image scored, flagged or not, so a person can
+see how near a threshold an image came; `table[table.flagged]` is what to review. Columns: `path`
+(absolute), `split` ("train", "valid" or ""), `issue`, `score` (higher is worse), `flagged`, `reason`,
+`threshold` (of the flagging rule, NaN for rules without one), `label`, `prediction` (with a model),
+and `other` (for copies: the file this one copies, the one to keep). Of each group of copies one file
+is left unflagged, so deleting every flagged copy keeps one of each picture.
+`table.attrs["balance"]` is the class-balance summary (a `BalanceSummary`; its `.table` is a DataFrame).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .data import DataLoaders, get_image_files
+from .image_properties import (HASH_BITS, THRESHOLD_NOTES, THRESHOLDS, exact_groups, hash_neighbours, measure_images,
+                               property_issues)
+from .label_issues import find_label_issues, image_embeddings
+from .learner import Learner
+from .models import VisionModel
+
+COLUMNS = ["path", "split", "issue", "score", "flagged", "reason", "threshold", "label", "prediction", "other"]
+
+# Rules that need a model, with why each default (see image_properties for the others).
+MODEL_THRESHOLDS: dict[str, float] = {
+    "label": 0.5,
+    "outlier": 12.0,
+    "near_duplicate_similarity": 0.97,
+}
+MODEL_THRESHOLD_NOTES: dict[str, str] = {
+    "label": "normalised margin (p[given] - max p[other] + 1) / 2 below this: another class is more likely "
+             "than the given one",
+    "outlier": "distance to the nearest images in the model's features, in robust standard deviations (MADs) "
+               "above the median, to the whole dataset plus to the image's class, above this: chosen on the "
+               "bench's digits and photos with planted outliers from the other set (see bench/audit.py)",
+    "near_duplicate_similarity": "cosine similarity of the model's features at or above this: as find_duplicates",
+}
+OUTLIER_K = 10
+
+
+def outlier_k(n: int) -> int:
+    """How many nearest images an outlier's distance averages over: 10, or 2% of a large dataset (at most 200)."""
+    return max(OUTLIER_K, min(200, n // 50))
+
+
+@dataclass(frozen=True, eq=False)
+class BalanceSummary:
+    """Per class: images in train and valid, its share, and with a model its error rate, worst first.
+
+    Kept in a table's `attrs` as an object compared by identity: pandas compares attrs when it joins
+    tables, which a DataFrame cannot be."""
+
+    table: pd.DataFrame
+
+    def __deepcopy__(self, memo: dict) -> "BalanceSummary":
+        return self
+
+    def __repr__(self) -> str:
+        return repr(self.table)
+
+    def _repr_html_(self) -> str:
+        return self.table._repr_html_()
+
+
+def _all_thresholds(overrides: dict[str, float] | None) -> dict[str, float]:
+    known = {**THRESHOLDS, **MODEL_THRESHOLDS}
+    out = dict(known)
+    for name, value in (overrides or {}).items():
+        if name not in known:
+            raise ValueError(f"No threshold is called {name!r}; the thresholds are {sorted(known)}. "
+                             "THRESHOLD_NOTES in nbtrain.image_properties and nbtrain.audit say what each means.")
+        out[name] = float(value)
+    return out
+
+
+def threshold_notes() -> dict[str, tuple[float, str]]:
+    """Every threshold's default value and why it is that value."""
+    notes = {**THRESHOLD_NOTES, **MODEL_THRESHOLD_NOTES}
+    return {k: (v, notes[k]) for k, v in {**THRESHOLDS, **MODEL_THRESHOLDS}.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# What is audited
+
+
+@dataclass
+class _Items:
+    paths: list[Path]
+    splits: list[str]
+    labels: list[str]
+    vocab: list[str]
+
+
+def _from_folder(path: Path) -> _Items:
+    if not path.exists():
+        raise FileNotFoundError(f"audit: {path} does not exist. Pass a folder of images, DataLoaders or a Learner.")
+    if not path.is_dir():
+        raise NotADirectoryError(f"audit: {path} is a file, not a folder. Pass the folder that holds the images.")
+    paths = [p.absolute() for p in get_image_files(path)]
+    if not paths:
+        raise ValueError(f"audit: no image files under {path} (looked for .jpg, .png, ... in every sub-folder).")
+    splits, labels = [], []
+    for p in paths:
+        rel = p.relative_to(path.absolute()).parts
+        split = rel[0].lower() if len(rel) > 1 and rel[0].lower() in ("train", "valid") else ""
+        splits.append(split)
+        inner = rel[1:] if split else rel
+        labels.append(inner[-2] if len(inner) > 1 else "")
+    return _Items(paths, splits, labels, sorted(set(labels) - {""}))
+
+
+def _from_dls(dls: DataLoaders) -> _Items:
+    paths, splits, labels = [], [], []
+    for split, dl in (("train", dls.train), ("valid", dls.valid)):
+        ds = dl.dataset
+        paths += [Path(p).absolute() for p in ds.items]
+        splits += [split] * len(ds)
+        labels += [" ".join(lab) if isinstance(lab, (list, tuple)) else str(lab) for lab in ds.labels]
+    return _Items(paths, splits, labels, [str(v) for v in dls.vocab])
+
+
+# ---------------------------------------------------------------------------------------------
+# Copies
+
+
+def _keeper_first(members: list[int], items: _Items) -> list[int]:
+    """The copies in the order to keep them: a training copy first (its valid twin is the leak), then by name."""
+    return sorted(members, key=lambda i: (items.splits[i] == "valid", str(items.paths[i])))
+
+
+def _copy_rows(items: _Items, stats: pd.DataFrame, t: dict[str, float],
+               emb: torch.Tensor | None, use_hash: bool = True) -> list[dict]:
+    rows: list[dict] = []
+    grouped: set[int] = set()
+    for members, kind in exact_groups(stats):
+        order = _keeper_first(members, items)
+        keep = order[0]
+        grouped.update(order)
+        for i in order:
+            flagged = i != keep
+            rows.append(dict(idx=i, issue="exact_duplicate", score=1.0, flagged=flagged, threshold=math.nan,
+                             other=items.paths[keep] if flagged else items.paths[order[1]],
+                             reason=(f"same {kind} as {items.paths[keep].name}" if flagged else
+                                     f"kept copy; same {kind} as {len(order) - 1} other file(s)")))
+        for i in order[1:]:
+            if items.splits[i] != items.splits[keep] and "valid" in (items.splits[i], items.splits[keep]):
+                rows.append(dict(idx=i, issue="leakage", score=1.0, flagged=True, threshold=math.nan,
+                                 other=items.paths[keep],
+                                 reason=f"same {kind} as {items.splits[keep]} file {items.paths[keep].name}"))
+
+    # Near copies: by perceptual hash, and/or by the model's features.
+    pairs: dict[tuple[int, int], tuple[float, str, float]] = {}
+    ok = (stats["error"] == "").to_numpy()
+    if use_hash:
+        bits, nb = hash_neighbours(list(stats["phash"]), ok)
+    else:
+        bits, nb = np.full(len(ok), HASH_BITS), np.full(len(ok), -1)
+    limit = t["near_duplicate_bits"]
+    for i in np.flatnonzero((bits <= limit) & (nb >= 0)):
+        j = int(nb[i])
+        key = (min(i, j), max(i, j))
+        score = 1 - bits[i] / HASH_BITS
+        pairs[key] = max(pairs.get(key, (-1.0, "", 0.0)), (score, f"perceptual hashes differ in {bits[i]} of {HASH_BITS} bits "
+                                                                  f"(<= {limit:g}, near_duplicate_bits threshold)",
+                                                           limit))
+    if emb is not None and len(emb) > 1:
+        from .label_issues import nearest_neighbours
+
+        sim, arg = nearest_neighbours(emb)
+        thr = t["near_duplicate_similarity"]
+        for i in torch.nonzero(sim >= thr).flatten().tolist():
+            j = int(arg[i])
+            key = (min(i, j), max(i, j))
+            s = float(sim[i])
+            if s > pairs.get(key, (-1.0,))[0]:
+                pairs[key] = (s, f"feature similarity {s:.3f} (>= {thr:.2f}, near_duplicate_similarity threshold)",
+                              thr)
+    for (a, b), (score, why, thr) in sorted(pairs.items(), key=lambda kv: -kv[1][0]):
+        if a in grouped and b in grouped:
+            continue  # already exact copies
+        keep, copy = _keeper_first([a, b], items)
+        rows.append(dict(idx=copy, issue="near_duplicate", score=score, flagged=True, threshold=thr,
+                         other=items.paths[keep], reason=f"near copy of {items.paths[keep].name}: {why}"))
+        if items.splits[copy] != items.splits[keep] and "valid" in (items.splits[copy], items.splits[keep]):
+            rows.append(dict(idx=copy, issue="leakage", score=score, flagged=True, threshold=thr,
+                             other=items.paths[keep],
+                             reason=f"near copy of {items.splits[keep]} file {items.paths[keep].name}: {why}"))
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# With a model
+
+
+def _knn_distance(feats: torch.Tensor, k: int, groups: np.ndarray | None = None,
+                  chunk_bytes: int = 64 * 1024**2) -> np.ndarray:
+    """Mean Euclidean distance of each row to its `k` nearest other rows (within its group when
+    `groups` is given), a chunk of rows at a time; NaN for NaN rows and rows alone in their group."""
+    n = len(feats)
+    ok = ~torch.isnan(feats).any(dim=1)
+    e = torch.where(ok[:, None], feats, torch.zeros_like(feats)).float()
+    out = np.full(n, np.nan)
+    if n < 2:
+        return out
+    g = torch.as_tensor(groups) if groups is not None else None
+    step = max(1, chunk_bytes // (4 * n))
+    for i0 in range(0, n, step):
+        i1 = min(n, i0 + step)
+        d = torch.cdist(e[i0:i1], e)
+        d[torch.arange(i1 - i0), torch.arange(i0, i1)] = float("inf")
+        d[:, ~ok] = float("inf")
+        if g is not None:
+            d[g[i0:i1, None] != g[None, :]] = float("inf")
+        near = d.topk(min(k, n - 1), dim=1, largest=False).values
+        finite = torch.isfinite(near)
+        mean = torch.where(finite, near, torch.zeros_like(near)).sum(1) / finite.sum(1).clamp_min(1)
+        mean[finite.sum(1) == 0] = float("nan")
+        out[i0:i1] = mean.numpy()
+    out[~ok.numpy()] = np.nan
+    return out
+
+
+def _robust_z(x: np.ndarray) -> np.ndarray:
+    ok = ~np.isnan(x)
+    if not ok.any():
+        return x
+    med = float(np.median(x[ok]))
+    mad = max(1.4826 * float(np.median(np.abs(x[ok] - med))), 1e-9)
+    return (x - med) / mad
+
+
+def _embeddings(learn: Learner, normalize: bool = True) -> torch.Tensor:
+    parts = [image_embeddings(learn, dl.plain(), normalize=normalize) for dl in (learn.dls.train, learn.dls.valid)
+             if len(dl.dataset)]
+    parts = [p for p in parts if p.numel()]
+    return torch.cat(parts) if parts else torch.empty(0, 0)
+
+
+def _label_probs(learn: Learner, items: _Items, method: str, with_bar: bool, oof_kwargs: dict) -> tuple[np.ndarray, str]:
+    """Probabilities per item (rows in `items` order, NaN for unreadable files) and how they were had."""
+    if method == "oof":
+        table = find_label_issues(learn, with_bar=with_bar, **oof_kwargs)
+        probs = table.attrs["oof"].for_paths(table["path"])
+        row = {Path(p).absolute(): i for i, p in enumerate(table["path"])}
+        return probs[[row[p] for p in items.paths]], "out-of-fold"
+    if method == "loss":
+        parts = [learn.get_preds(dl=dl.plain())[0] for dl in (learn.dls.train, learn.dls.valid) if len(dl.dataset)]
+        return torch.cat(parts).numpy(), "the model's own"
+    raise ValueError(f"label_method must be 'oof' (out-of-fold models, slower, finds more) or 'loss' (the "
+                     f"trained model's own loss, fast), not {method!r}.")
+
+
+def _label_rows(items: _Items, probs: np.ndarray, how: str, t: dict[str, float]) -> tuple[list[dict], np.ndarray]:
+    index = {c: i for i, c in enumerate(items.vocab)}
+    targets = np.array([index[lab] for lab in items.labels])
+    n = len(targets)
+    ok = ~np.isnan(probs).any(axis=1)
+    p = np.nan_to_num(probs)
+    given = p[np.arange(n), targets]
+    others = p.copy()
+    others[np.arange(n), targets] = -1
+    pred = p.argmax(1)
+    margin = (given - others.max(1) + 1) / 2
+    thr = t["label"]
+    rows = []
+    for i in range(n):
+        if not ok[i]:
+            continue
+        flagged = bool(margin[i] < thr)
+        rows.append(dict(idx=i, issue="label", score=float(-math.log(max(given[i], 1e-12))), flagged=flagged,
+                         threshold=thr, prediction=items.vocab[pred[i]],
+                         reason=(f"{how} p('{items.vocab[pred[i]]}') {p[i, pred[i]]:.2f}, p(given '{items.labels[i]}') "
+                                 f"{given[i]:.2f}; margin {margin[i]:.2f} {'<' if flagged else '>='} {thr:.2f} "
+                                 "(label threshold)")))
+    return rows, np.where(ok, pred, -1)
+
+
+def _outlier_rows(items: _Items, feats: torch.Tensor, t: dict[str, float], explained: dict[int, str]) -> list[dict]:
+    """Distance in the model's (unnormalised) feature space to the nearest images of the whole dataset
+    and of the image's own class, each in robust standard deviations above its median, summed. An
+    image already flagged for a property (uniform, dark, odd size...) is not flagged again as an
+    outlier: that property says why it is unlike the rest."""
+    # A group of similar outliers (twenty screenshots among cats) are each other's nearest images: k
+    # grows with the dataset (2%), so a group smaller than k still finds its distance to the rest.
+    k = outlier_k(len(feats))
+    d_all = _knn_distance(feats, k)
+    index = {c: i for i, c in enumerate(items.vocab)}
+    groups = np.array([index.get(lab, -1) for lab in items.labels])
+    d_class = _knn_distance(feats, k, groups)
+    z_all, z_class = _robust_z(d_all), _robust_z(d_class)
+    z = z_all + np.nan_to_num(z_class, nan=0.0)
+    thr = t["outlier"]
+    rows = []
+    for i in np.flatnonzero(~np.isnan(d_all)):
+        flagged = bool(z[i] > thr) and i not in explained
+        note = f"; flagged as {explained[i]} instead" if z[i] > thr and i in explained else ""
+        rows.append(dict(idx=int(i), issue="outlier", score=float(z[i]), flagged=flagged, threshold=thr,
+                         reason=(f"far from its {k} nearest images in the model's features ({z_all[i]:.1f} "
+                                 f"MADs) and from its class '{items.labels[i]}' ({z_class[i]:.1f}); sum {z[i]:.1f} "
+                                 f"{'>' if z[i] > thr else '<='} {thr:g} (outlier threshold){note}")))
+    return rows
+
+
+def _balance(items: _Items, pred: np.ndarray | None) -> BalanceSummary:
+    labels = pd.Series(items.labels)
+    splits = pd.Series(items.splits)
+    vocab = items.vocab or sorted(set(items.labels) - {""})
+    table = pd.DataFrame(index=pd.Index(vocab, name="class"))
+    table["train"] = [int(((labels == c) & (splits != "valid")).sum()) for c in vocab]
+    table["valid"] = [int(((labels == c) & (splits == "valid")).sum()) for c in vocab]
+    total = table["train"] + table["valid"]
+    table["share"] = total / max(int(total.sum()), 1)
+    expected = 1 / max(len(vocab), 1)
+    table["under_represented"] = table["share"] < expected / 2
+    if pred is not None:
+        index = {c: i for i, c in enumerate(vocab)}
+        targets = np.array([index.get(lab, -1) for lab in items.labels])
+        err = []
+        for c in range(len(vocab)):
+            m = (targets == c) & (pred >= 0)
+            err.append(float((pred[m] != c).mean()) if m.any() else math.nan)
+        table["error"] = err
+        overall = float(np.nanmean(np.where(pred >= 0, pred != targets, np.nan))) if len(pred) else math.nan
+        # The classes the model does worst on: at least 1.5x the overall error, at most three of them.
+        worst = table["error"].nlargest(3).index
+        table["worst"] = table.index.isin(worst) & (table["error"] >= 1.5 * overall) & (table["error"] > 0)
+        table = table.sort_values("error", ascending=False, kind="stable")
+    return BalanceSummary(table)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def audit(learn_or_path_or_dls: Learner | DataLoaders | str | Path, label_method: str = "oof",
+          thresholds: dict[str, float] | None = None, near_duplicates: str = "hash", n_workers: int | None = None,
+          with_bar: bool = True, **oof_kwargs) -> pd.DataFrame:
+    """Every problem of an image dataset, in one table (see the module's notes for the columns).
+
+    Args:
+        learn_or_path_or_dls: a folder of images (no model needed: image properties and copies; a
+            `train`/`valid` first level is read as the split and the parent folder as the label),
+            DataLoaders (the same, with its split and labels), or a trained Learner (adds label
+            issues, outliers, near copies by features and per-class error).
+        label_method: "oof" ranks labels with `find_label_issues` (K fold models: slower, and the
+            model has not memorised the labels it judges); "loss" uses the trained model's own
+            predictions (the fast way). Extra keyword arguments go to `find_label_issues`.
+        thresholds: overrides of the defaults by name, e.g. `{"dark": 0.2, "outlier": 8}`;
+            `threshold_notes()` (in nbtrain.audit) lists them with why each default.
+        near_duplicates: how near copies are found: "hash" (a perceptual hash of the pixels, the
+            default: no model needed, and it does not depend on how well a model trained), "features"
+            (the learner's features, as `find_duplicates`) or "both".
+        n_workers: threads reading the files (default: the CPU count, at most 8).
+    """
+    t = _all_thresholds(thresholds)
+    learn = None
+    if isinstance(learn_or_path_or_dls, Learner):
+        learn = learn_or_path_or_dls
+        if learn.dls.multi_label:
+            raise ValueError("audit's label and outlier checks are for single-label data; for multi-label data "
+                             "audit the DataLoaders (audit(learn.dls)) and rank labels with the cleaner.")
+        items = _from_dls(learn.dls)
+    elif isinstance(learn_or_path_or_dls, DataLoaders):
+        items = _from_dls(learn_or_path_or_dls)
+    elif isinstance(learn_or_path_or_dls, (str, Path)):
+        items = _from_folder(Path(learn_or_path_or_dls))
+    else:
+        raise TypeError(f"audit needs a Learner, DataLoaders or the path of a folder of images, not "
+                        f"{type(learn_or_path_or_dls).__name__}.")
+    if near_duplicates not in ("hash", "features", "both"):
+        raise ValueError(f"near_duplicates must be 'hash', 'features' or 'both', not {near_duplicates!r}.")
+    if near_duplicates != "hash" and learn is None:
+        raise ValueError("near_duplicates='features' needs a model's features: pass a Learner, or use 'hash'.")
+    if label_method not in ("oof", "loss"):
+        raise ValueError(f"label_method must be 'oof' (out-of-fold models, slower, finds more) or 'loss' (the "
+                         f"trained model's own loss, fast), not {label_method!r}.")
+
+    stats = measure_images(items.paths, n_workers=n_workers)
+    props = property_issues(stats, {k: v for k, v in t.items() if k in THRESHOLDS})
+    row_of = {p: i for i, p in enumerate(items.paths)}
+    props["idx"] = [row_of[p] for p in props["path"]]
+
+    rows: list[dict] = []
+    pred = None
+    emb = None
+    if learn is not None:
+        # Features need a body and a head (vision_learner's models); other models get no outlier rows.
+        feats = _embeddings(learn, normalize=False) if isinstance(learn.model, VisionModel) else torch.empty(0, 0)
+        if len(feats) == len(items.paths):
+            emb = torch.nn.functional.normalize(feats, dim=1)
+            fl = props[props["flagged"]]
+            explained = dict(zip(fl["idx"], fl["issue"]))
+            rows += _outlier_rows(items, feats, t, explained)
+        probs, how = _label_probs(learn, items, label_method, with_bar, oof_kwargs)
+        label_rows, pred = _label_rows(items, probs, how, t)
+        rows += label_rows
+    rows += _copy_rows(items, stats, t, emb if near_duplicates != "hash" else None,
+                       use_hash=near_duplicates != "features")
+
+    extra = pd.DataFrame(rows, columns=["idx", "issue", "score", "flagged", "threshold", "reason", "prediction",
+                                        "other"])
+    table = pd.concat([props.drop(columns=["path"]), extra], ignore_index=True)
+    idx = table["idx"].to_numpy()
+    table.insert(0, "path", [items.paths[i] for i in idx])
+    table.insert(1, "split", [items.splits[i] for i in idx])
+    table["label"] = [items.labels[i] for i in idx]
+    if pred is not None:
+        table["prediction"] = [items.vocab[pred[i]] if pred[i] >= 0 else None for i in idx]
+    table = table.drop(columns=["idx"])[COLUMNS]
+    table["flagged"] = table["flagged"].astype(bool)
+    table["score"] = table["score"].astype(float)
+    table["threshold"] = table["threshold"].astype(float)
+    table = table.sort_values(["issue", "score"], ascending=[True, False], kind="stable").reset_index(drop=True)
+    table.attrs["balance"] = _balance(items, pred)
+    return table
+
+
+def flagged(table: pd.DataFrame, issue: str | None = None) -> pd.DataFrame:
+    """The flagged rows of an audit table (of one issue type), worst first."""
+    out = table[table["flagged"]] if issue is None else table[table["flagged"] & (table["issue"] == issue)]
+    return out.sort_values("score", ascending=False, kind="stable")
+
+
+def issue_counts(table: pd.DataFrame) -> pd.Series:
+    """How many images each issue type flags, most first: what a view menu shows as "blurry (12)"."""
+    return table.loc[table["flagged"], "issue"].value_counts()

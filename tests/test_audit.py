@@ -1,0 +1,304 @@
+"""audit and the image-property pass on real digit files with planted problems whose truth is known."""
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image, ImageFilter
+
+from nbtrain import ImageDataLoaders, Resize, audit, vision_learner
+from nbtrain.audit import COLUMNS, BalanceSummary, issue_counts, threshold_notes
+from nbtrain.samples import make_mnist_sample
+from nbtrain.image_properties import (HASH_BITS, THRESHOLDS, brightness, fine_detail, hash_neighbours,
+                                      measure_file, measure_images, perceptual_hash, sharpness)
+
+
+def _change(path: Path, fn) -> None:
+    with Image.open(path) as im:
+        out = fn(im.convert("L"))
+    out.save(path)
+
+
+PLANTS = {
+    "dark": lambda im: Image.fromarray((np.asarray(im, np.float32) * 0.2).astype(np.uint8)),
+    "overexposed": lambda im: Image.fromarray((255 - (255 - np.asarray(im, np.float32)) * 0.2).astype(np.uint8)),
+    "blurry": lambda im: im.filter(ImageFilter.GaussianBlur(1.5)),
+    "low_information": lambda im: Image.fromarray(
+        (np.full((28, 28), 90.0) + np.random.default_rng(0).normal(0, 1.5, (28, 28))).astype(np.uint8)),
+    "odd_size": lambda im: im.resize((84, 84), Image.Resampling.NEAREST),
+    "odd_aspect": lambda im: im.resize((70, 28), Image.Resampling.NEAREST),
+}
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """120 real MNIST digits; one file changed per property type, a training digit copied byte for
+    byte into valid (leakage), a digit copied within train, and a file that is not an image."""
+    root = make_mnist_sample(tmp_path_factory.mktemp("audit") / "digits", n=120, noise=0.0, seed=2).path
+    (root / "labels.csv").unlink()
+    train = sorted((root / "train").rglob("*.png"))
+    truth = {}
+    for kind, fn, f in zip(PLANTS, PLANTS.values(), train[::7]):
+        _change(f, fn)
+        truth[kind] = f
+    src = train[3]
+    leak = root / "valid" / src.parent.name / f"copy_{src.name}"
+    shutil.copyfile(src, leak)
+    dup_src = train[5]
+    dup = dup_src.parent / f"again_{dup_src.name}"
+    shutil.copyfile(dup_src, dup)
+    broken = root / "train" / "3" / "broken.png"
+    broken.write_bytes(b"this is not a png")
+    truth.update(leak=(leak, src), dup=(dup, dup_src), broken=broken)
+    return root, truth
+
+
+@pytest.fixture(scope="module")
+def folder_table(planted):
+    root, _ = planted
+    return audit(root, n_workers=2)
+
+
+def _flagged(table, issue):
+    return table[table["flagged"] & (table["issue"] == issue)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Scores of arrays
+
+
+def test_a_darkened_image_keeps_its_sharpness_and_a_blurred_one_loses_fine_detail():
+    rng = np.random.default_rng(0)
+    img = Image.fromarray((rng.random((64, 64)) > 0.5).astype(np.uint8) * 255).filter(ImageFilter.GaussianBlur(0.7))
+    g = np.asarray(img, np.float32) / 255
+    dark = g * 0.2
+    assert sharpness(dark) == pytest.approx(sharpness(g), rel=0.05)
+    assert brightness(dark)[0] < 0.25 < brightness(g)[0]
+    blurred = np.asarray(img.filter(ImageFilter.GaussianBlur(2)), np.float32) / 255
+    assert fine_detail(blurred) < 0.8 * fine_detail(g)
+    assert sharpness(blurred) < 0.5 * sharpness(g)
+
+
+def test_a_resized_copy_has_a_near_hash_and_another_digit_does_not(planted):
+    root, _ = planted
+    a, b = sorted((root / "train" / "1").glob("0*.png"))[:2]
+
+    def h(path, size=None):
+        with Image.open(path) as im:
+            im = im.convert("L")
+            if size:
+                im = im.resize(size, Image.Resampling.BICUBIC)
+            return perceptual_hash(np.asarray(im.resize((32, 32), Image.Resampling.BILINEAR), np.float32))
+
+    def bits(x, y):
+        return int(np.unpackbits(np.bitwise_xor(np.frombuffer(x, np.uint8), np.frombuffer(y, np.uint8))).sum())
+
+    assert bits(h(a), h(a, (25, 25))) <= THRESHOLDS["near_duplicate_bits"] < bits(h(a), h(b))
+
+
+def test_hash_neighbours_finds_the_nearest_hash_as_a_full_comparison_does():
+    rng = np.random.default_rng(1)
+    hashes = [rng.integers(0, 256, 32, dtype=np.uint8).tobytes() for _ in range(40)]
+    hashes[7] = hashes[3][:31] + bytes([hashes[3][31] ^ 0b10])  # one bit apart
+    valid = np.ones(40, bool)
+    valid[9] = False
+    best, arg = hash_neighbours(hashes, valid, chunk=6)
+    assert best[7] == 1 and arg[7] == 3 and arg[3] == 7
+    assert arg[9] == -1 and best[9] == HASH_BITS and 9 not in set(arg.tolist())
+    bits = np.unpackbits(np.frombuffer(b"".join(hashes), np.uint8).reshape(40, 32), axis=1)[:, :HASH_BITS]
+    d = (bits[:, None, :] != bits[None, :, :]).sum(-1)
+    np.fill_diagonal(d, 999)
+    d[:, 9] = 999
+    ok = np.arange(40) != 9
+    assert np.array_equal(best[ok], d.min(1)[ok])
+
+
+# ---------------------------------------------------------------------------------------------
+# A plain folder, before any model
+
+
+def test_audit_of_a_folder_has_the_table_columns_and_reads_split_and_label(folder_table, planted):
+    root, truth = planted
+    assert list(folder_table.columns) == COLUMNS
+    assert folder_table["path"].map(lambda p: isinstance(p, Path) and p.is_absolute()).all()
+    assert set(folder_table["split"]) == {"train", "valid"}
+    row = folder_table[(folder_table["path"] == truth["dark"]) & (folder_table["issue"] == "dark")].iloc[0]
+    assert row["split"] == "train" and row["label"] == truth["dark"].parent.name
+    assert folder_table["label"].ne("").all()
+
+
+@pytest.mark.parametrize("kind", list(PLANTS))
+def test_each_planted_property_is_flagged_alone_with_its_threshold_named(folder_table, planted, kind):
+    _, truth = planted
+    rows = _flagged(folder_table, kind)
+    assert list(rows["path"]) == [truth[kind]], rows[["path", "reason"]]
+    row = rows.iloc[0]
+    assert f"{kind} threshold" in row["reason"]
+    assert math.isfinite(row["threshold"])
+    assert row["threshold"] == pytest.approx(THRESHOLDS[kind])
+
+
+def test_an_exact_copy_is_flagged_once_and_names_the_file_it_copies(folder_table, planted):
+    _, truth = planted
+    dup, src = truth["dup"]
+    rows = _flagged(folder_table, "exact_duplicate")
+    assert set(rows["path"]) == {dup, truth["leak"][0]}
+    assert rows.set_index("path").loc[dup, "other"] == src  # the other one is kept, unflagged
+    kept = folder_table[(folder_table["issue"] == "exact_duplicate") & (folder_table["path"] == src)]
+    assert len(kept) == 1 and not kept["flagged"].item()
+
+
+def test_a_copy_across_train_and_valid_is_leakage_of_the_valid_copy(folder_table, planted):
+    _, truth = planted
+    leak, src = truth["leak"]
+    rows = _flagged(folder_table, "leakage")
+    assert list(rows["path"]) == [leak]
+    assert rows.iloc[0]["split"] == "valid" and rows.iloc[0]["other"] == src and "train" in rows.iloc[0]["reason"]
+
+
+def test_a_file_that_is_not_an_image_is_reported_unreadable_and_the_rest_still_scored(folder_table, planted):
+    _, truth = planted
+    rows = _flagged(folder_table, "unreadable")
+    assert list(rows["path"]) == [truth["broken"]]
+    assert "cannot be decoded" in rows.iloc[0]["reason"]
+    assert set(folder_table.loc[folder_table["path"] == truth["broken"], "issue"]) == {"unreadable"}
+    assert measure_file(truth["broken"])[-1].startswith("cannot be decoded")
+
+
+def test_a_digit_dataset_is_grey_so_nothing_is_flagged_grayscale(folder_table):
+    rows = folder_table[folder_table["issue"] == "grayscale"]
+    assert len(rows) and not rows["flagged"].any()
+    assert "most of the dataset is grey" in rows.iloc[0]["reason"]
+
+
+def test_a_grey_picture_among_colour_ones_is_flagged_grayscale(tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        a = np.zeros((32, 32, 3), np.uint8)
+        a[..., i % 3] = rng.integers(100, 255, (32, 32))
+        a[8:24, 8:24] = rng.integers(0, 255, 3)
+        Image.fromarray(a).save(tmp_path / f"c{i}.png")
+    grey = tmp_path / "c5.png"
+    with Image.open(grey) as im:
+        im.convert("L").convert("RGB").save(grey)
+    table = audit(tmp_path)
+    assert list(_flagged(table, "grayscale")["path"]) == [grey.absolute()]
+    assert set(table["split"]) == {""} and set(table["label"]) == {""}
+
+
+def test_overriding_a_threshold_changes_what_is_flagged(planted):
+    root, truth = planted
+    stricter = audit(root, thresholds={"dark": 0.999})
+    assert len(_flagged(stricter, "dark")) > 1
+    assert (stricter.loc[stricter["issue"] == "dark", "threshold"] == 0.999).all()
+    assert "0.999" in _flagged(stricter, "dark").iloc[0]["reason"] or "1.00" in _flagged(stricter, "dark").iloc[0]["reason"]
+    looser = audit(root, thresholds={"odd_aspect": 3.0})
+    assert truth["odd_aspect"] not in set(_flagged(looser, "odd_aspect")["path"])
+
+
+def test_the_balance_summary_counts_each_class_and_survives_joining_tables(folder_table):
+    balance = folder_table.attrs["balance"]
+    assert isinstance(balance, BalanceSummary)
+    t = balance.table
+    assert list(t.index) == [str(c) for c in range(10)]
+    assert (t["train"] + t["valid"]).sum() == (folder_table["issue"] == "unreadable").sum()  # every file
+    assert t["share"].sum() == pytest.approx(1.0)
+    joined = pd.concat([folder_table, folder_table.head(3)])
+    assert joined.attrs["balance"] is balance
+    counts = issue_counts(folder_table)
+    assert counts["exact_duplicate"] == 2 and counts["dark"] == 1
+
+
+def test_measure_images_keeps_the_order_of_the_files(planted):
+    root, truth = planted
+    files = sorted(root.rglob("*.png"))[:30]
+    stats = measure_images(files, n_workers=3, chunk=4)
+    assert list(stats["path"]) == files
+    assert (stats["width"] > 0).sum() == sum(f != truth["broken"] for f in files)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input
+
+
+def test_bad_input_gives_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        audit(tmp_path / "nowhere")
+    f = tmp_path / "a.png"
+    Image.new("L", (8, 8)).save(f)
+    with pytest.raises(NotADirectoryError, match="is a file, not a folder"):
+        audit(f)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no image files"):
+        audit(tmp_path / "empty")
+    with pytest.raises(TypeError, match="Learner, DataLoaders or the path"):
+        audit(42)
+    with pytest.raises(ValueError, match="No threshold is called 'darkness'.*'dark'"):
+        audit(tmp_path, thresholds={"darkness": 0.1})
+    with pytest.raises(ValueError, match="label_method must be 'oof'.*or 'loss'"):
+        audit(tmp_path, label_method="confidence")
+
+
+def test_every_threshold_says_why_it_is_what_it_is():
+    notes = threshold_notes()
+    assert set(THRESHOLDS) <= set(notes) and {"label", "outlier"} <= set(notes)
+    assert all(isinstance(v, float | int) and len(why) > 20 for v, why in notes.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# With a model
+
+
+@pytest.fixture(scope="module")
+def model_table(tmp_path_factory):
+    """80 real digits and a pretrained mobilenet_v2 (head untrained: its features are ImageNet's), with
+    a picture of sharp colour blocks planted among the digits, and a training digit copied into valid."""
+    root = make_mnist_sample(tmp_path_factory.mktemp("audit_model") / "digits", n=80, noise=0.0, seed=4).path
+    (root / "labels.csv").unlink()
+    blocks = np.random.default_rng(0).integers(0, 256, (14, 14, 3)).astype(np.uint8)
+    outlier = root / "train" / "4" / "blocks.png"
+    Image.fromarray(blocks).resize((28, 28), Image.Resampling.NEAREST).save(outlier)
+    src = sorted((root / "train" / "2").glob("*.png"))[0]
+    leak = root / "valid" / "2" / f"copy_{src.name}"
+    shutil.copyfile(src, leak)
+    dls = ImageDataLoaders.from_folder(root, item_tfms=Resize(32), bs=16, seed=0)
+    learn = vision_learner(dls, "mobilenet_v2")
+    return audit(learn, label_method="loss", with_bar=False), outlier, (leak, src)
+
+
+def test_audit_of_a_learner_finds_the_outlier_first(model_table):
+    table, outlier, _ = model_table
+    rows = table[table["issue"] == "outlier"].sort_values("score", ascending=False)
+    assert rows.iloc[0]["path"] == outlier, rows.iloc[0]["reason"]
+    assert rows.iloc[0]["flagged"], list(table.loc[(table.path == outlier) & table.flagged, "reason"])
+    assert "outlier threshold" in rows.iloc[0]["reason"]
+    assert rows["flagged"].sum() <= 3
+
+
+def test_audit_of_a_learner_scores_labels_and_reports_leakage(model_table):
+    table, _, (leak, src) = model_table
+    labels = table[table["issue"] == "label"]
+    assert len(labels) == 81 + 1  # every image, the copy included
+    assert labels["prediction"].notna().all() and (labels["score"] >= 0).all()
+    assert "label threshold" in labels.iloc[0]["reason"]
+    leaks = _flagged(table, "leakage")
+    assert list(leaks["path"]) == [leak] and leaks.iloc[0]["other"] == src
+    assert "error" in table.attrs["balance"].table.columns
+
+
+def test_a_learner_without_a_body_gets_labels_but_no_outlier_rows(tmp_path):
+    from torch import nn
+
+    from nbtrain import Learner
+
+    root = make_mnist_sample(tmp_path / "d", n=40, noise=0.0, seed=5).path
+    (root / "labels.csv").unlink()
+    dls = ImageDataLoaders.from_folder(root, item_tfms=Resize(28), bs=8, seed=0)
+    learn = Learner(dls, nn.Sequential(nn.Flatten(), nn.Linear(3 * 28 * 28, dls.c)))
+    table = audit(learn, label_method="loss", with_bar=False)
+    assert (table["issue"] == "label").sum() == 40
+    assert not (table["issue"] == "outlier").any()
