@@ -217,7 +217,7 @@ def test_planted_copies_are_found_and_a_cross_split_copy_is_leakage(mnist_copy):
     assert top == {frozenset(p) for p in planted}
     assert pairs["similarity"].is_monotonic_decreasing and (pairs["similarity"] >= 0.97).all()
     # The cleaner's view shows each pair side by side, names the leak, and deletes one copy.
-    cleaner = ImageClassifierCleaner(learn, max_n=6, duplicates=pairs)
+    cleaner = ImageClassifierCleaner(learn, max_n=6, duplicates=pairs, frontend="plain")
     cleaner.dd_view.value = "duplicates"
     assert set(cleaner.fns) == {p for pair in planted for p in pair}
     captions = {c.path: c.caption.value for c in cleaner.cells if c.path is not None}
