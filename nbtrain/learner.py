@@ -28,6 +28,7 @@ from . import distributed
 from .environment import default_device, in_notebook, mixed_precision, output_dir
 from .metrics import metric_name
 from .models import VisionModel, arch_name, channels_last_friendly, create_vision_model
+from .recipe import get_recipe, unfrozen_rates
 
 EXPORT_FORMAT = "nbtrain-export"
 CHECKPOINT_FORMAT = "nbtrain-checkpoint"
@@ -53,6 +54,7 @@ class Recorder:
     epoch_iters: list[int] = field(default_factory=list)
     lr_find_lrs: list[float] = field(default_factory=list)
     lr_find_losses: list[float] = field(default_factory=list)
+    valid_error: float = float("nan")  # single-label error of the latest validation (fine_tune's probe)
 
     def plot_loss(self, skip_start: int = 5, with_valid: bool = True):
         """Training loss per batch (smoothed) and validation loss per epoch; returns the figure."""
@@ -186,8 +188,8 @@ def _slice_lrs(lr: float | slice) -> tuple[float, float]:
     return float(lr), float(lr)
 
 
-def _default_loss(multi_label: bool) -> nn.Module:
-    return nn.BCEWithLogitsLoss() if multi_label else nn.CrossEntropyLoss()
+def _default_loss(multi_label: bool, label_smoothing: float = 0.0) -> nn.Module:
+    return nn.BCEWithLogitsLoss() if multi_label else nn.CrossEntropyLoss(label_smoothing=label_smoothing)
 
 
 class Learner:
@@ -195,14 +197,20 @@ class Learner:
 
     `opt_func` builds the optimizer from parameter groups (torch's AdamW by default, with decoupled
     weight decay `wd`, as fastai's Adam). Models, logs and exports go to `path/model_dir`, or to
-    /kaggle/working when the data sits in Kaggle's read-only input.
+    /kaggle/working when the data sits in Kaggle's read-only input. `recipe` holds the defaults of
+    `fine_tune`, `fit_one_cycle`, `lr` and the loss (`nbtrain.recipe`): "nbtrain", or "fastai" for
+    fastai's exact values.
     """
 
     def __init__(self, dls: DataLoaders, model: nn.Module, loss_func: Callable | None = None,
-                 opt_func: Callable = torch.optim.AdamW, lr: float = 1e-3, metrics: Sequence[Callable] | Callable | None = None,
-                 path: Path | str | None = None, model_dir: str = "models", wd: float = 0.01, thresh: float = 0.5):
+                 opt_func: Callable = torch.optim.AdamW, lr: float | None = None, metrics: Sequence[Callable] | Callable | None = None,
+                 path: Path | str | None = None, model_dir: str = "models", wd: float = 0.01, thresh: float = 0.5,
+                 recipe: str | dict | None = None):
+        self.recipe = get_recipe(recipe)
+        lr = self.recipe["lr"] if lr is None else lr
         self.dls, self.opt_func, self.lr, self.wd, self.thresh = dls, opt_func, lr, wd, thresh
-        self.loss_func = loss_func if loss_func is not None else _default_loss(dls.multi_label)
+        self.loss_func = (loss_func if loss_func is not None
+                          else _default_loss(dls.multi_label, self.recipe["label_smoothing"]))
         self.metrics = list(metrics) if isinstance(metrics, (list, tuple)) else ([metrics] if metrics else [])
         self.path = Path(path) if path is not None else dls.path
         self.model_dir = model_dir
@@ -314,19 +322,36 @@ class Learner:
         self._fit(n_epoch, lr_max if lr_max is not None else self.lr, wd=wd,
                   schedule=dict(div=div, div_final=div_final, pct_start=pct_start, moms=moms))
 
-    def fine_tune(self, epochs: int, base_lr: float = 2e-3, freeze_epochs: int = 1, lr_mult: float = 100,
-                  pct_start: float = 0.3, div: float = 5.0, n_gpus: int | None = None,
-                  start_method: str | None = None, **kwargs) -> None:
-        """fastai's transfer-learning recipe: `freeze_epochs` with only the head training, then
-        `epochs` of the whole model, the body at a learning rate `lr_mult` times lower.
+    def fine_tune(self, epochs: int, base_lr: float | None = None, freeze_epochs: int | None = None,
+                  lr_mult: float | None = None, pct_start: float | None = None, div: float | None = None,
+                  n_gpus: int | None = None, start_method: str | None = None, **kwargs) -> None:
+        """Transfer learning: `freeze_epochs` with only the head training, then `epochs` of the whole
+        model, the head at `base_lr / 2` and the body `lr_mult` times slower.
+
+        What is not given comes from the learner's recipe (`nbtrain.recipe`). By default the
+        head-only epoch is also a probe: where its validation error shows the pretrained features
+        already separate the classes, the body trains 100x slower at fastai's rates; where they do
+        not (digits, scans, small greyscale images), body and head train at one higher rate. The
+        rates chosen are in `self.fine_tune_rates`. fastai's exact recipe: `vision_learner(...,
+        recipe="fastai")`, or here `lr_mult=100` (with `loss_func=CrossEntropyLoss()` on the learner).
         `n_gpus` and `start_method` as in `fit`: both stages run in the same processes."""
+        r = self.recipe
+        freeze_epochs = r["freeze_epochs"] if freeze_epochs is None else freeze_epochs
+        pct_start = r["pct_start"] if pct_start is None else pct_start
+        div = r["div"] if div is None else div
         if distributed.should_launch(n_gpus):
             kwargs.update(base_lr=base_lr, freeze_epochs=freeze_epochs, lr_mult=lr_mult, pct_start=pct_start, div=div)
             return distributed.fit_in_processes(self, "fine_tune", (epochs,), kwargs, n_gpus, start_method)
+        probe = float("nan")
         if isinstance(self.model, VisionModel) and freeze_epochs > 0:
             self.freeze()
-            self.fit_one_cycle(freeze_epochs, slice(base_lr), pct_start=0.99, **kwargs)
-        base_lr /= 2
+            self.fit_one_cycle(freeze_epochs, slice(r["base_lr"] if base_lr is None else base_lr), pct_start=0.99,
+                               **kwargs)
+            probe = self.recorder.valid_error
+        adaptive_lr, adaptive_mult = unfrozen_rates(probe, self.dls.c, r)
+        lr_mult = (r["lr_mult"] or adaptive_mult) if lr_mult is None else lr_mult
+        base_lr = (adaptive_lr if base_lr is None else base_lr) / 2
+        self.fine_tune_rates = {"body": base_lr / lr_mult, "head": base_lr, "lr_mult": lr_mult, "probe_error": probe}
         self.unfreeze()
         self.fit_one_cycle(epochs, slice(base_lr / lr_mult, base_lr), pct_start=pct_start, div=div, **kwargs)
 
@@ -462,6 +487,8 @@ class Learner:
         with torch.no_grad():
             loss = float(self.loss_func(out, targ)) if len(out) else float("nan")
             vals = [float(m(out, targ)) for m in self.metrics]
+            single = len(out) and not self.dls.multi_label and out.ndim == 2
+            self.recorder.valid_error = float((out.argmax(1) != targ).float().mean()) if single else float("nan")
         return [loss, *vals]
 
     # -- learning-rate finder -----------------------------------------------------------------
@@ -789,21 +816,23 @@ def _check_fits(model: nn.Module, weights: dict, saved: dict | None, current: di
 
 def vision_learner(dls: DataLoaders, arch: str | Callable, metrics: Sequence[Callable] | Callable | None = None,
                    pretrained: bool = True, weights: object = None, loss_func: Callable | None = None,
-                   opt_func: Callable = torch.optim.AdamW, lr: float = 1e-3, path: Path | str | None = None,
+                   opt_func: Callable = torch.optim.AdamW, lr: float | None = None, path: Path | str | None = None,
                    model_dir: str = "models", normalize: bool = True, channels_last: bool | None = None,
-                   verbose: bool = False, **kwargs) -> Learner:
+                   verbose: bool = False, recipe: str | dict | None = None, **kwargs) -> Learner:
     """A Learner for a torchvision architecture (a model function or its name) with a new head.
 
     With `pretrained`, the body keeps its ImageNet weights (found offline when cached; see
     `nbtrain.models`), is frozen for the first epochs of `fine_tune`, and the inputs are normalised
     with the statistics the weights were trained with. `weights` picks other weights: a torchvision
-    enum, its name such as "IMAGENET1K_V1", or a path to a local .pth file.
+    enum, its name such as "IMAGENET1K_V1", or a path to a local .pth file. `recipe` sets the
+    defaults of training and the loss (`nbtrain.recipe`): "fastai" gives fastai's exact recipe
+    (plain cross-entropy, body always 100x slower than the head).
     """
     model, _ = create_vision_model(arch, dls.c, pretrained=pretrained, weights=weights, verbose=verbose)
     if normalize:
         dls.set_normalize(Normalize())
     learn = Learner(dls, model, loss_func=loss_func, opt_func=opt_func, lr=lr, metrics=metrics, path=path,
-                    model_dir=model_dir, **kwargs)
+                    model_dir=model_dir, recipe=recipe, **kwargs)
     if channels_last is None:
         # Measured: 1.7x faster on a 2-core CPU (oneDNN) for mobilenet_v2; cuDNN gains too. MPS does not.
         channels_last = dls.device.type in ("cuda", "cpu")
