@@ -206,7 +206,10 @@ def run_nbtrain(data: Data, epochs: int, config: dict, seed: int, args) -> tuple
     if args.verbose and learn.recorder.values:
         info["frozen"] = [round(v, 3) for v in learn.recorder.values[0]]
     if args.rank and data.flipped:
-        from nbtrain.scores import score_table
+        try:
+            from nbtrain.scores import score_table
+        except ImportError:  # before the score table moved out of the cleaner
+            from nbtrain.cleaner import score_table
 
         t = score_table(learn, with_bar=False)
         t = t[t["split"] == "Train"].sort_values("loss", ascending=False, kind="stable")
