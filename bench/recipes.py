@@ -25,7 +25,7 @@ Recipes, each `vision_learner(dls, "mobilenet_v2", pretrained=True)` then `fine_
            100x slower than the head, plain cross-entropy).
   default  nbtrain's defaults: `fine_tune(epochs)` with nothing else.
   fastai-lib  fastai itself, when it is installed (bench-only; never imported by nbtrain).
-  sweep    each `--configs` entry: lr (fine_tune's base_lr), mult (lr_mult), freeze (freeze_epochs;
+  sweep    each `--configs` entry: lr (fine_tune's base_lr; "find": lr_find's valley), mult (lr_mult), freeze (freeze_epochs;
            the unfrozen epochs are then epochs + 1 - freeze, so every run has the same epoch budget),
            ls (label smoothing). "best" is the lowest mean error among all the rows of the cell.
 
@@ -165,7 +165,10 @@ def parse_config(spec: str) -> dict:
         key, _, value = part.partition("=")
         if key not in names:
             raise SystemExit(f"unknown key {key!r} in {spec!r}: use {', '.join(names)}")
-        out[names[key]] = value if key == "recipe" else (int(value) if key == "freeze" else float(value))
+        if key == "recipe" or value == "find":
+            out[names[key]] = value
+        else:
+            out[names[key]] = int(value) if key == "freeze" else float(value)
     return out
 
 
@@ -199,6 +202,10 @@ def run_nbtrain(data: Data, epochs: int, config: dict, seed: int, args) -> tuple
     start = time.perf_counter()
     with quiet(False):
         learn = nbtrain.vision_learner(dls, "mobilenet_v2", metrics=nbtrain.error_rate, loss_func=loss)
+        if kwargs.get("base_lr") == "find":  # lr_find's suggestion followed (its own time left out)
+            found = time.perf_counter()
+            kwargs["base_lr"] = learn.lr_find(show_plot=False).valley
+            start += time.perf_counter() - found
         learn.fine_tune(epochs, **kwargs)
     wall = time.perf_counter() - start
     probs, _ = learn.get_preds(ds_idx=1)

@@ -235,8 +235,8 @@ def find_label_issues(learn_or_dls: Learner | DataLoaders, arch: str | Callable 
     the models as they finish; they train on the learner's device (the GPU when there is one).
 
     The default recipe was chosen on MNIST-5k with 10% of labels flipped (bench/label_noise.py): the
-    whole network trains from the first step, body and head at one learning rate, for 6 epochs. The
-    fine_tune defaults (a frozen epoch, then the body at a 100x lower rate) leave an ImageNet body
+    whole network trains from the first step, body and head at one learning rate, for 6 epochs. fastai's
+    fine_tune recipe (a frozen epoch, then the body at a 100x lower rate) leaves an ImageNet body
     unable to adapt to a new domain in a few epochs: fastai's fine_tune(2) on all the training images
     errs on 12.5% of MNIST's validation digits, the fold models of this recipe, on 3/4 of them, 1.3%.
     Ranked by out-of-fold loss the first k (k = the flipped labels) are 95.8% flips, against 80.3% for
