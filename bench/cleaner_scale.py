@@ -134,14 +134,62 @@ def run_fastai(root: Path) -> dict:
     return {"fastai_build_s": time.perf_counter() - start, "fastai_peak_rss_mb": peak_rss_mb()}
 
 
+def nearest_before(emb, chunk_bytes: int = 64 * 1024**2):
+    """The near-duplicate search as it was: on the CPU, whatever the model's device."""
+    import torch
+
+    n = len(emb)
+    ok = ~torch.isnan(emb).any(dim=1)
+    e = torch.where(ok[:, None], emb, torch.zeros_like(emb)).cpu()
+    best = torch.full((n,), float("-inf"))
+    arg = torch.full((n,), -1, dtype=torch.long)
+    step = max(1, chunk_bytes // (4 * n))
+    for i0 in range(0, n, step):
+        i1 = min(n, i0 + step)
+        sim = e[i0:i1] @ e.T
+        sim[torch.arange(i1 - i0), torch.arange(i0, i1)] = float("-inf")
+        sim[:, ~ok.cpu()] = float("-inf")
+        b, a = sim.max(dim=1)
+        best[i0:i1], arg[i0:i1] = b.cpu(), a.cpu()
+    return best, arg
+
+
+def duplicate_search(n: int, dim: int = 1280) -> None:
+    """Time the near-duplicate search over `n` mobilenet_v2-sized embeddings: before (CPU) and now (the
+    model's device: the GPU when there is one)."""
+    import torch
+
+    from nbtrain.environment import default_device
+    from nbtrain.label_issues import nearest_neighbours
+
+    emb = torch.nn.functional.normalize(torch.randn(n, dim, generator=torch.Generator().manual_seed(0)), dim=1)
+    device = default_device()
+    start = time.perf_counter()
+    before = nearest_before(emb)
+    t_before = time.perf_counter() - start
+    start = time.perf_counter()
+    now = nearest_neighbours(emb, device=device)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t_now = time.perf_counter() - start
+    same = bool(torch.equal(before[1], now[1]))
+    print(f"\nnear-duplicate search, {n} images x {dim} features")
+    print(f"{'before (CPU) s':>16}{'now s':>10}{'device':>10}{'speed-up':>10}{'same pairs':>12}")
+    print(f"{t_before:>16.2f}{t_now:>10.2f}{device.type:>10}{t_before / t_now:>10.1f}{str(same):>12}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1000,10000,50000")
+    ap.add_argument("--duplicates", type=int, default=0, metavar="N",
+                    help="only time the near-duplicate search over N images (e.g. 50000), before and now")
     ap.add_argument("--data", default=None, help="where to write the images (default: a temp folder)")
     ap.add_argument("--fastai", action="store_true", help="also time fastai's cleaner (in its own process)")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--what", choices=("bare", "nbtrain", "fastai"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.duplicates:
+        return duplicate_search(args.duplicates)
     data = Path(args.data or os.path.join(tempfile.gettempdir(), "nbtrain-cleaner-bench"))
     if args.one:
         if args.what == "fastai":

@@ -116,7 +116,7 @@ def loaders(path: Path, seed: int, size: int, bs: int):
 def in_sample(path: Path, seed: int, args) -> tuple[pd.DataFrame, float]:
     """fastai's recipe as nbtrain runs it, on all the training images, scored by its own loss."""
     import nbtrain
-    from nbtrain.cleaner import score_table
+    from nbtrain.scores import score_table
 
     torch.manual_seed(seed)
     start = time.perf_counter()

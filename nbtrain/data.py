@@ -10,13 +10,16 @@ warning names them. A link with an image's name that leads nowhere counts as a b
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
+import os
 import random
 import re
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -26,7 +29,7 @@ from torch.utils.data import DataLoader as TorchDataLoader
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
-from .augmentation import BatchTransform, Normalize, RandomResizedCrop, Resize
+from .augmentation import BatchTransform, Normalize, Resize
 from .environment import available_memory, default_device, default_num_workers
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
@@ -149,14 +152,21 @@ def _check_full(fn: Path) -> str | None:
         return f"cannot be decoded ({type(e).__name__}: {e})"
 
 
-def verify_images(fns: Sequence[Path | str], n_workers: int = 4) -> list[Path]:
+class PathList(list):
+    """A list of paths with fastai's `.map`, so the book's `failed.map(Path.unlink)` runs."""
+
+    def map(self, f: Callable) -> list:
+        return [f(p) for p in self]
+
+
+def verify_images(fns: Sequence[Path | str], n_workers: int = 4) -> PathList:
     """The files among `fns` that cannot be opened and fully decoded, as fastai's `verify_images`.
 
-    Remove them with `for f in verify_images(fns): f.unlink()`.
+    Remove them with `failed.map(Path.unlink)`, or `for f in verify_images(fns): f.unlink()`.
     """
     fns = [Path(f) for f in fns]
     reasons = _map_files(_check_full, fns, n_workers)
-    return [f for f, r in zip(fns, reasons) if r is not None]
+    return PathList(f for f, r in zip(fns, reasons) if r is not None)
 
 
 def _bad_headers(fns: Sequence[Path]) -> dict[Path, str]:
@@ -177,6 +187,47 @@ def _map_files(check: Callable[[Path], str | None], fns: Sequence[Path], n_worke
 # Datasets
 
 
+class CategoryMap(list):
+    """The class names, in the order of the model's outputs, as fastai's: a list that can also be
+    indexed by a tensor or list of indices (`dls.vocab[torch.where(y == 1)[0]]` gives those names).
+
+    The names keep the type the labels had: a `bool` label function gives `[False, True]`.
+    """
+
+    def __getitem__(self, i):
+        if isinstance(i, torch.Tensor):
+            i = i.tolist()
+        if isinstance(i, np.ndarray):
+            i = i.tolist()
+        if isinstance(i, (list, tuple)):
+            return CategoryMap(list.__getitem__(self, int(k)) for k in i)
+        out = list.__getitem__(self, i)
+        return CategoryMap(out) if isinstance(i, slice) else out
+
+    def o2i(self) -> dict:
+        """Each class name's index."""
+        return {c: i for i, c in enumerate(self)}
+
+
+def make_vocab(labels: Sequence, multi_label: bool = False) -> CategoryMap:
+    """The sorted distinct labels: by value when they are all numbers or all bools (as fastai's
+    `CategoryMap`, so 2 comes before 10), as text otherwise."""
+    seen = {lab for labs in labels for lab in labs} if multi_label else set(labels)
+    if seen and (all(isinstance(v, bool) for v in seen) or
+                 all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in seen)):
+        return CategoryMap(sorted(seen))
+    return CategoryMap(sorted((str(v) for v in seen)))
+
+
+def _vocab_labels(labels: Sequence, vocab: Sequence, multi_label: bool) -> list:
+    """`labels` with the type the vocabulary's names have: text labels become text when the names are."""
+    if not vocab or not all(isinstance(v, str) for v in vocab):
+        return list(labels)
+    if multi_label:
+        return [[str(lab) for lab in labs] for labs in labels]
+    return [str(lab) for lab in labels]
+
+
 class ImageDataset(Dataset):
     """Image files with their targets. An item is `(uint8 CHW tensor or None, index)`.
 
@@ -188,12 +239,17 @@ class ImageDataset(Dataset):
     def __init__(self, items: Sequence[Path], labels: Sequence, vocab: Sequence[str], multi_label: bool = False,
                  item_tfms: Sequence | None = None, train: bool = False):
         self.items = [Path(p) for p in items]
-        self.labels = list(labels)
-        self.vocab = list(vocab)
+        self.vocab = CategoryMap(vocab)
+        self.labels = _vocab_labels(labels, self.vocab, multi_label)
         self.multi_label = multi_label
         self.item_tfms = list(item_tfms or [])
         self.train = train
-        index = {c: i for i, c in enumerate(self.vocab)}
+        index = self.vocab.o2i()
+        unknown = {lab for labs in self.labels for lab in labs} if multi_label else set(self.labels)
+        unknown = sorted((str(lab) for lab in unknown - set(index)))
+        if unknown:
+            raise DataError(f"Label(s) {unknown[:10]} are not in the vocabulary {list(self.vocab)[:20]}. Add them to "
+                            "vocab=, or leave out the images that have them.")
         if multi_label:
             targets = torch.zeros(len(self.items), len(self.vocab))
             for i, labs in enumerate(self.labels):
@@ -254,7 +310,51 @@ class ImageDataset(Dataset):
 
     def label_str(self, i: int) -> str:
         lab = self.labels[i]
-        return ";".join(lab) if self.multi_label else str(lab)
+        return ";".join(map(str, lab)) if self.multi_label else str(lab)
+
+    def label_of(self, target: torch.Tensor) -> str:
+        """A target (a class index, or a multi-hot row) as text."""
+        if self.multi_label:
+            return ";".join(str(self.vocab[i]) for i in torch.nonzero(target > 0.5).flatten().tolist()) or "(none)"
+        return str(self.vocab[int(target)])
+
+    def mark_bad(self, indices: Iterable[int]) -> None:
+        """Leave these items out from now on: their files could not be decoded."""
+        self.bad.update(int(i) for i in indices)
+
+    def subset(self, idx: Sequence[int] | np.ndarray, train: bool | None = None) -> "ImageDataset":
+        """Items `idx` as a dataset of their own, sharing this one's decoded images where it can."""
+        idx = np.asarray(idx, dtype=np.int64)
+        train = self.train if train is None else train
+        sub = ImageDataset([self.items[i] for i in idx], [self.labels[i] for i in idx], self.vocab, self.multi_label,
+                           self.item_tfms, train=train)
+        sub.bad = {j for j, i in enumerate(idx.tolist()) if i in self.bad}
+        if self.cache is not None and self.cached is not None and sub.deterministic:
+            t = torch.as_tensor(idx)
+            sub.cache, sub.cached = self.cache[t], self.cached[t].clone()
+        return sub
+
+    def with_item_tfms(self, item_tfms: Sequence) -> "ImageDataset":
+        """The same files and labels through other item transforms (no decoded images carried over)."""
+        new = ImageDataset(self.items, self.labels, self.vocab, self.multi_label, item_tfms, train=self.train)
+        new.bad = set(self.bad)
+        return new
+
+    def without_cache(self) -> "ImageDataset":
+        """A copy that holds no decoded images (to send to other processes cheaply)."""
+        new = copy.copy(self)
+        new.cache, new.cached, new.bad = None, None, set(self.bad)
+        return new
+
+    def deterministic_view(self) -> "ImageDataset":
+        """This dataset as predictions see it: random item transforms become their validation form
+        (a centre crop at the training size, as fastai's validation does). Bad files are shared."""
+        if self.deterministic:
+            return self
+        view = ImageDataset(self.items, self.labels, self.vocab, self.multi_label, self.item_tfms, train=False)
+        view.targets = self.targets
+        view.bad = self.bad  # the same set: a file found broken in either is left out of both
+        return view
 
 
 def _collate(samples: list) -> tuple[torch.Tensor | None, torch.Tensor, list]:
@@ -271,10 +371,21 @@ def _collate(samples: list) -> tuple[torch.Tensor | None, torch.Tensor, list]:
 
 
 def _cache_budget() -> int:
-    import os
+    """Bytes one process may keep decoded images in; the processes of one machine share its memory."""
     if os.environ.get("NBTRAIN_CACHE_BYTES"):
         return int(os.environ["NBTRAIN_CACHE_BYTES"])
-    return min(int(available_memory() * 0.3), 8 * 1024**3)
+    share = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    return min(int(available_memory() * 0.3), 8 * 1024**3) // share
+
+
+class Batch(NamedTuple):
+    """A batch on its way to the model: inputs, targets, dataset indices. A stand-in batch (see
+    `DataLoader.sharded`) only keeps a process in step with the others: its loss must count for nothing."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    idx: torch.Tensor
+    stand_in: bool = False
 
 
 class DataLoader:
@@ -300,7 +411,9 @@ class DataLoader:
         self._generator = torch.Generator().manual_seed(seed if seed is not None else random.randrange(2**31))
         self._warned: set[int] = set()
         # (rank, world size): in distributed training each process takes its part of every batch.
-        self.shard: tuple[int, int] = (0, 1)
+        self._shard: tuple[int, int] = (0, 1)
+        self._stand_in: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._pinned: list | None = None
 
     def new(self, **kwargs) -> "DataLoader":
         """A loader over the same dataset (and cache) with some settings changed."""
@@ -313,8 +426,41 @@ class DataLoader:
         return dl
 
     def plain(self, **kwargs) -> "DataLoader":
-        """A loader over every item in dataset order, without augmentation: the one predictions use."""
+        """A loader over every item in dataset order, without augmentation and with random item
+        transforms in their validation form: the one predictions use, so two passes agree."""
+        kwargs.setdefault("dataset", self.dataset.deterministic_view())
         return self.new(shuffle=False, drop_last=False, augment=False, **kwargs)
+
+    def sharded(self, rank: int, world: int) -> "DataLoader":
+        """Process `rank`'s part of every batch, out of `world` processes that build the same batches.
+
+        The part shares this loader's shuffling generator, so it advances as it would in one process.
+        When none of a part's images can be decoded, it yields a stand-in batch (`Batch.stand_in`)
+        rather than skipping, so every process takes every step together.
+        """
+        part = self.new(num_workers=max(1, self.num_workers // world) if self.num_workers else 0)
+        part._generator = self._generator
+        part._shard = (rank, world)
+        return part
+
+    def rng_state(self) -> torch.Tensor:
+        """The state of the shuffling generator, to restore with `set_rng_state`."""
+        return self._generator.get_state()
+
+    def set_rng_state(self, state: torch.Tensor) -> None:
+        self._generator.set_state(state)
+
+    def bad_indices(self) -> set[int]:
+        """Dataset indices of the files found broken so far."""
+        return set(self.dataset.bad)
+
+    def fill_cache(self) -> None:
+        """Decode every image once, so that later passes (and subsets) read them from memory, when they fit."""
+        ds = self.dataset
+        if ds.fully_cached or not ds.deterministic or not self.cache:
+            return
+        for _ in self.plain()._raw_batches(fill_cache=True):
+            pass
 
     @property
     def items(self) -> list[Path]:
@@ -337,67 +483,127 @@ class DataLoader:
             idx = idx[keep]
         return idx
 
-    def _batches(self) -> list[list[int]]:
+    def _full_batches(self) -> list[list[int]]:
         order = self._order().tolist()
         stop = len(order) - len(order) % self.bs if self.drop_last else len(order)
-        batches = [order[i:i + self.bs] for i in range(0, stop, self.bs)]
-        rank, world = self.shard
-        if world > 1:
-            # Every process builds these same batches; a batch too short to give each one an item is
-            # padded with its own items repeated (as DistributedSampler pads), so all take every step.
-            batches = [((b * world)[:world] if len(b) < world else b)[rank::world] for b in batches]
-        return batches
+        return [order[i:i + self.bs] for i in range(0, stop, self.bs)]
+
+    def _share(self, batch: list[int]) -> list[int]:
+        """This process's part of a batch that every process built alike. A batch too short to give each
+        one an item is padded with its own items repeated (as DistributedSampler pads)."""
+        rank, world = self._shard
+        if world == 1:
+            return batch
+        return ((batch * world)[:world] if len(batch) < world else batch)[rank::world]
+
+    def batch_indices(self) -> list[list[int]]:
+        """The dataset indices of each batch of the next pass (this process's part, when sharded).
+        It draws the shuffle from the generator, as a pass does."""
+        return [self._share(b) for b in self._full_batches()]
 
     def _note_bad(self, bad: list) -> None:
         for i, reason in bad:
-            self.dataset.bad.add(i)
+            self.dataset.mark_bad([i])
             if i not in self._warned:
                 self._warned.add(i)
                 warnings.warn(f"Skipping {self.dataset.items[i]}: it cannot be decoded ({reason}). "
                               "Delete the file, or find all such files with verify_images().", stacklevel=3)
 
-    def _raw_batches(self, fill_cache: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _raw_batches(self, fill_cache: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor, bool]]:
+        """(uint8 images, dataset indices, stand-in) for this process's part of each batch."""
         ds = self.dataset
-        batches = self._batches()
+        full = self._full_batches()
         if ds.fully_cached:
-            for b in batches:
-                idx = torch.tensor(b)
-                yield ds.cache[idx], idx
+            for b in full:
+                idx = torch.tensor(self._share(b))
+                yield self._gather_cached(idx), idx, False
             return
+        sharded = self._shard[1] > 1
+        # In distributed training a process that decodes only its part would never hold every image;
+        # when they fit, it decodes whole batches once so that later epochs read memory only.
+        whole = sharded and fill_cache and self.cache and ds.deterministic
+        to_decode = full if whole or not sharded else [self._share(b) for b in full]
         # Starting a worker process costs more than decoding a few hundred small images.
-        n_items = sum(len(b) for b in batches)
+        n_items = sum(len(b) for b in to_decode)
         workers = self.num_workers if n_items >= 500 else 0
-        loader = TorchDataLoader(ds, batch_sampler=batches, num_workers=workers, collate_fn=_collate,
+        loader = TorchDataLoader(ds, batch_sampler=to_decode, num_workers=workers, collate_fn=_collate,
                                  pin_memory=self.device.type == "cuda",
                                  persistent_workers=False, prefetch_factor=4 if workers else None)
-        for imgs, idx, bad in loader:
+        for b, (imgs, idx, bad) in zip(full, loader):
             if bad:
                 self._note_bad(bad)
-            if imgs is None:
-                continue
-            if fill_cache and self.cache:
+            if imgs is not None and fill_cache and self.cache:
                 if ds.cache is None:
                     ds.prepare_cache(imgs[0], _cache_budget())
                 if ds.cache is not None and ds.cache.shape[1:] == imgs.shape[1:]:
                     ds.cache[idx] = imgs
                     ds.cached[idx] = True
-            yield imgs, idx
+            if whole and imgs is not None:
+                row = {int(i): k for k, i in enumerate(idx.tolist())}
+                keep = [row[i] for i in self._share(b) if i in row]
+                imgs, idx = imgs[keep], idx[keep]
+            if imgs is None or not len(idx):
+                if sharded:
+                    yield (*self._stand_in_batch(), True)
+                continue
+            if sharded:
+                self._stand_in = (imgs[:1].clone(), idx[:1].clone())
+            yield imgs, idx, False
+
+    def _stand_in_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One readable image: the last this process saw, or the first of the dataset that decodes."""
+        if self._stand_in is None:
+            for i in range(len(self.dataset)):
+                img, _ = self.dataset[i]
+                if img is not None:
+                    self._stand_in = (img[None], torch.tensor([i]))
+                    break
+            else:
+                raise DataError("No image of this dataset can be decoded. Check the files with verify_images().")
+        return self._stand_in
+
+    def _gather_cached(self, idx: torch.Tensor) -> torch.Tensor:
+        """Cached images `idx`; for a GPU, gathered into pinned memory and copied without waiting, so
+        the next batch is gathered while the GPU works on this one."""
+        cache = self.dataset.cache
+        if self.device.type != "cuda":
+            return cache.index_select(0, idx)
+        if self._pinned is None:
+            shape = (self.bs, *cache.shape[1:])
+            self._pinned = [[torch.empty(shape, dtype=cache.dtype).pin_memory(), None] for _ in range(2)]
+        slot = self._pinned[0]
+        self._pinned.reverse()
+        buf, event = slot
+        if event is not None:
+            event.synchronize()  # the copy from this buffer two batches ago is done
+        out = buf[:len(idx)]
+        torch.index_select(cache, 0, idx, out=out)
+        x = out.to(self.device, non_blocking=True)
+        slot[1] = torch.cuda.Event()
+        slot[1].record()
+        return x
 
     def to_model_input(self, imgs: torch.Tensor) -> torch.Tensor:
         """uint8 images to the model's input: device, [0, 1], augmentation, normalisation."""
         x = imgs.to(self.device, non_blocking=True).float().div_(255)
-        if self.augment:
-            for t in self.batch_tfms:
-                x = t(x)
+        for t in self.batch_tfms:
+            # Without augmentation, a transform that sets the size still resizes (as fastai's do on the validation set).
+            x = t(x) if self.augment else t.valid(x) if hasattr(t, "valid") else x
         if self.normalize is not None:
             x = self.normalize(x)
         return x.contiguous(memory_format=self.memory_format)
 
+    def batches(self, fill_cache: bool = True) -> Iterator[Batch]:
+        """Every batch ready for the model, with its dataset indices and whether it is a stand-in."""
+        targets = self.dataset.targets
+        for imgs, idx, stand_in in self._raw_batches(fill_cache):
+            yield Batch(self.to_model_input(imgs), targets[idx].to(self.device, non_blocking=True), idx, stand_in)
+
     def iter_with_index(self, fill_cache: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Like iterating, with each item's index in the dataset as a third element."""
-        targets = self.dataset.targets
-        for imgs, idx in self._raw_batches(fill_cache):
-            yield self.to_model_input(imgs), targets[idx].to(self.device, non_blocking=True), idx
+        for b in self.batches(fill_cache):
+            if not b.stand_in:
+                yield b.x, b.y, b.idx
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for x, y, _ in self.iter_with_index():
@@ -408,6 +614,22 @@ class DataLoader:
         for x, y, _ in self.new(num_workers=0).iter_with_index(fill_cache=False):
             return x, y
         raise DataError("This loader has no batch: the dataset is empty, or smaller than one batch with drop_last.")
+
+    def show_batch(self, max_n: int = 9, nrows: int | None = None, ncols: int | None = None,
+                   figsize: tuple[float, float] | None = None, unique: bool = False):
+        """A grid of one batch of this loader with its labels, as the model sees it (augmented on the
+        training loader). `unique` shows the first image `max_n` times, each with its own random
+        transforms, to see what the augmentation does."""
+        if unique:
+            ds = self.dataset
+            if not len(ds):
+                raise DataError("This loader has no images to show.")
+            imgs = torch.stack([ds.decode(0) for _ in range(max_n)])
+            x, y = self.to_model_input(imgs), ds.targets[[0] * max_n]
+        else:
+            x, y = self.new(num_workers=0).one_batch()
+        return show_image_grid(self.decode(x[:max_n].float()).cpu(), [self.dataset.label_of(t) for t in y[:max_n].cpu()],
+                               nrows=nrows, ncols=ncols, figsize=figsize)
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Model input back to displayable images in [0, 1]."""
@@ -429,6 +651,10 @@ class TableSource:
     folder: Path
     suff: str = ""
     csv_path: Path | None = None
+
+    def with_df(self, df: pd.DataFrame) -> "TableSource":
+        """The same source after its table was rewritten."""
+        return dataclasses.replace(self, df=df)
 
 
 class DataLoaders:
@@ -475,7 +701,8 @@ class DataLoaders:
     def one_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.train.one_batch()
 
-    def with_changes(self, moved: dict[Path, Path], gone: set[Path], relabelled: dict[Path, str]) -> "DataLoaders":
+    def with_changes(self, moved: dict[Path, Path], gone: set[Path], relabelled: dict[Path, str],
+                     table: TableSource | None = None) -> "DataLoaders":
         """These loaders after files were moved, deleted or relabelled (what the cleaner's apply did).
 
         The class list stays the same, so a trained model still fits; decoded images are dropped
@@ -497,6 +724,11 @@ class DataLoaders:
                 labels.append(label)
             new_ds = ImageDataset(items, labels, ds.vocab, ds.multi_label, ds.item_tfms, ds.train)
             loaders.append(dl.new(dataset=new_ds))
+        return DataLoaders(*loaders, path=self.path, table=table if table is not None else self.table)
+
+    def without_caches(self) -> "DataLoaders":
+        """These loaders without their decoded images (cheap to send to other processes)."""
+        loaders = [dl.new(dataset=dl.dataset.without_cache()) for dl in self.loaders]
         return DataLoaders(*loaders, path=self.path, table=self.table)
 
     def test_dl(self, items: Sequence[Path | str], bs: int | None = None) -> DataLoader:
@@ -505,34 +737,40 @@ class DataLoaders:
                           self.multi_label, self.item_tfms, train=False)
         return self.valid.plain(dataset=ds, bs=bs or self.valid.bs)
 
-    def show_batch(self, max_n: int = 9, nrows: int | None = None, figsize: tuple[float, float] | None = None,
-                   unique: bool = False):
-        """A grid of one training batch with its labels (augmented, as the model sees it)."""
-        import matplotlib.pyplot as plt
-
-        x, y = self.train.new(shuffle=True, num_workers=0).one_batch()
-        x = self.train.decode(x[:max_n].float()).cpu()
-        n = x.shape[0]
-        nrows = nrows or int(np.ceil(np.sqrt(n)))
-        ncols = int(np.ceil(n / nrows))
-        aspect = x.shape[-2] / x.shape[-1]  # panels shaped like the images (wide ones, e.g. multi-label pairs)
-        fig, axes = plt.subplots(nrows, ncols, figsize=figsize or (2.2 * ncols, (2.2 * aspect + 0.2) * nrows), squeeze=False)
-        for k, ax in enumerate(axes.flat):
-            ax.axis("off")
-            if k < n:
-                ax.imshow(x[k].permute(1, 2, 0).numpy())
-                ax.set_title(self.label_of(y[k]), fontsize=10)
-        fig.tight_layout()
-        return fig
+    def show_batch(self, max_n: int = 9, nrows: int | None = None, ncols: int | None = None,
+                   figsize: tuple[float, float] | None = None, unique: bool = False):
+        """A grid of one training batch with its labels (augmented, as the model sees it); see
+        `DataLoader.show_batch`."""
+        return self.train.show_batch(max_n=max_n, nrows=nrows, ncols=ncols, figsize=figsize, unique=unique)
 
     def label_of(self, target: torch.Tensor) -> str:
-        if self.multi_label:
-            return ";".join(self.vocab[i] for i in torch.nonzero(target > 0.5).flatten().tolist()) or "(none)"
-        return self.vocab[int(target)]
+        return self.train.dataset.label_of(target)
 
     def __repr__(self) -> str:
         return (f"DataLoaders(train={self.train.n} images, valid={self.valid.n} images, {self.c} classes: "
                 f"{self.vocab[:10]}{'...' if self.c > 10 else ''})")
+
+
+def show_image_grid(x: torch.Tensor, titles: Sequence[str], nrows: int | None = None, ncols: int | None = None,
+                    figsize: tuple[float, float] | None = None):
+    """Images `(N, C, H, W)` in [0, 1] in a grid, each titled; returns the figure."""
+    import matplotlib.pyplot as plt
+
+    n = x.shape[0]
+    if nrows is None and ncols is None:
+        nrows = int(np.ceil(np.sqrt(n)))
+    if nrows is None:
+        nrows = int(np.ceil(n / ncols))
+    ncols = ncols or int(np.ceil(n / nrows))
+    aspect = x.shape[-2] / x.shape[-1]  # panels shaped like the images (wide ones, e.g. multi-label pairs)
+    fig, axes = plt.subplots(nrows, ncols, figsize=figsize or (2.2 * ncols, (2.2 * aspect + 0.2) * nrows), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k < n:
+            ax.imshow(x[k].permute(1, 2, 0).numpy())
+            ax.set_title(titles[k], fontsize=10)
+    fig.tight_layout()
+    return fig
 
 
 def _listing(paths: Sequence[Path], limit: int = 10) -> str:
@@ -569,13 +807,11 @@ class ImageDataLoaders:
         if bad:
             warnings.warn(f"Leaving out {len(bad)} file(s) that are not usable images:{_listing(list(bad))}", stacklevel=3)
             keep = [i for i, f in enumerate(fnames) if f not in bad]
+            new_index = {old: new for new, old in enumerate(keep)}
             fnames, labels = [fnames[i] for i in keep], [labels[i] for i in keep]
-            valid_idx = None if valid_idx is None else [keep.index(i) for i in valid_idx if i in set(keep)]
-        if vocab is None:
-            seen = {lab for labs in labels for lab in labs} if multi_label else set(labels)
-            vocab = sorted(seen, key=str)
-        vocab = [str(v) for v in vocab]
-        if not multi_label and len(vocab) < 2:
+            valid_idx = None if valid_idx is None else [new_index[i] for i in valid_idx if i in new_index]
+        vocab = make_vocab(labels, multi_label) if vocab is None else CategoryMap(vocab)
+        if not multi_label and len(vocab) == 1:
             raise DataError(f"Only one class ({vocab[0]!r}) found under {path}: a classifier needs at least two. "
                             "Put each class's images in a folder named for the class.")
         if valid_idx is None:

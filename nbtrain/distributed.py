@@ -1,51 +1,24 @@
-"""Data-parallel training on several GPUs with torch.distributed, started from a notebook cell.
+"""Data-parallel training with torch.distributed: processes started from a notebook cell, or torchrun's.
 
-    learn.fine_tune(4, n_gpus=2)               # e.g. Kaggle's "GPU T4 x2"
-    learn.fit_one_cycle(4, 1e-3, n_gpus=2)
+This module knows processes, not learners: `launch(fn, n, *args)` runs a function in `n` processes
+joined in a group (NCCL between GPUs, gloo between CPU processes, where it serves testing), and the
+collectives here (`wrap`, `mean_across`, `gather_outputs`, `union_across`, `broadcast`, `any_across`)
+are what a training loop needs in each process; each is a no-op outside a group. The learner uses
+them for `fit(..., n_gpus=2)`: see the README for what a user sees.
 
-`n_gpus=2` starts two processes, one per GPU, that train copies of the learner together with
-`DistributedDataParallel` (DDP) over NCCL (gloo on the CPU, where n_gpus means processes, for
-testing). When they finish, the notebook's learner holds the trained weights, the optimizer's
-state, the recorder and the frozen/unfrozen state, as after a single-GPU run, so the next cells
-(`show_results`, the cleaner, `export`) work as usual.
+How the processes start: "spawn" on GPUs, always (fresh Python processes: everything sent must be
+importable, so a lambda or a function or class defined in a notebook cell cannot be sent, and the
+error names it: put it in a .py file, e.g. a cell starting with `%%writefile mycode.py`). "fork" on
+the CPU, where it sends nothing. Fork is refused on GPUs: even asking whether CUDA is available starts
+the driver, and a forked copy of such a process cannot use CUDA.
 
-What each process does:
-
-- `bs` stays the size of the whole batch. Every process builds the same batches (the loader's
-  seeded shuffle is shared) and takes its part of each one (`bs / n_gpus` images), so a step sees
-  the same images, with the same learning rate schedule, as one GPU with `bs` would. When `bs` is
-  divisible by `n_gpus` the averaged gradient is the single-GPU one (up to float rounding).
-- DDP averages the gradients. A frozen body (the first epochs of `fine_tune`) has no gradients and
-  is left out of DDP; the model is wrapped afresh at each `fit`, after freezing or unfreezing.
-- BatchNorm normalises with each process's part of the batch, as in any DDP run; the running
-  statistics of process 0 are the ones kept.
-- Validation and `get_preds`: each process predicts its part, then the outputs are gathered, so the
-  loss and metrics are computed over the whole validation set, exactly.
-- Only process 0 prints the epoch table, and `save`/`export` write from process 0 only.
-
-How the processes start (`start_method`):
-
-- "spawn" (the default on GPUs): fresh Python processes. The learner is sent to them pickled, so
-  everything it holds must be importable: a lambda, a function defined inside another function, or a
-  function or class defined in a notebook cell (a custom metric, loss or model) cannot be sent; the
-  error names it. Put it in a .py file (in a notebook, a cell starting with `%%writefile mycode.py`)
-  and import it from there.
-- "fork" (the default on the CPU): copies of the notebook's process, so nothing needs pickling.
-  A process forked after CUDA was initialised cannot use the GPU, so fork on GPUs only works when no
-  cell has used CUDA yet (restart the kernel, launch before building anything on the GPU).
-
-Under torchrun (one or several machines), nothing is spawned: when RANK and WORLD_SIZE are set,
-`fit` joins the process group from the environment (`init_process_group` with env://) and trains
-this process's share. The same script runs on one GPU, with `torchrun --nproc_per_node=2 train.py`,
-or on several machines with `--nnodes`, `--node_rank` and `--rdzv_endpoint`.
-
-Limits: `lr_find` runs in one process (run it before training on several GPUs); interrupting the
-kernel stops every process and leaves the learner as it was before that `fit`.
+Under torchrun (one or several machines) nothing is started: with RANK and WORLD_SIZE set, a process
+joins the group from the environment (`init_from_env`), and `default_device()` is its own GPU.
+Interrupting the kernel stops every process started here.
 """
 from __future__ import annotations
 
 import atexit
-import copy
 import io
 import os
 import pickle
@@ -57,18 +30,14 @@ import time
 import traceback
 import types
 import warnings
-from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-if TYPE_CHECKING:
-    from .data import DataLoader, DataLoaders
-    from .learner import Learner
 
 
 class DistributedError(RuntimeError):
@@ -155,47 +124,42 @@ def barrier() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# What the learner needs in each process
+# Collectives the training loop needs (each a no-op outside distributed training)
 
 
-def prepare(learn: "Learner") -> nn.Module:
-    """The model to train `learn` with in this process: DDP around `learn.model` in a group, the
-    model itself otherwise. Joins torchrun's group and moves the learner to this process's GPU."""
-    init_from_env(learn.device)
-    if not is_distributed():
-        return learn.model
-    device = rank_device(learn.device)
-    if device != learn.device:
-        learn.dls.to(device)
-    learn.model.to(device)
-    if not any(p.requires_grad for p in learn.model.parameters()):
-        return learn.model  # nothing to train, and DDP refuses such a model
+def wrap(model: nn.Module, device: torch.device) -> nn.Module:
+    """DDP around `model` on `device`. DDP registers only the parameters that require gradients now,
+    so a frozen body is left out; a model with nothing to train is returned as it is."""
+    if not is_distributed() or not any(p.requires_grad for p in model.parameters()):
+        return model
     ids = [device.index] if device.type == "cuda" else None
-    # DDP registers only the parameters that require gradients now, so a frozen body is left out.
-    return nn.parallel.DistributedDataParallel(learn.model, device_ids=ids)
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
-def shard_loader(dl: "DataLoader") -> "DataLoader":
-    """This process's part of every batch of `dl`; `dl` itself outside distributed training.
-
-    All processes first agree on the files found broken and on the shuffling generator, so they
-    build the same batches and take the same number of steps. The part shuffles with `dl`'s own
-    generator, which advances as it would in one process.
-    """
+def union_across(items: set) -> set:
+    """The union of every process's `items` (e.g. the files each found broken)."""
     if not is_distributed():
-        return dl
+        return set(items)
     gathered: list[Any] = [None] * world_size()
-    dist.all_gather_object(gathered, sorted(dl.dataset.bad))
-    for bad in gathered:
-        dl.dataset.bad.update(bad)
-    state = [dl._generator.get_state()]
-    dist.broadcast_object_list(state, src=0)
-    dl._generator.set_state(state[0])
-    # The machine's decoding workers are shared between the processes.
-    part = dl.new(num_workers=max(1, dl.num_workers // world_size()) if dl.num_workers else 0)
-    part._generator = dl._generator
-    part.shard = (rank(), world_size())
-    return part
+    dist.all_gather_object(gathered, sorted(items))
+    return set().union(*gathered)
+
+
+def broadcast(obj: Any) -> Any:
+    """Process 0's `obj`, in every process."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def any_across(flag: bool) -> bool:
+    """True in every process when it is True in any (e.g. a callback asked to stop)."""
+    if not is_distributed():
+        return bool(flag)
+    t = torch.tensor([1.0 if flag else 0.0])
+    return bool(mean_across(t).item() > 0)
 
 
 def mean_across(t: torch.Tensor) -> torch.Tensor:
@@ -246,14 +210,10 @@ def launch(fn: Callable[..., Any], n_procs: int, *args: Any, backend: str | None
     if n_procs < 1:
         raise ValueError(f"n_procs must be at least 1, not {n_procs}.")
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
-    if start_method is None:
-        start_method = "fork" if backend == "gloo" and "fork" in mp.get_all_start_methods() else "spawn"
-    if start_method not in mp.get_all_start_methods():
-        raise ValueError(f"start_method must be one of {mp.get_all_start_methods()}, not {start_method!r}.")
+    start_method = start_method_for(torch.device("cuda" if backend == "nccl" else "cpu"), start_method)
     if backend == "nccl" and n_procs > torch.cuda.device_count():
         raise DistributedError(f"{n_procs} processes need {n_procs} GPUs, and this machine has "
                                f"{torch.cuda.device_count()}. On Kaggle, pick 'GPU T4 x2' as the accelerator.")
-    check_start_method(start_method, backend == "nccl" and torch.cuda.is_initialized())
     # Fork copies the objects; spawn must pickle them, and says which one cannot be.
     job = (fn, args) if start_method == "fork" else dumps((fn, args), "the job")
     with tempfile.TemporaryDirectory(prefix="nbtrain-ddp-") as tmp:
@@ -285,15 +245,6 @@ def launch(fn: Callable[..., Any], n_procs: int, *args: Any, backend: str | None
         except pickle.UnpicklingError as e:
             raise DistributedError("launch() returns what process 0 returned only when it is tensors and plain "
                                    f"data (dicts, lists, numbers, strings): {str(e).splitlines()[0]}") from None
-
-
-def check_start_method(start_method: str, cuda_initialized: bool) -> None:
-    """Refuse to fork a process that has initialised CUDA: the copies could not use the GPU."""
-    if start_method == "fork" and cuda_initialized:
-        raise DistributedError(
-            "CUDA is already initialised in this process (a cell used the GPU, e.g. built a learner on it), "
-            "and processes forked from it cannot use the GPU. Use start_method='spawn' (the default on GPUs), "
-            "or restart the kernel and launch before anything touches CUDA.")
 
 
 def _worker(i: int, n: int, backend: str, init_method: str, job: Any, result: str) -> None:
@@ -411,7 +362,7 @@ def _locate(obj: object, label: str, depth: int = 4) -> str:
     elif hasattr(obj, "__dict__") and not isinstance(obj, (type, types.FunctionType, types.ModuleType)):
         fields = obj.__dict__
         if isinstance(obj, nn.Module):  # name submodules as one would write them: model.head, not model._modules
-            fields = {**{k: v for k, v in fields.items() if not k.startswith("_")}, **obj._modules}
+            fields = {**{k: v for k, v in fields.items() if not k.startswith("_")}, **dict(obj.named_children())}
         children = [(f"{label}.{k}", v) for k, v in fields.items()]
     else:
         return label
@@ -423,7 +374,7 @@ def _locate(obj: object, label: str, depth: int = 4) -> str:
     return label
 
 
-# -- the learner's side ------------------------------------------------------------------------
+# -- choosing how to start ------------------------------------------------------------------------
 
 
 def check_devices(device: torch.device, n_procs: int) -> None:
@@ -441,96 +392,16 @@ def check_devices(device: torch.device, n_procs: int) -> None:
                                f"{device.type}. Leave n_gpus out.")
 
 
-def fit_in_processes(learn: "Learner", method: str, args: tuple, kwargs: dict, n_procs: int,
-                     start_method: str | None = None) -> None:
-    """Run `learn.<method>(*args, **kwargs)` in `n_procs` processes, one per GPU, then give `learn`
-    what process 0 ended with: weights, optimizer state, recorder, epoch, frozen body or not."""
-    device = learn.device
-    check_devices(device, n_procs)
-    backend = default_backend(device)
-    if start_method is None:
-        start_method = "spawn" if backend == "nccl" or "fork" not in mp.get_all_start_methods() else "fork"
-    clone = copy.copy(learn)
-    clone.opt, clone.scaler = None, None
-    # The processes get the weights from the CPU, which also leaves GPU 0's memory to process 0.
-    learn.model.to("cpu")
-    try:
-        if start_method != "fork":
-            # Decoded images stay behind: each process fills its own cache with its own share.
-            clone.dls = _without_caches(learn.dls)
-            clone = dumps(clone, "learn")  # here, so that an error names learn's attribute
-    except BaseException:
-        learn.model.to(device)
-        raise
-    opt_state = _to_cpu(learn.opt.state_dict()) if learn.opt is not None else None
-    generators = [dl._generator.get_state() for dl in learn.dls.loaders]
-    seed = int(torch.randint(2**31 - n_procs, ()))
-    try:
-        res = launch(_learner_job, n_procs, clone, method, args, kwargs, generators, opt_state, seed,
-                     backend=backend, start_method=start_method)
-    finally:
-        learn.model.to(device)
-    _take_result(learn, res)
-
-
-def _learner_job(learn: "Learner | bytes", method: str, args: tuple, kwargs: dict, generators: list[torch.Tensor],
-                 opt_state: dict | None, seed: int) -> dict | None:
-    if isinstance(learn, bytes):
-        learn = pickle.loads(learn)
-    device = rank_device(learn.device)
-    learn.dls.to(device)
-    learn.model.to(device)
-    for dl, state in zip(learn.dls.loaders, generators):
-        dl._generator.set_state(state)
-    if opt_state is not None:
-        learn.create_opt().load_state_dict(opt_state)
-    torch.manual_seed(seed + rank())  # dropout and augmentation draw differently in each process
-    getattr(learn, method)(*args, **kwargs)
-    if not is_main():
-        return None
-    return {
-        "model": {k: v.detach().cpu() for k, v in learn.model.state_dict().items()},
-        "opt": _to_cpu(learn.opt.state_dict()) if learn.opt is not None else None,
-        "recorder": asdict(learn.recorder),
-        "epoch": learn.epoch,
-        "body_frozen": getattr(learn.model, "body_frozen", None),
-        "generators": [dl._generator.get_state() for dl in learn.dls.loaders],
-    }
-
-
-def _take_result(learn: "Learner", res: dict | None) -> None:
-    if res is None:
-        raise DistributedError("The training processes ended without sending back the weights.")
-    learn.model.load_state_dict(res["model"])
-    if res["body_frozen"] is not None:
-        learn.freeze() if res["body_frozen"] else learn.unfreeze()
-    learn.create_opt()
-    if res["opt"] is not None:
-        learn.opt.load_state_dict(res["opt"])
-    learn.recorder = type(learn.recorder)(**res["recorder"])
-    learn.epoch = res["epoch"]
-    for dl, state in zip(learn.dls.loaders, res["generators"]):
-        dl._generator.set_state(state)
-
-
-def _without_caches(dls: "DataLoaders") -> "DataLoaders":
-    loaders = []
-    for dl in dls.loaders:
-        ds = copy.copy(dl.dataset)
-        ds.cache, ds.cached, ds.bad = None, None, set(ds.bad)
-        part = copy.copy(dl)
-        part.dataset = ds
-        loaders.append(part)
-    out = copy.copy(dls)
-    out.train, out.valid = loaders
-    return out
-
-
-def _to_cpu(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
-    return obj
+def start_method_for(device: torch.device, requested: str | None) -> str:
+    """Spawn on GPUs, always: even `torch.cuda.is_available()` starts the driver, and a forked copy of
+    a process that did cannot use CUDA. Fork on the CPU, where it sends nothing and starts at once."""
+    methods = mp.get_all_start_methods()
+    if requested is not None and requested not in methods:
+        raise ValueError(f"start_method must be one of {methods}, not {requested!r}.")
+    if device.type == "cuda":
+        if requested == "fork":
+            raise DistributedError("start_method='fork' cannot train on GPUs: the processes would inherit this "
+                                   "process's CUDA state, which a forked process cannot use. Leave start_method out "
+                                   "(spawn is used), and define custom losses, metrics or models in a .py file.")
+        return "spawn"
+    return requested or ("fork" if "fork" in methods else "spawn")

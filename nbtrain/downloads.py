@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 
 from tqdm.auto import tqdm
 
-from .environment import archive_dir, data_dir
+from .locations import archive_dir, data_dir
 
 __all__ = ["CHECKSUMS", "ChecksumError", "DownloadError", "URLs", "UnsafeArchiveError", "download_url",
            "extract_archive", "untar_data"]

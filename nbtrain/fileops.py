@@ -41,7 +41,7 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
-from .environment import KAGGLE_INPUT, KAGGLE_WORKING, is_read_only, working_dir
+from .locations import KAGGLE_WORKING, is_read_only, working_dir
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -52,27 +52,32 @@ class ClassificationInterpretation:
         return torch.bincount(t * c + p, minlength=c * c).reshape(c, c).numpy()
 
     def plot_confusion_matrix(self, normalize: bool = False, title: str = "Confusion matrix", cmap: str = "Blues",
-                              figsize: tuple[float, float] | None = None):
-        """The confusion matrix as a picture; with `normalize`, each row shows fractions of its class."""
+                              norm_dec: int = 2, plot_txt: bool = True, figsize: tuple[float, float] | None = None,
+                              dpi: float | None = None, **kwargs):
+        """The confusion matrix as a picture, with fastai's arguments: with `normalize`, each row shows
+        fractions of its class (to `norm_dec` decimals); `plot_txt=False` leaves the numbers out;
+        other keyword arguments go to `matplotlib.pyplot.figure`."""
         import matplotlib.pyplot as plt
 
         cm = self.confusion_matrix().astype(float)
         if normalize:
             cm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-        c = len(self.vocab)
+        names = [str(v) for v in self.vocab]
+        c = len(names)
         size = figsize or (max(4.0, 0.5 * c + 2), max(4.0, 0.5 * c + 2))
-        fig, ax = plt.subplots(figsize=size)
+        fig = plt.figure(figsize=size, dpi=dpi, **kwargs)
+        ax = fig.add_subplot()
         ax.imshow(cm, interpolation="nearest", cmap=cmap)
         ax.set_title(title)
-        ax.set_xticks(range(c), self.vocab, rotation=90 if c > 8 and max(map(len, self.vocab)) > 3 else 0)
-        ax.set_yticks(range(c), self.vocab)
+        ax.set_xticks(range(c), names, rotation=90 if c > 8 and max(map(len, names)) > 3 else 0)
+        ax.set_yticks(range(c), names)
         ax.set_xlabel("Predicted")
         ax.set_ylabel("Actual")
-        if c <= 30:
+        if plot_txt and c <= 30:
             thresh = cm.max() / 2 if cm.max() else 0.5
             for i in range(c):
                 for j in range(c):
-                    text = f"{cm[i, j]:.2f}" if normalize else f"{int(cm[i, j])}"
+                    text = f"{cm[i, j]:.{norm_dec}f}" if normalize else f"{int(cm[i, j])}"
                     ax.text(j, i, text, ha="center", va="center", fontsize=8,
                             color="white" if cm[i, j] > thresh else "black")
         fig.tight_layout()
@@ -95,16 +100,21 @@ class ClassificationInterpretation:
     def _label(self, target: torch.Tensor) -> str:
         return self.learn.dls.label_of(target)
 
-    def plot_top_losses(self, k: int = 9, largest: bool = True, figsize: tuple[float, float] | None = None):
-        """The images with the highest losses, titled prediction / actual / loss / probability."""
+    def plot_top_losses(self, k: int = 9, largest: bool = True, nrows: int | None = None, ncols: int | None = None,
+                        figsize: tuple[float, float] | None = None):
+        """The images with the highest losses, titled prediction / actual / loss / probability,
+        in `nrows` rows (or `ncols` columns) as fastai's."""
         import matplotlib.pyplot as plt
 
         from .data import load_image
 
         losses, idxs = self.top_losses(k, largest)
         n = len(idxs)
-        ncols = int(np.ceil(np.sqrt(n))) if n else 1
-        nrows = int(np.ceil(n / ncols)) if n else 1
+        if nrows is None and ncols is None:
+            ncols = int(np.ceil(np.sqrt(n))) if n else 1
+        if ncols is None:
+            ncols = max(1, int(np.ceil(n / nrows)))
+        nrows = nrows or (int(np.ceil(n / ncols)) if n else 1)
         imgs = [load_image(self.items[i]) if self.items else None for i in idxs.tolist()]
         # Panels shaped like the images (two digits side by side are twice as wide as high), plus the title.
         aspect = float(np.median([im.height / im.width for im in imgs if im is not None] or [1.0]))
@@ -120,7 +130,7 @@ class ClassificationInterpretation:
                 pred, prob = self._label(self.decoded[i]), float(self.probs[i].max())
             else:
                 p = int(self.decoded[i])
-                pred, prob = self.vocab[p], float(self.probs[i, p])
+                pred, prob = str(self.vocab[p]), float(self.probs[i, p])
             ax.set_title(f"{pred}/{self._label(self.targs[i])}\n{loss:.2f} / {prob:.2f}", fontsize=9)
         fig.suptitle("prediction/actual\nloss / probability", fontsize=10)
         return fig

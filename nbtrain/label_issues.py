@@ -1,18 +1,15 @@
 """Wrong labels found with out-of-fold predictions, and the same picture twice found with the model's features.
 
 A model scores the images it was trained on too kindly: it has partly memorised their labels, the wrong
-ones included. `find_label_issues` trains K short models, each on K-1 folds of the training set with the
-learner's architecture, transforms and batch size, and scores every training image with the one model
-that never saw it (cross-validation, as cleanlab requires). No fold model trains on the validation set, so a validation image is scored by
-the average of the K models: out-of-sample too, and steadier than any one of them. The K models are
-thrown away; the learner itself is not touched.
+ones included. `find_label_issues` trains K short models, each on K-1 folds of the training set, and
+scores every training image with the one model that never saw it (cross-validation, as cleanlab
+requires); a validation image is scored by the average of the K models.
 
 `find_duplicates` pairs each image with its most similar other image by the cosine similarity of the
 model's features (the body's output, average-pooled) and keeps the pairs above a threshold: copies,
-re-encodes and resizes of one picture, within a split or across train and valid (leakage). Copies of a
-file score 1.0. Measured on 28-pixel MNIST digits with an ImageNet mobilenet_v2, resized or re-saved
-copies score 0.92 to 0.98 and the most similar two distinct digits 0.94: the default threshold (0.97)
-keeps the copies and most resizes, a lower one finds more resizes and some pairs that are not copies.
+re-encodes and resizes of one picture, within a split or across train and valid (leakage). The default
+threshold was chosen on MNIST with bench/label_noise.py: it keeps copies and most resizes, and no two
+distinct digits.
 """
 from __future__ import annotations
 
@@ -29,11 +26,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .augmentation import RandomResizedCrop, Resize
-from .cleaner import SPLITS, item_scores
-from .data import DataLoader, DataLoaders, ImageDataset
-from .environment import autocast_dtype
+from .data import DataLoader, DataLoaders
 from .learner import Learner, vision_learner
 from .models import VisionModel
+from .scores import SPLITS, item_scores, split_frame
 
 # Measured on MNIST-5k with 10% of labels flipped (bench/label_noise.py): see the defaults' notes there.
 DEFAULT_ARCH = "mobilenet_v2"
@@ -169,26 +165,6 @@ def auto_size(tfms: Sequence, items: Sequence[Path], smallest: int = 32) -> int 
     return size if size < target else None
 
 
-def _filled(dl: DataLoader) -> None:
-    """Decode every image of `dl`'s dataset once, so its cache (when it fits) serves all the fold models."""
-    ds = dl.dataset
-    if ds.fully_cached or not ds.deterministic:
-        return
-    for _ in dl.plain().iter_with_index(fill_cache=True):
-        pass
-
-
-def _subset(ds: ImageDataset, idx: np.ndarray, train: bool) -> ImageDataset:
-    """Items `idx` of `ds` as a dataset of their own, sharing `ds`'s decoded images."""
-    sub = ImageDataset([ds.items[i] for i in idx], [ds.labels[i] for i in idx], ds.vocab, ds.multi_label,
-                       ds.item_tfms, train=train)
-    sub.bad = {j for j, i in enumerate(idx.tolist()) if i in ds.bad}
-    if ds.cache is not None and ds.cached is not None and sub.deterministic:
-        t = torch.as_tensor(idx)
-        sub.cache, sub.cached = ds.cache[t], ds.cached[t].clone()
-    return sub
-
-
 def _source_loaders(dls: DataLoaders, recipe: _Recipe, size: int | None) -> tuple[DataLoader, DataLoader]:
     """The training and validation loaders the folds are cut from: the learner's own (and their
     decoded images), or new ones when the images must come at another size."""
@@ -197,10 +173,7 @@ def _source_loaders(dls: DataLoaders, recipe: _Recipe, size: int | None) -> tupl
     recipe.item_tfms = _at_size(recipe.item_tfms, size)
     loaders = []
     for dl in (dls.train, dls.valid):
-        ds = dl.dataset
-        new = ImageDataset(ds.items, ds.labels, ds.vocab, ds.multi_label, recipe.item_tfms, train=ds.train)
-        new.bad = set(ds.bad)
-        loaders.append(dl.new(dataset=new))
+        loaders.append(dl.new(dataset=dl.dataset.with_item_tfms(recipe.item_tfms)))
     return loaders[0], loaders[1]
 
 
@@ -231,46 +204,29 @@ def find_label_issues(learn_or_dls: Learner | DataLoaders, arch: str | Callable 
     The training set is split into `folds` stratified folds; for each, a fresh model is trained on the
     others with `fine_tune(epochs, base_lr, freeze_epochs, lr_mult)` and predicts the held-out fold and
     the validation set. A training image is scored by the model that never saw it, a validation image by
-    the average of the `folds` models. The learner itself is neither trained nor changed. A bar shows
-    the models as they finish; they train on the learner's device (the GPU when there is one).
-
-    The default recipe was chosen on MNIST-5k with 10% of labels flipped (bench/label_noise.py): the
-    whole network trains from the first step, body and head at one learning rate, for 6 epochs. fastai's
-    fine_tune recipe (a frozen epoch, then the body at a 100x lower rate) leaves an ImageNet body
-    unable to adapt to a new domain in a few epochs: fastai's fine_tune(2) on all the training images
-    errs on 12.5% of MNIST's validation digits, the fold models of this recipe, on 3/4 of them, 1.3%.
-    Ranked by out-of-fold loss the first k (k = the flipped labels) are 95.8% flips, against 80.3% for
-    the in-sample loss and 94.3% for cleanlab's find_label_issues on the same probabilities (3 seeds;
-    6 epochs against 4: 95.8% against 94.9%, better on each seed, for 1.4x the time).
+    the average of the `folds` models. The learner itself is neither trained nor changed; the models
+    train on its device. The recipe (the whole network at one rate from the first step, label
+    smoothing, images at their own size when smaller than the learner's) was chosen with
+    bench/label_noise.py; the README gives the figures.
 
     Args:
         learn_or_dls: a Learner (its architecture, transforms, batch size, metrics and precision are
             reused) or DataLoaders (then `arch` is used, mobilenet_v2 by default).
         arch: the architecture of the fold models, when not the learner's.
         folds: how many models; each trains on (folds-1)/folds of the training set.
-        epochs, freeze_epochs, base_lr, lr_mult: each fold model's `fine_tune` (the body trains at
-            `lr_mult` times lower a rate than the head).
-        min_steps: each fold model trains for at least this many batches: a small dataset gets more
-            epochs than `epochs`, since a few epochs of a few hundred images are too few steps to
-            learn from (measured on 400 MNIST digits: 60 steps, 12% error; 120 steps, 5%).
-        size: the image size of the fold models. "auto" (the default) keeps the learner's, unless the
-            image files are smaller than it: then their own size rounded up to a multiple of 32
-            (MNIST's 28-pixel digits train at 32, not the learner's 64: 1.1 to 1.7x faster steps on a
-            CPU, the same error on one fold, 2.1% against 2.2%). An int sets it; None keeps the
-            learner's. The transforms keep their kind.
+        epochs, freeze_epochs, base_lr, lr_mult: each fold model's `fine_tune`.
+        min_steps: each fold model trains for at least this many batches, so a small dataset gets
+            more epochs: a few epochs of a few hundred images are too few steps to learn from.
+        size: "auto" keeps the learner's image size unless the files are smaller (then their own
+            size, rounded up to a multiple of 32); an int sets it; None keeps the learner's.
         label_smoothing: of the fold models' cross-entropy (the scores are the plain probabilities).
-            Measured on MNIST-5k, one seed: 0.1 against 0 leaves the error on clean data where it
-            was (1.1% against 1.4%) and, with 10% of labels flipped, ranks better (precision at k
-            0.963 against 0.943).
         seed: makes folds, initial heads, shuffling and augmentation reproducible (the global RNG is
             restored afterwards); None for fresh randomness.
 
     Returns:
-        The cleaner's score table, so `ImageClassifierCleaner(learn, ranking=table)` shows it: `path`,
-        `split` ("Train"/"Valid"), `labels` (the given label, as a 1-tuple), then `item_scores`'
-        `target, pred_idx, prob, loss, self_confidence, margin, readable`, where `loss` is -log of the
-        out-of-fold probability of the given label. `table.attrs["oof"]` holds the probabilities
-        (`OutOfFoldProbs`).
+        The cleaner's score table (see `nbtrain.scores`), so `ImageClassifierCleaner(learn,
+        ranking=table)` shows it; `loss` is -log of the out-of-fold probability of the given label, and
+        `table.attrs["oof"]` holds the probabilities (`OutOfFoldProbs`). Interrupting it stops every fold.
     """
     if folds < 2:
         raise ValueError(f"folds must be at least 2 (each model needs a held-out part), not {folds}.")
@@ -284,9 +240,9 @@ def find_label_issues(learn_or_dls: Learner | DataLoaders, arch: str | Callable 
     n_train, c = len(train_ds), len(train_ds.vocab)
     if n_train < folds:
         raise ValueError(f"The training set has {n_train} images, fewer than folds={folds}.")
-    _filled(train_src)
+    train_src.fill_cache()
     if len(valid_ds):
-        _filled(valid_src)
+        valid_src.fill_cache()
 
     fold = fold_assignment(train_ds.targets.numpy(), folds, seed)
     # The fit loaders drop a last partial batch, when there is more than one batch.
@@ -301,16 +257,16 @@ def find_label_issues(learn_or_dls: Learner | DataLoaders, arch: str | Callable 
     try:
         for k in range(folds):
             fit_idx, held_idx = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
-            fit_ds = _subset(train_ds, fit_idx, train=True)
+            fit_ds = train_ds.subset(fit_idx, train=True)
             fit_dl = train_src.new(dataset=fit_ds, bs=recipe.bs, shuffle=True, drop_last=len(fit_ds) > recipe.bs,
                                    batch_tfms=recipe.batch_tfms, seed=None if seed is None else seed + k)
-            held_ds = _subset(train_ds, held_idx, train=False)
+            held_ds = train_ds.subset(held_idx, train=False)
             with torch.random.fork_rng(devices=rng_devices, enabled=seed is not None):
                 if seed is not None:
                     torch.manual_seed(seed * 1009 + k)
                 # No validation during training (it would cost a pass over the held-out fold every
                 # epoch); the held-out fold is predicted once, at the end.
-                nothing = valid_src.new(dataset=_subset(train_ds, held_idx[:0], train=False), augment=False)
+                nothing = valid_src.new(dataset=train_ds.subset(held_idx[:0], train=False), augment=False)
                 learn = _fold_learner(fit_dl, nothing, recipe, label_smoothing, dls.path)
                 learn.fine_tune(epochs, base_lr=base_lr, freeze_epochs=freeze_epochs if recipe.pretrained else 0,
                                 lr_mult=lr_mult)
@@ -331,11 +287,7 @@ def find_label_issues(learn_or_dls: Learner | DataLoaders, arch: str | Callable 
         if not len(ds):
             continue
         targets = ds.targets
-        df = item_scores(probs, targets, _nll(probs, targets))
-        df.insert(0, "path", list(ds.items))
-        df.insert(1, "split", split)
-        df.insert(2, "labels", [(str(lab),) for lab in ds.labels])
-        frames.append(df)
+        frames.append(split_frame(ds, split, item_scores(probs, targets, _nll(probs, targets))))
         all_probs.append(probs.numpy())
         all_fold.append(f)
     table = pd.concat(frames, ignore_index=True)
@@ -350,46 +302,50 @@ def find_label_issues(learn_or_dls: Learner | DataLoaders, arch: str | Callable 
 
 def image_embeddings(learn: Learner, dl: DataLoader) -> torch.Tensor:
     """The penultimate features of every item of `dl` (the body's output, average-pooled), in dataset
-    order, unit length; a file that cannot be decoded gets a row of NaN."""
+    order, unit length, on the CPU; a file that cannot be decoded gets a row of NaN."""
     model = learn.model
     if not isinstance(model, VisionModel):
         raise TypeError("Embeddings need a model with a body and a head, as vision_learner makes.")
-    model.eval()
-    dtype = autocast_dtype(learn.device) if learn.amp == "auto" else learn.amp
-    dev_type = learn.device.type if learn.device.type in ("cuda", "cpu", "mps") else "cpu"
-    out: torch.Tensor | None = None
-    with torch.inference_mode(), torch.autocast(dev_type, dtype=dtype, enabled=dtype is not None):
-        for x, _, idx in dl.iter_with_index():
-            f = model.body(x).float()
-            f = f.mean(dim=(2, 3)) if f.ndim == 4 else f.flatten(1)
-            if out is None:
-                out = torch.full((len(dl.dataset), f.shape[1]), float("nan"))
-            out[idx] = nn.functional.normalize(f, dim=1).cpu()
-    return out if out is not None else torch.empty(0, 0)
+
+    def features(x: torch.Tensor) -> torch.Tensor:
+        f = model.body(x).float()
+        return nn.functional.normalize(f.mean(dim=(2, 3)) if f.ndim == 4 else f.flatten(1), dim=1)
+
+    feats, _, idx = learn.outputs(dl, forward=features)
+    if not len(feats):
+        return torch.empty(0, 0)
+    out = torch.full((len(dl.dataset), feats.shape[1]), float("nan"))
+    out[idx] = feats.cpu()
+    return out
 
 
-def nearest_neighbours(emb: torch.Tensor, chunk_bytes: int = 64 * 1024**2) -> tuple[torch.Tensor, torch.Tensor]:
+def nearest_neighbours(emb: torch.Tensor, chunk_bytes: int = 64 * 1024**2,
+                       device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """For each row of unit-length `emb`, the cosine similarity of and index of its most similar other row.
 
-    Rows are compared a chunk at a time, so memory stays at about `chunk_bytes` for any number of
-    images; NaN rows match nothing (similarity -inf, index -1).
+    Rows are compared a chunk at a time on `device` (the model's: a GPU does the n x n products far
+    sooner), so memory stays at about `chunk_bytes` for any number of images; NaN rows match
+    nothing (similarity -inf, index -1). The results come back to the CPU once, at the end.
     """
     n = len(emb)
+    device = torch.device(device) if device is not None else emb.device
+    emb = emb.to(device)
     ok = ~torch.isnan(emb).any(dim=1)
     e = torch.where(ok[:, None], emb, torch.zeros_like(emb))
-    best = torch.full((n,), float("-inf"))
-    arg = torch.full((n,), -1, dtype=torch.long)
+    best = torch.full((n,), float("-inf"), device=device)
+    arg = torch.full((n,), -1, dtype=torch.long, device=device)
     if n < 2:
-        return best, arg
+        return best.cpu(), arg.cpu()
     step = max(1, chunk_bytes // (4 * n))
     for i0 in range(0, n, step):
         i1 = min(n, i0 + step)
         sim = e[i0:i1] @ e.T
-        sim[torch.arange(i1 - i0), torch.arange(i0, i1)] = float("-inf")  # not itself
+        rows = torch.arange(i1 - i0, device=device)
+        sim[rows, rows + i0] = float("-inf")  # not itself
         sim[:, ~ok] = float("-inf")
         best[i0:i1], arg[i0:i1] = sim.max(dim=1)
     best[~ok], arg[~ok] = float("-inf"), -1
-    return best, arg
+    return best.cpu(), arg.cpu()
 
 
 DUPLICATE_COLUMNS = ["path_a", "path_b", "split_a", "split_b", "similarity", "cross_split"]
@@ -415,7 +371,7 @@ def find_duplicates(learn: Learner, threshold: float = 0.97, chunk_bytes: int = 
         splits += [split] * len(dl.dataset)
     if not embs:
         return pd.DataFrame(columns=DUPLICATE_COLUMNS)
-    sim, nn_idx = nearest_neighbours(torch.cat(embs), chunk_bytes)
+    sim, nn_idx = nearest_neighbours(torch.cat(embs), chunk_bytes, device=learn.device)
     pairs: dict[tuple[int, int], float] = {}
     for i in torch.nonzero(sim >= threshold).flatten().tolist():
         j = int(nn_idx[i])

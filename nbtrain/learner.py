@@ -8,9 +8,11 @@ from __future__ import annotations
 import copy
 import math
 import os
+import pickle
 import tempfile
 import time
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
@@ -22,10 +24,13 @@ from torch.optim.lr_scheduler import OneCycleLR
 from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
-from .augmentation import Normalize, Resize, item_tfm_from_spec
-from .data import DataError, DataLoader, DataLoaders, ImageDataset, load_image
 from . import distributed
-from .environment import default_device, in_notebook, mixed_precision, output_dir
+from .augmentation import Normalize, item_tfm_from_spec
+from .callbacks import (Callback, CancelBatchException, CancelEpochException, CancelFitException,
+                        CancelStepException, CancelTrainException, CancelValidException)
+from .data import Batch, DataError, DataLoader, DataLoaders, ImageDataset, load_image
+from .environment import default_device, in_notebook, mixed_precision, release_device_memory
+from .locations import output_dir
 from .metrics import metric_name
 from .models import VisionModel, arch_name, channels_last_friendly, create_vision_model
 from .recipe import get_recipe, unfrozen_rates
@@ -55,6 +60,14 @@ class Recorder:
     lr_find_lrs: list[float] = field(default_factory=list)
     lr_find_losses: list[float] = field(default_factory=list)
     valid_error: float = float("nan")  # single-label error of the latest validation (fine_tune's probe)
+
+    def last(self, name: str) -> float:
+        """The latest epoch's value of a column of the epoch table ("train_loss", "valid_loss", a metric)."""
+        if name not in self.metric_names:
+            raise KeyError(f"No column {name!r} in the epoch table; its columns are {self.metric_names}.")
+        if not self.values:
+            raise ValueError("No epoch has finished yet.")
+        return float(self.values[-1][self.metric_names.index(name)])
 
     def plot_loss(self, skip_start: int = 5, with_valid: bool = True):
         """Training loss per batch (smoothed) and validation loss per epoch; returns the figure."""
@@ -192,26 +205,112 @@ def _default_loss(multi_label: bool, label_smoothing: float = 0.0) -> nn.Module:
     return nn.BCEWithLogitsLoss() if multi_label else nn.CrossEntropyLoss(label_smoothing=label_smoothing)
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """The user stopped training (Ctrl-C, or the notebook's interrupt button).
+
+    It ends the whole call (both stages of `fine_tune`, every fold of `find_label_issues`); the learner
+    keeps the weights it had reached. A notebook shows its one line rather than a traceback.
+    """
+
+    def _render_traceback_(self) -> list[str]:  # IPython shows this instead of the traceback
+        return [f"{type(self).__name__}: {self}"]
+
+
+@dataclass
+class TrainingState:
+    """Everything a fit changes, on the CPU: what `Learner.training_state` takes and
+    `Learner.load_training_state` restores (lr_find puts it back; processes started for DDP send it home)."""
+
+    model: dict[str, torch.Tensor]
+    opt: dict | None
+    recorder: dict
+    epochs_trained: int
+    body_frozen: bool | None
+    loader_rng: list[torch.Tensor]
+
+    def to_dict(self) -> dict:
+        """Plain data and tensors only, so `torch.load(weights_only=True)` can read it."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainingState":
+        return cls(**d)
+
+
+def _to_cpu(obj: object) -> object:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return copy.deepcopy(obj)
+
+
+class ProgressCallback(Callback):
+    """The batch bar and the epoch table: the learner's own use of the callback events."""
+
+    order = 100  # after the user's callbacks, so the table shows what they changed
+
+    def before_fit(self) -> None:
+        learn = self.learn
+        names = ["epoch", *learn.recorder.metric_names, "time"]
+        self.table = EpochTable(names, show=distributed.is_main())
+
+    def before_epoch(self) -> None:
+        self.start, self.rows = time.time(), len(self.learn.recorder.values)
+
+    def before_train(self) -> None:
+        learn = self.learn
+        # A bar from a forked process would write to the notebook's channels, which it does not own.
+        self.bar = tqdm(total=learn.n_iter, desc=f"epoch {learn.epoch + 1}/{learn.n_epoch}", leave=False,
+                        disable=True if distributed.is_distributed() else None, unit="batch")
+
+    def after_batch(self) -> None:
+        learn = self.learn
+        if not learn.training:
+            return
+        # Reading the loss waits for the GPU, so the bar reads it only now and then.
+        if learn.iter % 10 == 0 or learn.iter == learn.n_iter - 1:
+            self.bar.set_postfix(loss=f"{float(learn.loss):.4f}", refresh=False)
+        self.bar.update(1)
+
+    def after_train(self) -> None:
+        self.bar.close()
+
+    after_cancel_train = after_train
+
+    def after_epoch(self) -> None:
+        learn = self.learn
+        if len(learn.recorder.values) > self.rows:  # not when the epoch was cancelled
+            self.table.add([learn.epoch, *learn.recorder.values[-1], _format_time(time.time() - self.start)])
+
+    def after_fit(self) -> None:
+        bar = getattr(self, "bar", None)
+        if bar is not None:
+            bar.close()
+
+
 class Learner:
     """Trains `model` on `dls`, with `loss_func` and `metrics`.
 
     `opt_func` builds the optimizer from parameter groups (torch's AdamW by default, with decoupled
-    weight decay `wd`, as fastai's Adam). Models, logs and exports go to `path/model_dir`, or to
-    /kaggle/working when the data sits in Kaggle's read-only input. `recipe` holds the defaults of
-    `fine_tune`, `fit_one_cycle`, `lr` and the loss (`nbtrain.recipe`): "nbtrain", or "fastai" for
-    fastai's exact values.
+    weight decay `wd`, as fastai's Adam). `cbs` are callbacks run in every fit (see
+    `nbtrain.callbacks`). Models, logs and exports go to `path/model_dir`, or to /kaggle/working when
+    the data sits in Kaggle's read-only input. `recipe` holds the defaults of `fine_tune`,
+    `fit_one_cycle`, `lr` and the loss (`nbtrain.recipe`): "nbtrain", or "fastai" for fastai's values.
     """
 
     def __init__(self, dls: DataLoaders, model: nn.Module, loss_func: Callable | None = None,
                  opt_func: Callable = torch.optim.AdamW, lr: float | None = None, metrics: Sequence[Callable] | Callable | None = None,
                  path: Path | str | None = None, model_dir: str = "models", wd: float = 0.01, thresh: float = 0.5,
-                 recipe: str | dict | None = None):
+                 cbs: Sequence[Callback] | Callback | None = None, recipe: str | dict | None = None):
         self.recipe = get_recipe(recipe)
         lr = self.recipe["lr"] if lr is None else lr
         self.dls, self.opt_func, self.lr, self.wd, self.thresh = dls, opt_func, lr, wd, thresh
         self.loss_func = (loss_func if loss_func is not None
                           else _default_loss(dls.multi_label, self.recipe["label_smoothing"]))
-        self.metrics = list(metrics) if isinstance(metrics, (list, tuple)) else ([metrics] if metrics else [])
+        self.metrics = metrics
         self.path = Path(path) if path is not None else dls.path
         self.model_dir = model_dir
         self.model = model.to(dls.device)
@@ -219,9 +318,26 @@ class Learner:
         self.opt: torch.optim.Optimizer | None = None
         self.amp: str | torch.dtype | None = "auto"
         self.scaler: torch.amp.GradScaler | None = None
-        self.epoch = 0
+        self.cbs: list[Callback] = []
+        self.add_cbs(cbs)
+        self.epochs_trained = 0
+        # What callbacks read during a fit (fastai's names).
+        self.epoch = self.n_epoch = self.iter = self.n_iter = 0
+        self.training = False
+        self.xb: tuple = ()
+        self.yb: tuple = ()
+        self.pred = self.loss = self.loss_grad = None
 
     # -- set-up ---------------------------------------------------------------------------------
+
+    @property
+    def metrics(self) -> list[Callable]:
+        return self._metrics
+
+    @metrics.setter
+    def metrics(self, metrics: Sequence[Callable] | Callable | None) -> None:
+        """One metric or several, as fastai's `learn.metrics = partial(accuracy_multi, thresh=0.1)`."""
+        self._metrics = list(metrics) if isinstance(metrics, (list, tuple)) else ([metrics] if metrics else [])
 
     @property
     def device(self) -> torch.device:
@@ -231,6 +347,41 @@ class Learner:
     def output_path(self) -> Path:
         """Where `save`, `export` and the cleaner's journals write."""
         return output_dir(self.path, self.model_dir)
+
+    @property
+    def pct_train(self) -> float:
+        """How far through the current fit's training steps, from 0 to 1."""
+        return (self.epoch * self.n_iter + self.iter) / max(1, self.n_epoch * self.n_iter)
+
+    def add_cbs(self, cbs: Sequence[Callback] | Callback | None) -> None:
+        for cb in ([cbs] if isinstance(cbs, Callback) else list(cbs or [])):
+            if isinstance(cb, type):
+                raise TypeError(f"cbs takes callback objects: write {cb.__name__}(), not {cb.__name__}.")
+            if not isinstance(cb, Callback):
+                raise TypeError(f"{cb!r} is not a Callback. Subclass nbtrain.callbacks.Callback.")
+            cb.learn = self
+            self.cbs.append(cb)
+
+    def remove_cbs(self, cbs: Sequence[Callback]) -> None:
+        for cb in cbs:
+            if cb in self.cbs:
+                self.cbs.remove(cb)
+
+    @contextmanager
+    def added_cbs(self, cbs: Sequence[Callback] | Callback | None):
+        """Callbacks for the length of a `with` block (one fit)."""
+        before = list(self.cbs)
+        self.add_cbs(cbs)
+        try:
+            yield self
+        finally:
+            self.cbs = before
+
+    def _event(self, name: str) -> None:
+        for cb in sorted(self.cbs, key=lambda c: c.order):
+            fn = getattr(cb, name, None)
+            if fn is not None:
+                fn()
 
     def _param_groups(self) -> list[dict]:
         groups = self.model.param_groups() if isinstance(self.model, VisionModel) else [list(self.model.parameters())]
@@ -243,7 +394,12 @@ class Learner:
         return out
 
     def create_opt(self) -> torch.optim.Optimizer:
-        kwargs = {"betas": (0.9, 0.99), "eps": 1e-5} if self.opt_func in (torch.optim.AdamW, torch.optim.Adam) else {}
+        kwargs = {}
+        if self.opt_func in (torch.optim.AdamW, torch.optim.Adam):
+            kwargs = {"betas": (0.9, 0.99), "eps": 1e-5}
+            # The fused kernel also lets GradScaler.step skip its host sync on the GPU.
+            if self.device.type == "cuda":
+                kwargs["fused"] = True
         self.opt = self.opt_func(self._param_groups(), lr=self.lr, **kwargs)
         return self.opt
 
@@ -289,6 +445,8 @@ class Learner:
         self.amp = None
         return self
 
+    # -- mixed precision: decided here, used by every pass ----------------------------------------
+
     def _amp_dtype(self) -> torch.dtype | None:
         return mixed_precision(self.device, self.amp)[0]
 
@@ -297,34 +455,69 @@ class Learner:
         dev = self.device.type if self.device.type in ("cuda", "cpu", "mps") else "cpu"
         return torch.autocast(dev, dtype=dtype, enabled=dtype is not None)
 
+    def _make_scaler(self) -> torch.amp.GradScaler | None:
+        """A gradient scaler when training in float16 on a GPU (bfloat16 and fp32 need none)."""
+        return torch.amp.GradScaler("cuda") if mixed_precision(self.device, self.amp)[1] else None
+
+    # -- the training state ---------------------------------------------------------------------
+
+    def training_state(self, with_opt: bool = True) -> TrainingState:
+        """A CPU copy of what training changes: weights, optimizer, recorder, epochs, frozen body, loader RNGs."""
+        return TrainingState(
+            model=_to_cpu(self.model.state_dict()),
+            opt=_to_cpu(self.opt.state_dict()) if (with_opt and self.opt is not None) else None,
+            recorder=_to_cpu(asdict(self.recorder)),
+            epochs_trained=self.epochs_trained,
+            body_frozen=getattr(self.model, "body_frozen", None),
+            loader_rng=[dl.rng_state() for dl in self.dls.loaders],
+        )
+
+    def load_training_state(self, state: TrainingState) -> None:
+        """Put back what `training_state` took; the optimizer is rebuilt for the current parameters."""
+        self.model.load_state_dict(state.model)
+        if state.body_frozen is not None:
+            self.freeze() if state.body_frozen else self.unfreeze()
+        if state.opt is not None:
+            self.create_opt().load_state_dict(state.opt)  # torch moves its tensors to the parameters' device
+        else:
+            self.opt = None
+        self.recorder = Recorder(**copy.deepcopy(state.recorder))
+        self.epochs_trained = state.epochs_trained
+        for dl, rng in zip(self.dls.loaders, state.loader_rng):
+            dl.set_rng_state(rng)
+
     # -- training -------------------------------------------------------------------------------
 
     def fit(self, n_epoch: int, lr: float | slice | None = None, wd: float | None = None,
-            n_gpus: int | None = None, start_method: str | None = None) -> None:
+            cbs: Sequence[Callback] | Callback | None = None, n_gpus: int | None = None,
+            start_method: str | None = None) -> None:
         """Train `n_epoch` epochs at a constant learning rate.
 
-        `n_gpus` > 1 trains on that many GPUs at once, in processes started from here with
-        `start_method` (see `nbtrain.distributed`); `bs` stays the size of the whole batch.
+        `cbs` are callbacks for this fit only. `n_gpus` > 1 trains on that many GPUs at once, in
+        processes started from here with `start_method` (see `nbtrain.distributed`); `bs` stays the
+        size of the whole batch.
         """
         if distributed.should_launch(n_gpus):
-            return distributed.fit_in_processes(self, "fit", (n_epoch,), dict(lr=lr, wd=wd), n_gpus, start_method)
-        self._fit(n_epoch, lr if lr is not None else self.lr, wd=wd, schedule=None)
+            return self._fit_in_processes("fit", (n_epoch,), dict(lr=lr, wd=wd, cbs=cbs), n_gpus, start_method)
+        self._fit(n_epoch, lr if lr is not None else self.lr, wd=wd, schedule=None, cbs=cbs)
 
     def fit_one_cycle(self, n_epoch: int, lr_max: float | slice | None = None, div: float = 25.0,
                       div_final: float = 1e5, pct_start: float = 0.25, moms: tuple[float, float, float] = (0.95, 0.85, 0.95),
-                      wd: float | None = None, n_gpus: int | None = None, start_method: str | None = None) -> None:
+                      wd: float | None = None, cbs: Sequence[Callback] | Callback | None = None,
+                      n_gpus: int | None = None, start_method: str | None = None) -> None:
         """Train with the one-cycle policy: the learning rate warms up from lr_max/div to lr_max over
         `pct_start` of the steps, then anneals (cosine) to lr_max/div_final, while momentum moves
-        the opposite way between moms[0] and moms[1]. `n_gpus` and `start_method` as in `fit`."""
+        the opposite way between moms[0] and moms[1]. `cbs`, `n_gpus` and `start_method` as in `fit`."""
         if distributed.should_launch(n_gpus):
-            kwargs = dict(lr_max=lr_max, div=div, div_final=div_final, pct_start=pct_start, moms=moms, wd=wd)
-            return distributed.fit_in_processes(self, "fit_one_cycle", (n_epoch,), kwargs, n_gpus, start_method)
+            kwargs = dict(lr_max=lr_max, div=div, div_final=div_final, pct_start=pct_start, moms=moms, wd=wd, cbs=cbs)
+            return self._fit_in_processes("fit_one_cycle", (n_epoch,), kwargs, n_gpus, start_method)
         self._fit(n_epoch, lr_max if lr_max is not None else self.lr, wd=wd,
-                  schedule=dict(div=div, div_final=div_final, pct_start=pct_start, moms=moms))
+                  schedule=dict(div=div, div_final=div_final, pct_start=pct_start, moms=moms), cbs=cbs)
 
     def fine_tune(self, epochs: int, base_lr: float | None = None, freeze_epochs: int | None = None,
                   lr_mult: float | None = None, pct_start: float | None = None, div: float | None = None,
-                  n_gpus: int | None = None, start_method: str | None = None, **kwargs) -> None:
+                  cbs: Sequence[Callback] | Callback | None = None, n_gpus: int | None = None,
+                  start_method: str | None = None, **kwargs) -> None:
         """Transfer learning: `freeze_epochs` with only the head training, then `epochs` of the whole
         model, the head at `base_lr / 2` and the body `lr_mult` times slower.
 
@@ -334,26 +527,28 @@ class Learner:
         not (digits, scans, small greyscale images), body and head train at one higher rate. The
         rates chosen are in `self.fine_tune_rates`. fastai's exact recipe: `vision_learner(...,
         recipe="fastai")`, or here `lr_mult=100` (with `loss_func=CrossEntropyLoss()` on the learner).
-        `n_gpus` and `start_method` as in `fit`: both stages run in the same processes."""
+        `cbs` run in both stages; `n_gpus` and `start_method` as in `fit`: both stages run in the
+        same processes. Interrupting the first stage stops the whole call."""
         r = self.recipe
         freeze_epochs = r["freeze_epochs"] if freeze_epochs is None else freeze_epochs
         pct_start = r["pct_start"] if pct_start is None else pct_start
         div = r["div"] if div is None else div
         if distributed.should_launch(n_gpus):
-            kwargs.update(base_lr=base_lr, freeze_epochs=freeze_epochs, lr_mult=lr_mult, pct_start=pct_start, div=div)
-            return distributed.fit_in_processes(self, "fine_tune", (epochs,), kwargs, n_gpus, start_method)
+            kwargs.update(base_lr=base_lr, freeze_epochs=freeze_epochs, lr_mult=lr_mult, pct_start=pct_start, div=div,
+                          cbs=cbs)
+            return self._fit_in_processes("fine_tune", (epochs,), kwargs, n_gpus, start_method)
         probe = float("nan")
         if isinstance(self.model, VisionModel) and freeze_epochs > 0:
             self.freeze()
             self.fit_one_cycle(freeze_epochs, slice(r["base_lr"] if base_lr is None else base_lr), pct_start=0.99,
-                               **kwargs)
+                               cbs=cbs, **kwargs)
             probe = self.recorder.valid_error
         adaptive_lr, adaptive_mult = unfrozen_rates(probe, self.dls.c, r)
         lr_mult = (r["lr_mult"] or adaptive_mult) if lr_mult is None else lr_mult
         base_lr = (adaptive_lr if base_lr is None else base_lr) / 2
         self.fine_tune_rates = {"body": base_lr / lr_mult, "head": base_lr, "lr_mult": lr_mult, "probe_error": probe}
         self.unfreeze()
-        self.fit_one_cycle(epochs, slice(base_lr / lr_mult, base_lr), pct_start=pct_start, div=div, **kwargs)
+        self.fit_one_cycle(epochs, slice(base_lr / lr_mult, base_lr), pct_start=pct_start, div=div, cbs=cbs, **kwargs)
 
     def _make_scheduler(self, schedule: dict, total: int) -> OneCycleLR:
         lrs = [g["lr"] for g in self.opt.param_groups]
@@ -366,80 +561,112 @@ class Learner:
         g = self.opt.param_groups[-1]
         return float(g["betas"][0]) if "betas" in g else float(g.get("momentum", 0.0))
 
-    def _fit(self, n_epoch: int, lr: float | slice, wd: float | None, schedule: dict | None) -> None:
+    def _training_model(self) -> nn.Module:
+        """What runs the forward pass: DDP around the model in a process group (joined here under
+        torchrun), the model itself otherwise. A frozen body has no gradients and is left out of DDP."""
+        distributed.init_from_env(self.device)
+        if not distributed.is_distributed():
+            return self.model
+        device = distributed.rank_device(self.device)
+        if device != self.device:
+            self.dls.to(device)
+            self.model.to(device)
+        return distributed.wrap(self.model, device)
+
+    def _process_part(self, dl: DataLoader) -> DataLoader:
+        """This process's part of every batch of `dl`; `dl` itself outside distributed training.
+
+        The processes first agree on the files found broken and on the shuffling generator, so they
+        build the same batches and take the same number of steps.
+        """
+        if not distributed.is_distributed():
+            return dl
+        dl.dataset.mark_bad(distributed.union_across(dl.bad_indices()))
+        dl.set_rng_state(distributed.broadcast(dl.rng_state()))
+        return dl.sharded(distributed.rank(), distributed.world_size())
+
+    def _fit(self, n_epoch: int, lr: float | slice, wd: float | None, schedule: dict | None,
+             cbs: Sequence[Callback] | Callback | None = None) -> None:
         if wd is not None:
             self.wd = wd
-        # DDP around the model in a process group (joined here under torchrun); the model otherwise.
-        train_model = distributed.prepare(self)
+        train_model = self._training_model()
         if self.opt is None:
             self.create_opt()
         for g in self.opt.param_groups:
             g["weight_decay"] = self.wd if g["weight_decay"] else 0.0
         self._set_lrs(lr)
-        train_dl = self.dls.train
-        n_batches = len(train_dl)
+        n_batches = len(self.dls.train)
         if n_batches == 0:
-            raise ValueError(f"The training loader has no full batch: {train_dl.n} images and bs={train_dl.bs}. "
-                             "Use a smaller bs.")
+            raise ValueError(f"The training loader has no full batch: {self.dls.train.n} images and "
+                             f"bs={self.dls.train.bs}. Use a smaller bs.")
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed-size batches: let cuDNN pick its fastest kernels
         sched = self._make_scheduler(schedule, n_epoch * n_batches) if schedule else None
-        _, use_scaler = mixed_precision(self.device, self.amp)
-        self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
-        names = ["epoch", "train_loss", "valid_loss", *[metric_name(m) for m in self.metrics], "time"]
-        self.recorder.metric_names = names[1:-1]
-        table = EpochTable(names, show=distributed.is_main())
-        try:
-            for epoch in range(n_epoch):
-                start = time.time()
-                part = distributed.shard_loader(train_dl)  # this process's share of each batch
-                train_loss = self._train_epoch(part, sched, epoch, n_epoch, model=train_model)
-                valid = self.validate() if self.dls.valid.n else [float("nan")] * (1 + len(self.metrics))
-                row = [epoch, train_loss, *valid]
-                self.recorder.values.append(row[1:])
-                self.recorder.epoch_iters.append(len(self.recorder.losses))
-                table.add([*row, _format_time(time.time() - start)])
-                self.epoch += 1
-        except KeyboardInterrupt:
-            self.opt.zero_grad(set_to_none=True)
-            self.model.eval()
-            print(f"Training stopped by the user in epoch {self.epoch}. The learner keeps the weights it had "
-                  "reached and can be used, saved or trained further.", flush=True)
-            if not in_notebook():
-                raise
-
-    def _train_epoch(self, dl: DataLoader, sched: OneCycleLR | None, epoch: int, n_epoch: int,
-                     model: nn.Module | None = None) -> float:
-        """One epoch; `model` is what runs the forward pass (DDP around `self.model` in distributed training)."""
-        model = model if model is not None else self.model
-        self.model.train()
-        losses = []
-        finished = False
-        # A bar from a forked process would write to the notebook's channels, which it does not own.
-        bar = tqdm(total=len(dl), desc=f"epoch {epoch + 1}/{n_epoch}", leave=False,
-                   disable=True if distributed.is_distributed() else None, unit="batch")
-        try:
-            for i, (x, y) in enumerate(dl):
-                with self._autocast():
-                    loss = self.loss_func(model(x), y)
+        self.scaler = self._make_scaler()
+        self.recorder.metric_names = ["train_loss", "valid_loss", *[metric_name(m) for m in self.metrics]]
+        self.n_epoch, self.epoch, self.iter, self.n_iter = n_epoch, 0, 0, n_batches
+        with self.added_cbs([*([cbs] if isinstance(cbs, Callback) else list(cbs or [])), ProgressCallback()]):
+            for cb in self.cbs:
+                cb.learn = self  # a callback that travelled to another process belongs to its learner there
+            try:
                 self.opt.zero_grad(set_to_none=True)
-                if self.scaler is not None:
-                    self.scaler.scale(loss).backward()
-                    self.scaler.step(self.opt)
-                    self.scaler.update()
-                else:
-                    loss.backward()
-                    self.opt.step()
+                self._event("before_fit")
+                for epoch in range(n_epoch):
+                    self.epoch = epoch
+                    self._one_epoch(train_model, sched)
+            except CancelFitException:
+                self._event("after_cancel_fit")
+            except KeyboardInterrupt as e:
+                self.opt.zero_grad(set_to_none=True)
+                self.model.eval()
+                if isinstance(e, TrainingInterrupted):
+                    raise
+                raise TrainingInterrupted(
+                    f"stopped by the user in epoch {self.epoch + 1} of {n_epoch}; the learner keeps the weights "
+                    "it had reached and can be used, saved or trained further.") from None
+            finally:
+                self._event("after_fit")
+
+    def _one_epoch(self, train_model: nn.Module, sched: OneCycleLR | None) -> None:
+        stop = False
+        try:
+            self._event("before_epoch")
+            train_loss = self._train_part(train_model, sched)
+            valid = self._valid_part()
+            self.recorder.values.append([train_loss, *valid])
+            self.recorder.epoch_iters.append(len(self.recorder.losses))
+            self.epochs_trained += 1
+        except CancelEpochException:
+            self._event("after_cancel_epoch")
+        try:
+            self._event("after_epoch")
+        except CancelFitException:
+            stop = True
+        # Every process stops after the same epoch, whichever decided to.
+        if distributed.any_across(stop):
+            raise CancelFitException
+
+    def _train_part(self, train_model: nn.Module, sched: OneCycleLR | None) -> float:
+        self.training = True
+        self.model.train()
+        dl = self._process_part(self.dls.train)
+        losses: list[torch.Tensor] = []
+        finished = False
+        try:
+            self._event("before_train")
+            for self.iter, batch in enumerate(dl.batches()):
+                self._one_batch(train_model, batch)
+                losses.append(self.loss)
                 self.recorder.lrs.append(self.opt.param_groups[-1]["lr"])
                 self.recorder.moms.append(self._momentum())
                 if sched is not None:
                     sched.step()
-                losses.append(loss.detach())
-                # Reading the loss waits for the GPU, so the bar reads it only now and then.
-                if i % 10 == 0 or i == len(dl) - 1:
-                    bar.set_postfix(loss=f"{float(losses[-1]):.4f}", refresh=False)
-                bar.update(1)
             finished = True
+            self._event("after_train")
+        except CancelTrainException:
+            finished = True
+            self._event("after_cancel_train")
         finally:
-            bar.close()
             values = torch.stack(losses).float() if losses else torch.empty(0)
             if finished:
                 # Each process has its part's loss of every step; their mean is the whole batch's.
@@ -449,27 +676,79 @@ class Learner:
         smooth = _smooth(self.recorder.losses)
         return smooth[-1] if smooth else float("nan")
 
-    def _outputs(self, dl: DataLoader, with_bar: bool = False,
-                 fill_cache: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Raw outputs, targets and dataset indices of every readable item of `dl`.
+    def _valid_part(self) -> list[float]:
+        nothing = [float("nan")] * (1 + len(self.metrics))
+        if not self.dls.valid.n:
+            return nothing
+        self.training = False
+        try:
+            self._event("before_validate")
+            values = self.validate()
+            self._event("after_validate")
+            return values
+        except CancelValidException:
+            self._event("after_cancel_validate")
+            return nothing
+
+    def _one_batch(self, model: nn.Module, batch: Batch) -> None:
+        """The one training step: fit, lr_find and the fold models all take it."""
+        self.xb, self.yb = (batch.x,), (batch.y,)
+        try:
+            self._event("before_batch")
+            with self._autocast():
+                self.pred = model(*self.xb)
+                self._event("after_pred")
+                self.loss_grad = self.loss_func(self.pred, *self.yb)
+            if batch.stand_in:  # keeps this process in step with the others, and must teach nothing
+                self.loss_grad = self.loss_grad * 0
+            self.loss = self.loss_grad.detach()
+            self._event("after_loss")
+            self._event("before_backward")
+            (self.scaler.scale(self.loss_grad) if self.scaler is not None else self.loss_grad).backward()
+            self._event("after_backward")
+            try:
+                self._event("before_step")
+                if self.scaler is not None:
+                    self.scaler.step(self.opt)
+                    self.scaler.update()
+                else:
+                    self.opt.step()
+                self._event("after_step")
+            except CancelStepException:
+                self._event("after_cancel_step")
+            self.opt.zero_grad(set_to_none=True)
+        except CancelBatchException:
+            self._event("after_cancel_batch")
+        self._event("after_batch")
+
+    def _outputs(self, dl: DataLoader, with_bar: bool = False, fill_cache: bool = False,
+                 forward: Callable[[torch.Tensor], torch.Tensor] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The one prediction loop: raw outputs of `forward` (the model by default), targets and dataset
+        indices of every readable item of `dl`, gathered from every process in distributed training.
 
         Only validation during training fills the loader's image cache: a one-off pass over a large
         set (the cleaner's) should not keep every image in memory.
         """
         self.model.eval()
-        dl = distributed.shard_loader(dl)  # in distributed training, this process's part; gathered below
+        forward = forward or self.model
+        dl = self._process_part(dl)
         bar = tqdm(total=len(dl), desc="predicting", leave=False,
                    disable=None if with_bar and not distributed.is_distributed() else True, unit="batch")
         # One buffer for every batch's outputs: small tensors kept between the large short-lived
-        # activations fragment malloc's heap (measured: +310 MB of RSS over 40,000 images).
+        # activations fragment malloc's heap.
         out, idx, n = None, torch.empty(len(dl.dataset), dtype=torch.long), 0
         with torch.inference_mode(), self._autocast():
-            for x, _, batch_idx in dl.iter_with_index(fill_cache=fill_cache):
-                o = self.model(x).float()
+            for b in dl.batches(fill_cache=fill_cache):
+                if b.stand_in:
+                    o = forward(b.x)  # every process runs the same number of forward passes
+                    bar.update(1)
+                    continue
+                o = forward(b.x).float()
                 if out is None:
                     out = torch.empty((len(dl.dataset), *o.shape[1:]), device=o.device)
                 out[n:n + len(o)] = o
-                idx[n:n + len(o)] = batch_idx
+                idx[n:n + len(o)] = b.idx
                 n += len(o)
                 bar.update(1)
         bar.close()
@@ -479,6 +758,12 @@ class Learner:
             out, idx = out[:n], idx[:n]
             targ = dl.dataset.targets[idx].to(out.device)
         return distributed.gather_outputs(out, targ, idx, self.device)
+
+    def outputs(self, dl: DataLoader, forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                with_bar: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`(outputs, targets, indices)` of `forward` (the model by default; e.g. its body for features)
+        over every readable item of `dl`, with this learner's precision."""
+        return self._outputs(dl, with_bar=with_bar, forward=forward)
 
     def validate(self, ds_idx: int = 1, dl: DataLoader | None = None) -> list[float]:
         """[loss, *metrics] on the validation set (or another loader)."""
@@ -491,38 +776,70 @@ class Learner:
             self.recorder.valid_error = float((out.argmax(1) != targ).float().mean()) if single else float("nan")
         return [loss, *vals]
 
+    # -- several processes ------------------------------------------------------------------------
+
+    def _fit_in_processes(self, method: str, args: tuple, kwargs: dict, n_procs: int,
+                          start_method: str | None) -> None:
+        """Run `self.<method>(*args, **kwargs)` in `n_procs` processes, one per GPU, then take what
+        process 0 ended with (weights, optimizer, recorder, epochs, frozen body, loader RNGs)."""
+        device = self.device
+        distributed.check_devices(device, n_procs)
+        start_method = distributed.start_method_for(device, start_method)
+        state = self.training_state()
+        clone = copy.copy(self)
+        clone.opt, clone.scaler, clone.cbs = None, None, list(self.cbs)
+        if start_method != "fork":
+            # Decoded images stay behind: each process fills its own cache.
+            clone.dls = self.dls.without_caches()
+            clone = distributed.dumps(clone, "learn")  # here, so that an error names learn's attribute
+        # The processes get the weights and optimizer state from the CPU copy; this process lets go of
+        # its GPU memory, which process 0 is about to need.
+        self.opt = None
+        self.model.to("cpu")
+        release_device_memory(device)
+        seed = int(torch.randint(2**31 - n_procs, ()))
+        try:
+            res = distributed.launch(_process_job, n_procs, clone, method, args, kwargs, state.to_dict(), seed,
+                                     backend=distributed.default_backend(device), start_method=start_method)
+            if res is None:
+                raise distributed.DistributedError("The training processes ended without sending back the weights.")
+            state = TrainingState.from_dict(res)
+        except KeyboardInterrupt:
+            raise TrainingInterrupted("stopped by the user; every process was ended, and the learner is as it "
+                                      "was before this call.") from None
+        finally:
+            self.model.to(device)
+            self.load_training_state(state)  # what they reached, or what it had before on failure
+
     # -- learning-rate finder -----------------------------------------------------------------
 
     def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10, num_it: int = 100, stop_div: bool = True,
                 show_plot: bool = True) -> SuggestedLRs:
         """Train briefly with an exponentially growing learning rate and suggest one.
 
-        The weights, optimizer and batch-norm statistics are put back afterwards, in memory: no file is written.
+        It takes the same training step as `fit`. The weights, optimizer and batch-norm statistics
+        are put back afterwards, in memory: no file is written.
         """
-        state = copy.deepcopy(self.model.state_dict())
-        opt_state = copy.deepcopy(self.opt.state_dict()) if self.opt is not None else None
+        state = self.training_state()
         self.create_opt()
+        self.scaler = self._make_scaler()
         self.model.train()
+        self.training = True
         lrs, losses, best = [], [], float("inf")
-        dl = self.dls.train
-        it = iter(dl)
+        batches = self.dls.train.batches()
         bar = tqdm(total=num_it, desc="lr_find", leave=False, disable=None)
         try:
+            self.opt.zero_grad(set_to_none=True)
             for i in range(num_it):
                 lr = start_lr * (end_lr / start_lr) ** (i / max(1, num_it - 1))
                 for g in self.opt.param_groups:
                     g["lr"] = lr
-                try:
-                    x, y = next(it)
-                except StopIteration:
-                    it = iter(dl)
-                    x, y = next(it)
-                with self._autocast():
-                    loss = self.loss_func(self.model(x), y)
-                self.opt.zero_grad(set_to_none=True)
-                loss.backward()
-                self.opt.step()
-                value = loss.item()
+                batch = next(batches, None)
+                if batch is None:
+                    batches = self.dls.train.batches()
+                    batch = next(batches)
+                self._one_batch(self.model, batch)
+                value = float(self.loss)
                 lrs.append(lr)
                 losses.append(value)
                 bar.update(1)
@@ -530,13 +847,11 @@ class Learner:
                 best = min(best, smooth)
                 if stop_div and (not math.isfinite(value) or smooth > 4 * best):
                     break
+        except KeyboardInterrupt:
+            raise TrainingInterrupted("lr_find stopped by the user; the learner is as it was before.") from None
         finally:
             bar.close()
-            self.model.load_state_dict(state)
-            if opt_state is not None:
-                self.create_opt().load_state_dict(opt_state)
-            else:
-                self.opt = None
+            self.load_training_state(state)
         smooth = _smooth(losses)
         # The last few points are where the loss blows up; they carry no advice.
         keep = max(3, len(smooth) - 5)
@@ -867,3 +1182,17 @@ def load_learner(fname: Path | str, cpu: bool = True) -> Learner:
                       path=Path(fname).parent)
     loss = nn.BCEWithLogitsLoss() if state["loss"] == "bce" else nn.CrossEntropyLoss()
     return Learner(dls, model, loss_func=loss, thresh=state.get("thresh", 0.5))
+
+
+def _process_job(learn: "Learner | bytes", method: str, args: tuple, kwargs: dict, state: dict,
+                 seed: int) -> dict | None:
+    """What each process started by `Learner._fit_in_processes` runs; process 0 sends back its state."""
+    if isinstance(learn, bytes):
+        learn = pickle.loads(learn)
+    device = distributed.rank_device(learn.device)
+    learn.dls.to(device)
+    learn.model.to(device)
+    learn.load_training_state(TrainingState.from_dict(state))
+    torch.manual_seed(seed + distributed.rank())  # dropout and augmentation draw differently in each process
+    getattr(learn, method)(*args, **kwargs)
+    return learn.training_state().to_dict() if distributed.is_main() else None

@@ -368,6 +368,14 @@ class FBetaMulti(_MultiLabelScore):
     _kind: ClassVar[str] = "fbeta"
 
 
+def fbeta(y_pred: Tensor, y_true: Tensor, thresh: Thresh = 0.2, beta: float = 2.0, eps: float = 1e-9,
+          sigmoid: bool = True) -> float:
+    """fastai v1's multi-label F-beta (F2 per sample at 0.2, the Kaggle "planet" metric), the name the
+    course notes use: `f_score = partial(fbeta, thresh=0.2)`. `eps` is accepted for v1's signature;
+    an image with no true and no predicted label scores 0, as scikit-learn's `zero_division=0`."""
+    return FBetaMulti(beta=beta, thresh=thresh, sigmoid=sigmoid)(y_pred, y_true)
+
+
 @dataclass(eq=False)
 class F1ScoreMulti(_MultiLabelScore):
     """F1 score of multi-label predictions."""

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
-from .environment import KAGGLE_INPUT, is_kaggle
+from .locations import KAGGLE_INPUT, is_kaggle
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -45,6 +45,26 @@ BODIES: dict[str, Callable[[nn.Module], nn.Module]] = {
     "densenet121": _features,
     "vgg16_bn": _features,
 }
+
+
+# fastai's `models.resnet34` and bare `resnet34`: torchvision's model functions, which `vision_learner` takes.
+resnet18, resnet34, resnet50, resnet101, resnet152 = tvm.resnet18, tvm.resnet34, tvm.resnet50, tvm.resnet101, tvm.resnet152
+resnext50_32x4d, wide_resnet50_2 = tvm.resnext50_32x4d, tvm.wide_resnet50_2
+regnet_y_400mf, regnet_y_800mf = tvm.regnet_y_400mf, tvm.regnet_y_800mf
+mobilenet_v2, mobilenet_v3_large, mobilenet_v3_small = tvm.mobilenet_v2, tvm.mobilenet_v3_large, tvm.mobilenet_v3_small
+efficientnet_b0, efficientnet_b1, efficientnet_b2, efficientnet_b3 = (tvm.efficientnet_b0, tvm.efficientnet_b1,
+                                                                      tvm.efficientnet_b2, tvm.efficientnet_b3)
+efficientnet_b4, efficientnet_b5, efficientnet_b6, efficientnet_b7 = (tvm.efficientnet_b4, tvm.efficientnet_b5,
+                                                                      tvm.efficientnet_b6, tvm.efficientnet_b7)
+efficientnet_v2_s, convnext_tiny, convnext_small = tvm.efficientnet_v2_s, tvm.convnext_tiny, tvm.convnext_small
+densenet121, vgg16_bn = tvm.densenet121, tvm.vgg16_bn
+
+
+def __getattr__(name: str) -> object:
+    """Any other torchvision model name (`models.alexnet`, ...), so this module serves as fastai's `models`."""
+    if not name.startswith("_") and hasattr(tvm, name):
+        return getattr(tvm, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def arch_name(arch: str | Callable) -> str:

@@ -20,7 +20,6 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .environment import sample_data_dir
 
 __all__ = ["SampleDataset", "make_digits_sample", "make_multilabel_mnist", "make_mnist_sample", "make_photos_sample"]
 

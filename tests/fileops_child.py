@@ -29,6 +29,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,12 +41,12 @@ def load_fileops():
     """nbtrain.fileops, loaded from its file without importing the nbtrain package (and torch)."""
     if "nbtrain.fileops" in sys.modules:
         return sys.modules["nbtrain.fileops"]
-    if "_nbtrain_fileops" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("_nbtrain_fileops", FILEOPS_PATH)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses look their module up while being made
-        spec.loader.exec_module(module)
-    return sys.modules["_nbtrain_fileops"]
+    if "nbtrain" not in sys.modules:
+        # An empty package over the source folder: its modules import each other, __init__ never runs.
+        package = types.ModuleType("nbtrain")
+        package.__path__ = [str(FILEOPS_PATH.parent)]
+        sys.modules["nbtrain"] = package
+    return importlib.import_module("nbtrain.fileops")
 
 
 # -- the child ----------------------------------------------------------------------------------------

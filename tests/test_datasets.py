@@ -202,7 +202,7 @@ def test_sample_data_dir_follows_the_environment(tmp_path):
     # In a child process, so this process's environment is never changed.
     code = """if True:
         import json, os, sys
-        from nbtrain import environment as ds
+        from nbtrain import locations as ds
         out = []
         for env in json.loads(sys.argv[1]):
             for k in ("NBTRAIN_DATA", "NBTRAIN_HOME"):

@@ -66,7 +66,7 @@ def test_two_processes_train_as_one_with_sgd(mnist_small):
     assert len(two.recorder.losses) == len(one.recorder.losses) == 2 * len(one.dls.train)
     assert two.recorder.losses == pytest.approx(one.recorder.losses, rel=1e-5)
     assert sum(two.recorder.values, []) == pytest.approx(sum(one.recorder.values, []), rel=1e-5)
-    assert two.epoch == 2 and two.opt is not None
+    assert two.epochs_trained == 2 and two.opt is not None
     # The notebook's learner goes on from where the processes ended: same shuffling, same optimizer state.
     one.fit(1, lr=0.1)
     two.fit(1, lr=0.1)
@@ -123,8 +123,8 @@ def _gather_with_padding() -> dict:
 
     ds = ImageDataset([Path(f"{i}.png") for i in range(3)], ["a", "b", "a"], ["a", "b"])
     dl = DataLoader(ds, bs=2, device="cpu", num_workers=0)
-    part = distributed.shard_loader(dl)
-    idx = torch.tensor([i for b in part._batches() for i in b], dtype=torch.long)
+    part = dl.sharded(distributed.rank(), distributed.world_size())
+    idx = torch.tensor([i for b in part.batch_indices() for i in b], dtype=torch.long)
     out = idx.float()[:, None].repeat(1, 2)
     out, targ, idx = distributed.gather_outputs(out, ds.targets[idx], idx, torch.device("cpu"))
     return {"idx": idx, "out": out[:, 0], "targ": targ}
@@ -144,14 +144,12 @@ def test_an_error_in_a_process_is_raised_in_the_notebook_with_its_message():
 
 def test_each_process_takes_its_part_of_every_batch(mnist_small):
     dl = make_learner(mnist_small).dls.train
-    state = dl._generator.get_state()
-    whole = dl._batches()
+    state = dl.rng_state()
+    whole = dl.batch_indices()
     parts = []
     for r in range(2):
-        dl._generator.set_state(state)
-        dl.shard = (r, 2)
-        parts.append(dl._batches())
-    dl.shard = (0, 1)
+        dl.set_rng_state(state)
+        parts.append(dl.sharded(r, 2).batch_indices())
     assert len(parts[0]) == len(parts[1]) == len(whole)
     for b, p0, p1 in zip(whole, *parts):
         assert sorted(p0 + p1) == sorted(b) and len(p0) == len(p1) == len(b) // 2
@@ -160,8 +158,7 @@ def test_each_process_takes_its_part_of_every_batch(mnist_small):
     n = len(short.dataset)
     tails = []
     for r in range(3):
-        short.shard = (r, 3)
-        tails.append(short._batches()[-1])
+        tails.append(short.sharded(r, 3).batch_indices()[-1])
     assert n % 7 == 2 and [len(t) for t in tails] == [1, 1, 1] and {i for t in tails for i in t} == {n - 2, n - 1}
 
 
@@ -178,13 +175,14 @@ def test_unpicklable_parts_are_named_before_any_process_starts(mnist_small):
     learn.metrics = [nbtrain.error_rate, my_metric]
     with pytest.raises(DistributedError, match=r"learn\.metrics\[1\] is .*local my_metric"):
         learn.fine_tune(1, n_gpus=2, start_method="spawn")
-    assert learn.model.net[0].weight.device.type == "cpu" and learn.epoch == 0
+    assert learn.model.net[0].weight.device.type == "cpu" and learn.epochs_trained == 0
 
 
-def test_clear_errors_for_a_poisoned_fork_and_missing_gpus():
-    with pytest.raises(DistributedError, match="restart the kernel"):
-        distributed.check_start_method("fork", cuda_initialized=True)
-    distributed.check_start_method("spawn", cuda_initialized=True)
+def test_fork_is_refused_on_gpus_and_missing_gpus_get_a_clear_error():
+    with pytest.raises(DistributedError, match="cannot train on GPUs"):
+        distributed.start_method_for(torch.device("cuda"), "fork")
+    assert distributed.start_method_for(torch.device("cuda"), None) == "spawn"
+    assert distributed.start_method_for(torch.device("cpu"), None) == "fork"
     with pytest.raises(DistributedError, match="GPU T4 x2"):
         distributed.check_devices(torch.device("cuda"), 2)
 

