@@ -77,10 +77,12 @@ def distance(frozen_error: float | None, n_classes: int, recipe: dict) -> float:
     return min(1.0, max(0.0, (scaled - lo) / (hi - lo)))
 
 
-def unfrozen_rates(frozen_error: float | None, n_classes: int, recipe: dict) -> tuple[float, float]:
+def unfrozen_rates(frozen_error: float | None, n_classes: int, recipe: dict,
+                   base_lr: float | None = None) -> tuple[float, float]:
     """(base_lr, lr_mult) for fine_tune's unfrozen stage: near data gets near_*, far data far_*,
-    log-linear in between."""
+    log-linear in between. A `base_lr` given replaces the recipe's and is scaled the same way."""
     t = distance(frozen_error, n_classes, recipe)
-    base = recipe["base_lr"] * (recipe["far_base_lr"] / recipe["base_lr"]) ** t
+    start = recipe["base_lr"] if base_lr is None else base_lr
+    base = start * (recipe["far_base_lr"] / recipe["base_lr"]) ** t
     mult = recipe["near_lr_mult"] * (recipe["far_lr_mult"] / recipe["near_lr_mult"]) ** t
     return base, mult

@@ -27,6 +27,11 @@ def test_near_data_gets_fastais_rates_and_far_data_one_fast_rate():
     assert distance(0.4, 2, NBTRAIN) == 1.0 and distance(0.05, 2, NBTRAIN) == 0.0
 
 
+def test_a_given_base_lr_is_scaled_like_the_recipes():
+    assert unfrozen_rates(0.9, 10, NBTRAIN, base_lr=1e-3) == pytest.approx((5e-3, 1.0))
+    assert unfrozen_rates(0.0, 10, NBTRAIN, base_lr=1e-3) == pytest.approx((1e-3, 100.0))
+
+
 def test_no_probe_means_halfway():
     base, mult = unfrozen_rates(float("nan"), 10, NBTRAIN)
     assert mult == pytest.approx(10.0) and 2e-3 < base < 1e-2
@@ -94,4 +99,5 @@ def test_lr_find_suggestion_is_in_the_recipes_range(dls):
     torch.manual_seed(0)
     learn = vision_learner(dls, "mobilenet_v2")
     suggestion = learn.lr_find(num_it=40, show_plot=False).valley
-    assert NBTRAIN["base_lr"] / 10 <= suggestion <= NBTRAIN["far_base_lr"] * 10
+    # Followed as fine_tune(base_lr=suggestion), it never trains faster than the default.
+    assert NBTRAIN["base_lr"] / 100 <= suggestion <= NBTRAIN["base_lr"]
