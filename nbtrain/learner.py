@@ -824,7 +824,7 @@ class Learner:
 
         It takes the same training step as `fit`. The weights, optimizer and batch-norm statistics
         are put back afterwards, in memory: no file is written. With the body frozen and the default
-        recipe, the suggestion is for `fine_tune(base_lr=...)` and at most the recipe's `base_lr`.
+        recipe, the suggestion is for `fine_tune(base_lr=...)`: within half and all of the recipe's `base_lr`.
         """
         state = self.training_state()
         self.create_opt()
@@ -864,9 +864,9 @@ class Learner:
         self.recorder.lr_find_lrs, self.recorder.lr_find_losses = lrs[:keep], smooth[:keep]
         suggestion = valley(lrs[:keep], smooth[:keep])
         if self.recipe["lr_mult"] is None and isinstance(self.model, VisionModel) and self.model.body_frozen:
-            # For fine_tune's base_lr: above the recipe's head rate, a frozen head's valley trains a
-            # pretrained body worse than the default (measured on photos and faces).
-            suggestion = min(suggestion, self.recipe["base_lr"])
+            # For fine_tune's base_lr: a frozen head's valley far from the recipe's head rate trains a
+            # pretrained body worse than the default (measured: above it on photos and faces, below on digits).
+            suggestion = min(max(suggestion, self.recipe["base_lr"] / 2), self.recipe["base_lr"])
         if show_plot:
             _show(self.recorder.plot_lr_find(suggestion))
         return SuggestedLRs(valley=suggestion)
