@@ -3,21 +3,24 @@
 The public names follow fastai's, so code from the fastai course runs with little or no change.
 """
 from . import fileops, models
+from .app import ImageClassifierApp
 from .augmentation import Normalize, PadMode, RandomResizedCrop, Resize, ResizeMethod, aug_transforms
+from .callbacks import (Callback, CancelBatchException, CancelEpochException, CancelFitException, CancelStepException,
+                        CancelTrainException, CancelValidException, CSVLogger, CutMix, EarlyStoppingCallback,
+                        GradientAccumulation, MixUp, SaveModelCallback, ShowGraphCallback, TrackerCallback)
 from .cleaner import ImageClassifierCleaner
 from .downloads import URLs, untar_data
 from .data import (CategoryMap, DataError, DataLoader, DataLoaders, ImageDataLoaders, get_image_files, load_image,
                    verify_images)
 from .datablock import (CategoryBlock, ColReader, ColSplitter, DataBlock, Datasets, EndSplitter, FuncSplitter,
-                        GrandparentSplitter, ImageBlock, IndexSplitter, MaskSplitter, MultiCategoryBlock, PILImage,
+                        GrandparentSplitter, ImageBlock, IndexSplitter, MaskSplitter, MultiCategoryBlock,
                         RandomSplitter, RegexLabeller, TrainTestSplitter, TransformBlock, parent_label, using_attr)
 from .environment import default_device
 from .locations import is_kaggle
 from .fileops import copy_to_working
+from .image import PILImage
 from .interpretation import ClassificationInterpretation
 from .label_issues import find_duplicates, find_label_issues
-from .callbacks import (Callback, CancelBatchException, CancelEpochException, CancelFitException, CancelStepException,
-                        CancelTrainException, CancelValidException)
 from .learner import Learner, TrainingInterrupted, TrainingState, create_cnn, load_learner, vision_learner
 from .metrics import (AccuracyMulti, F1Score, F1ScoreMulti, FBeta, FBetaMulti, Precision, PrecisionMulti, Recall,
                       RecallMulti, TopKAccuracy, accuracy, accuracy_multi, accuracy_thresh, error_rate, fbeta,
@@ -48,4 +51,8 @@ __all__ = [
     "efficientnet_b3", "efficientnet_b4", "efficientnet_b5", "efficientnet_b6", "efficientnet_b7", "efficientnet_v2_s",
     "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small", "regnet_y_400mf", "regnet_y_800mf", "resnet18",
     "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "vgg16_bn", "wide_resnet50_2",
+    # callbacks, the predict widget
+    "CSVLogger", "CutMix", "EarlyStoppingCallback",
+    "GradientAccumulation", "ImageClassifierApp", "MixUp", "SaveModelCallback", "ShowGraphCallback",
+    "TrackerCallback",
 ]

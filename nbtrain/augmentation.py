@@ -47,14 +47,18 @@ class Resize:
     """Resize to `size` (an int for a square, or `(height, width)`).
 
     method: "crop" resizes the short side then centre-crops, "squish" stretches to the size, "pad"
-    fits the long side and pads the rest, with `pad_mode` "zeros" (black), "border" (the edge pixels
-    repeated) or "reflection". The crop is centred on the training set too, which keeps this
+    fits the long side and pads the rest, with `pad_mode` "reflection" (fastai's default), "zeros"
+    (black) or "border" (the edge pixels repeated). The crop is centred on the training set too, which keeps this
     transform deterministic (so its output can be cached); use `RandomResizedCrop` for random crops.
     """
 
     deterministic = True
 
-    def __init__(self, size: int | Sequence[int], method: str = "crop", pad_mode: str = "zeros"):
+    def __init__(self, size: int | Sequence[int], method: str = "crop", pad_mode: str = "reflection",
+                 resamples: object = None):
+        if resamples is not None:
+            raise ValueError("Resize's resamples= cannot be honoured: nbtrain resizes with antialiased bilinear "
+                             "filtering. Leave it out.")
         if method not in ("crop", "squish", "pad"):
             raise ValueError(f"Resize method must be 'crop', 'squish' or 'pad' (ResizeMethod.Crop, .Squish, .Pad), "
                              f"not {method!r}.")
@@ -95,9 +99,16 @@ class RandomResizedCrop:
 
     deterministic = False
 
-    def __init__(self, size: int | Sequence[int], min_scale: float = 0.35, ratio: tuple[float, float] = (3 / 4, 4 / 3)):
-        self.size, self.min_scale, self.ratio = _pair(size), min_scale, ratio
-        self._random = v2.RandomResizedCrop(self.size, scale=(min_scale, 1.0), ratio=ratio, antialias=True)
+    def __init__(self, size: int | Sequence[int], min_scale: float = 0.35, ratio: tuple[float, float] = (3 / 4, 4 / 3),
+                 resamples: object = None, val_xtra: float | None = None, max_scale: float = 1.0):
+        if resamples is not None or val_xtra is not None:
+            raise ValueError("RandomResizedCrop's resamples= and val_xtra= cannot be honoured: nbtrain resizes with "
+                             "antialiased bilinear filtering and centre-crops the validation images to `size`. "
+                             "Leave them out.")
+        if not 0 < min_scale <= max_scale <= 1:
+            raise ValueError(f"RandomResizedCrop needs 0 < min_scale <= max_scale <= 1; got {min_scale}, {max_scale}.")
+        self.size, self.min_scale, self.max_scale, self.ratio = _pair(size), min_scale, max_scale, ratio
+        self._random = v2.RandomResizedCrop(self.size, scale=(min_scale, max_scale), ratio=ratio, antialias=True)
         self._valid = Resize(self.size, "crop")
 
     def __call__(self, img: Image.Image, train: bool = False) -> Image.Image:

@@ -24,21 +24,19 @@ from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch.utils.data import DataLoader as TorchDataLoader
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
 from .augmentation import BatchTransform, Normalize, Resize
 from .environment import available_memory, default_device, default_num_workers
+from .plots import image_grid
+from .image import DataError, load_image
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
 # Files that operating systems and tools leave in folders; never worth a complaint.
 _JUNK_NAMES = {".DS_Store", "Thumbs.db", "desktop.ini"}
-
-
-class DataError(ValueError):
-    """A dataset that cannot be used as it is; the message says what to change."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -84,44 +82,6 @@ def _unfollowed_links(path: Path) -> list[Path]:
     return sorted(p for p in path.rglob("*") if p.is_symlink() and not p.is_file()
                   and (p.is_dir() or p.suffix.lower() not in IMAGE_EXTENSIONS)
                   and not any(part.startswith(".") or part in _JUNK_NAMES for part in p.relative_to(path).parts))
-
-
-def load_image(fn: Path | str | Image.Image, draft: tuple[int, int] | None = None) -> Image.Image:
-    """Open any image PIL can read as 8-bit RGB, upright as its EXIF says.
-
-    Greyscale, palette, RGBA (composited on white), CMYK and 16-bit images are converted;
-    an animated GIF gives its first frame. `draft` lets JPEG decode at a reduced size, much faster
-    for photos far larger than the model's input.
-    """
-    if isinstance(fn, Image.Image):
-        return _to_rgb(fn)
-    with Image.open(fn) as img:
-        if draft is not None and img.format == "JPEG":
-            img.draft("RGB", draft)
-        img.load()
-        out = _to_rgb(img)
-        # Closing the file frees the decoded pixels too, so keep a copy when nothing was converted.
-        return out.copy() if out is img else out
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """`img` upright and in 8-bit RGB."""
-    img = ImageOps.exif_transpose(img) or img
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        scale = 255.0 / max(arr.max(), 1.0) if arr.max() > 255 else 1.0
-        img = Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8))
-    elif img.mode == "F":
-        arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        img = Image.fromarray(((arr - lo) / max(hi - lo, 1e-12) * 255).astype(np.uint8))
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA"):
-        img = img.convert("RGBA")
-        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, img)
-    return img.convert("RGB") if img.mode != "RGB" else img
 
 
 def _check_header(fn: Path) -> str | None:
@@ -628,7 +588,7 @@ class DataLoader:
             x, y = self.to_model_input(imgs), ds.targets[[0] * max_n]
         else:
             x, y = self.new(num_workers=0).one_batch()
-        return show_image_grid(self.decode(x[:max_n].float()).cpu(), [self.dataset.label_of(t) for t in y[:max_n].cpu()],
+        return image_grid(self.decode(x[:max_n].float()).cpu(), [self.dataset.label_of(t) for t in y[:max_n].cpu()],
                                nrows=nrows, ncols=ncols, figsize=figsize)
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
@@ -751,26 +711,14 @@ class DataLoaders:
                 f"{self.vocab[:10]}{'...' if self.c > 10 else ''})")
 
 
-def show_image_grid(x: torch.Tensor, titles: Sequence[str], nrows: int | None = None, ncols: int | None = None,
-                    figsize: tuple[float, float] | None = None):
-    """Images `(N, C, H, W)` in [0, 1] in a grid, each titled; returns the figure."""
-    import matplotlib.pyplot as plt
-
-    n = x.shape[0]
-    if nrows is None and ncols is None:
-        nrows = int(np.ceil(np.sqrt(n)))
-    if nrows is None:
-        nrows = int(np.ceil(n / ncols))
-    ncols = ncols or int(np.ceil(n / nrows))
-    aspect = x.shape[-2] / x.shape[-1]  # panels shaped like the images (wide ones, e.g. multi-label pairs)
-    fig, axes = plt.subplots(nrows, ncols, figsize=figsize or (2.2 * ncols, (2.2 * aspect + 0.2) * nrows), squeeze=False)
-    for k, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if k < n:
-            ax.imshow(x[k].permute(1, 2, 0).numpy())
-            ax.set_title(titles[k], fontsize=10)
-    fig.tight_layout()
-    return fig
+def random_split(n: int, valid_pct: float, seed: int | None = None) -> tuple[list[int], list[int]]:
+    """(train, valid) indices of `n` items with a random `valid_pct` in valid: fastai's `RandomSplitter`
+    exactly (`torch.manual_seed(seed)`, `torch.randperm`, cut at `int(valid_pct * n)`), so a seed gives
+    the split fastai gives. Its own generator leaves the global random state alone."""
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    perm = torch.randperm(n, generator=gen).tolist()
+    cut = int(valid_pct * n)
+    return perm[cut:], perm[:cut]
 
 
 def _listing(paths: Sequence[Path], limit: int = 10) -> str:
@@ -817,10 +765,7 @@ class ImageDataLoaders:
         if valid_idx is None:
             if valid_pct is None or not 0 < valid_pct < 1:
                 raise DataError(f"valid_pct must be between 0 and 1 (e.g. 0.2 for 20%), not {valid_pct!r}.")
-            rng = random.Random(seed)
-            order = list(range(len(fnames)))
-            rng.shuffle(order)
-            valid_idx = order[:max(1, int(round(valid_pct * len(fnames))))]
+            valid_idx = random_split(len(fnames), valid_pct, seed)[1] or random_split(len(fnames), 1, seed)[1][:1]
         vset = set(valid_idx)
         t_idx = [i for i in range(len(fnames)) if i not in vset]
         v_idx = sorted(vset)

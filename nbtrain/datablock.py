@@ -12,7 +12,6 @@ the label block, or (in `summary`) the item transforms and the collation of a ba
 from __future__ import annotations
 
 import copy
-import io
 import os
 import posixpath
 import re
@@ -26,38 +25,13 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from .data import CategoryMap, DataError, DataLoaders, ImageDataLoaders, TableSource, load_image, make_vocab
+from .data import (CategoryMap, DataError, DataLoaders, ImageDataLoaders, TableSource, make_vocab,
+                   random_split)
+from .image import PILImage
 
 
 # ---------------------------------------------------------------------------------------------
 # Images
-
-
-class PILImage(Image.Image):
-    """fastai's `PILImage`: `PILImage.create(x)` opens a file, bytes, an array or a tensor as RGB."""
-
-    @classmethod
-    def create(cls, fn: Any) -> "PILImage":
-        if isinstance(fn, torch.Tensor):
-            fn = fn.detach().cpu().numpy()
-            fn = fn.transpose(1, 2, 0) if fn.ndim == 3 and fn.shape[0] in (1, 3) else fn
-        if isinstance(fn, np.ndarray):
-            fn = Image.fromarray(fn.squeeze().astype(np.uint8))
-        if isinstance(fn, (bytes, bytearray)):
-            fn = io.BytesIO(fn)
-        img = load_image(fn) if not isinstance(fn, io.BytesIO) else load_image(Image.open(fn))
-        out = copy.copy(img)
-        out.__class__ = cls  # the same object layout, with fastai's methods
-        return out
-
-    def to_thumb(self, h: int, w: int | None = None) -> "PILImage":
-        """A copy no larger than `h` by `w` (`w` defaults to `h`), keeping the aspect ratio."""
-        out = self.copy()
-        out.thumbnail((h, w or h))
-        return out
-
-    def __repr__(self) -> str:
-        return f"PILImage mode={self.mode} size={self.width}x{self.height}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,9 +135,8 @@ def _mask_split(mask: Sequence[bool]) -> tuple[list[int], list[int]]:
 
 
 class RandomSplitter:
-    """A random `valid_pct` of the items to the validation set. With `seed`, the split is fastai's
-    exactly: `torch.manual_seed(seed)` then `torch.randperm` (here with its own generator, so the
-    global random state is left alone)."""
+    """A random `valid_pct` of the items to the validation set; with `seed`, the split fastai gives
+    (see `random_split`), the same one `ImageDataLoaders.from_*(valid_pct=..., seed=...)` makes."""
 
     def __init__(self, valid_pct: float = 0.2, seed: int | None = None):
         if not 0 <= valid_pct <= 1:
@@ -171,10 +144,7 @@ class RandomSplitter:
         self.valid_pct, self.seed = valid_pct, seed
 
     def __call__(self, o: Any) -> tuple[list[int], list[int]]:
-        gen = torch.Generator().manual_seed(self.seed) if self.seed is not None else None
-        rand_idx = torch.randperm(_n_items(o), generator=gen).tolist()
-        cut = int(self.valid_pct * _n_items(o))
-        return rand_idx[cut:], rand_idx[:cut]
+        return random_split(_n_items(o), self.valid_pct, self.seed)
 
     def __repr__(self) -> str:
         return f"RandomSplitter(valid_pct={self.valid_pct}, seed={self.seed})"
@@ -471,6 +441,10 @@ class Datasets:
 # DataBlock
 
 
+# The keyword arguments of ImageDataLoaders.from_lists that dataloaders() passes on.
+_LOADER_ARGS = {"val_bs", "shuffle", "device", "num_workers", "bad_files", "seed"}
+
+
 def _listify(t: Any) -> list:
     if t is None:
         return []
@@ -676,6 +650,10 @@ class DataBlock:
         `bad_files`, `seed` (of the loaders' shuffling). `path` is where the learner saves; it is
         the source folder by default.
         """
+        unknown = sorted(set(kwargs) - _LOADER_ARGS)
+        if unknown:
+            raise DataError(f"dataloaders({', '.join(f'{k}=...' for k in unknown)}) cannot be honoured: nbtrain's loaders "
+                            f"take bs, path, {', '.join(sorted(_LOADER_ARGS))}. Leave the others out.")
         x_block, y_block = self.blocks
         if not isinstance(x_block, ImageBlock) or not isinstance(y_block, CategoryBlock):
             raise DataError(f"dataloaders needs blocks=(ImageBlock, CategoryBlock) or (ImageBlock, MultiCategoryBlock); "

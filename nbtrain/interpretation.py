@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 
 from .learner import Learner
+from .plots import image_grid
 
 
 class TopLosses(NamedTuple):
@@ -104,36 +105,20 @@ class ClassificationInterpretation:
                         figsize: tuple[float, float] | None = None):
         """The images with the highest losses, titled prediction / actual / loss / probability,
         in `nrows` rows (or `ncols` columns) as fastai's."""
-        import matplotlib.pyplot as plt
-
         from .data import load_image
 
         losses, idxs = self.top_losses(k, largest)
-        n = len(idxs)
-        if nrows is None and ncols is None:
-            ncols = int(np.ceil(np.sqrt(n))) if n else 1
-        if ncols is None:
-            ncols = max(1, int(np.ceil(n / nrows)))
-        nrows = nrows or (int(np.ceil(n / ncols)) if n else 1)
         imgs = [load_image(self.items[i]) if self.items else None for i in idxs.tolist()]
-        # Panels shaped like the images (two digits side by side are twice as wide as high), plus the title.
-        aspect = float(np.median([im.height / im.width for im in imgs if im is not None] or [1.0]))
-        # Constrained layout keeps each two-line title clear of the image above it (tight_layout does not).
-        fig, axes = plt.subplots(nrows, ncols, figsize=figsize or (3.0 * ncols, (3.0 * aspect + 0.6) * nrows + 0.5),
-                                 squeeze=False, layout="constrained")
-        for ax in axes.flat:
-            ax.axis("off")
-        for ax, loss, i, img in zip(axes.flat, losses.tolist(), idxs.tolist(), imgs):
-            if img is not None:
-                ax.imshow(np.asarray(img))
+        titles = []
+        for loss, i in zip(losses.tolist(), idxs.tolist()):
             if self.multi_label:
                 pred, prob = self._label(self.decoded[i]), float(self.probs[i].max())
             else:
                 p = int(self.decoded[i])
                 pred, prob = str(self.vocab[p]), float(self.probs[i, p])
-            ax.set_title(f"{pred}/{self._label(self.targs[i])}\n{loss:.2f} / {prob:.2f}", fontsize=9)
-        fig.suptitle("prediction/actual\nloss / probability", fontsize=10)
-        return fig
+            titles.append(f"{pred}/{self._label(self.targs[i])}\n{loss:.2f} / {prob:.2f}")
+        return image_grid(imgs, titles, nrows=nrows, ncols=ncols, figsize=figsize, panel=3.0, title_size=9,
+                          suptitle="prediction/actual\nloss / probability")
 
     def classification_report(self) -> pd.DataFrame:
         """Per-class precision, recall, F1 and support, then the macro and weighted averages."""

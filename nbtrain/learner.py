@@ -18,7 +18,6 @@ from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 from torch.optim.lr_scheduler import OneCycleLR
 from torchvision.transforms.v2 import functional as TF
@@ -28,11 +27,13 @@ from . import distributed
 from .augmentation import Normalize, item_tfm_from_spec
 from .callbacks import (Callback, CancelBatchException, CancelEpochException, CancelFitException,
                         CancelStepException, CancelTrainException, CancelValidException)
-from .data import Batch, DataError, DataLoader, DataLoaders, ImageDataset, load_image
+from .data import Batch, DataError, DataLoader, DataLoaders, ImageDataset
 from .environment import default_device, in_notebook, mixed_precision, release_device_memory
+from .image import PILImage
 from .locations import output_dir
 from .metrics import metric_name
 from .models import VisionModel, arch_name, channels_last_friendly, create_vision_model
+from .plots import image_grid
 from .recipe import get_recipe, unfrozen_rates
 
 EXPORT_FORMAT = "nbtrain-export"
@@ -913,31 +914,15 @@ class Learner:
                 losses[idx] = self.item_losses(out, targets[idx].to(out.device)).float().cpu()
         return probs, targets, losses
 
-    def _to_input(self, item: Path | str | Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor:
-        if isinstance(item, torch.Tensor):
-            t = item if item.dtype == torch.uint8 else (item.clamp(0, 1) * 255).to(torch.uint8)
-            if t.ndim == 2:
-                t = t[None].expand(3, -1, -1)
-            img = TF.to_pil_image(t)
-        elif isinstance(item, np.ndarray):
-            img = Image.fromarray(item)
-        else:
-            img = item
-        try:
-            img = load_image(img)
-        except FileNotFoundError:
-            raise
-        except Exception as e:  # PIL's messages for a truncated file or a decompression bomb omit its name
-            if not isinstance(item, (str, Path)):
-                raise
-            raise DataError(f"Cannot predict on {item}: it cannot be opened as an image ({type(e).__name__}: {e}). "
-                            "verify_images() finds every such file in a folder.") from e
+    def _to_input(self, item: object) -> torch.Tensor:
+        img = PILImage.create(item)
         for t in self.dls.item_tfms:
             img = t(img, train=False)
         return self.dls.valid.new(augment=False).to_model_input(TF.pil_to_tensor(img)[None])
 
-    def predict(self, item: Path | str | Image.Image | np.ndarray | torch.Tensor):
-        """`(label, index, probs)` for one image: a path, a PIL image or an array.
+    def predict(self, item: object):
+        """`(label, index, probs)` for one image: anything `PILImage.create` takes (a path, bytes, an
+        open file, an array, a tensor, a PIL image, an ipywidgets FileUpload's value).
 
         For multi-label data the label is the list of classes above `thresh`, and index a boolean mask.
         """
@@ -953,33 +938,22 @@ class Learner:
 
     def show_results(self, ds_idx: int = 1, max_n: int = 9, figsize: tuple[float, float] | None = None):
         """Images with their label and the prediction (green when right, red when wrong); returns the figure."""
-        import matplotlib.pyplot as plt
-
         dl = self._plain_loader(ds_idx).new(num_workers=0)
         x, y, _ = next(dl.iter_with_index(fill_cache=False))
         x, y = x[:max_n], y[:max_n]
         self.model.eval()
         with torch.inference_mode():
             probs = self._activation(self.model(x).float()).cpu()
-        imgs = dl.decode(x).cpu()
-        n = len(x)
-        ncols = int(math.ceil(math.sqrt(n)))
-        nrows = int(math.ceil(n / ncols))
-        aspect = imgs.shape[-2] / imgs.shape[-1]  # panels shaped like the images (wide ones, e.g. multi-label pairs)
-        fig, axes = plt.subplots(nrows, ncols, figsize=figsize or (2.4 * ncols, (2.4 * aspect + 0.4) * nrows), squeeze=False)
-        for k, ax in enumerate(axes.flat):
-            ax.axis("off")
-            if k >= n:
-                continue
-            ax.imshow(imgs[k].permute(1, 2, 0).numpy())
+        titles, colors = [], []
+        for k in range(len(x)):
             actual = self.dls.label_of(y[k].cpu())
             if self.dls.multi_label:
                 pred = self.dls.label_of((probs[k] > self.thresh).float())
             else:
-                pred = self.dls.vocab[int(probs[k].argmax())]
-            ax.set_title(f"{actual}\n{pred}", color="green" if actual == pred else "red", fontsize=9)
-        fig.tight_layout()
-        return fig
+                pred = str(self.dls.vocab[int(probs[k].argmax())])
+            titles.append(f"{actual}\n{pred}")
+            colors.append("green" if str(actual) == pred else "red")
+        return image_grid(dl.decode(x).cpu(), titles, colors, figsize=figsize, title_size=9)
 
     # -- files ----------------------------------------------------------------------------------
 
@@ -1043,6 +1017,43 @@ class Learner:
             atomic_torch_save(state, path)
         distributed.barrier()
         return path
+
+    # -- tta and summary
+
+    def tta(self, ds_idx: int = 1, dl: DataLoader | None = None, n: int = 4, item_tfms: Sequence | None = None,
+            batch_tfms: Sequence | None = None, beta: float | None = 0.25, use_max: bool = False):
+        """Test-time augmentation, as fastai's: `(preds, targs)` from `n` passes with the training
+        augmentation (random crops, flips...) averaged, then mixed with the plain pass as
+        `(1 - beta) * augmented + beta * plain`. `use_max` takes the element-wise maximum of all
+        passes instead; `beta=None` returns `((augmented, plain), targs)`. `item_tfms`/`batch_tfms`
+        replace the loader's augmentation for the augmented passes.
+        """
+        if n < 1:
+            raise ValueError(f"n is the number of augmented passes and must be 1 or more, not {n}. "
+                             "For predictions without augmentation, use get_preds().")
+        plain = (dl or self.dls[ds_idx]).plain()
+        ds = plain.dataset
+        aug_ds = ImageDataset(ds.items, ds.labels, ds.vocab, ds.multi_label,
+                              ds.item_tfms if item_tfms is None else list(item_tfms), train=True)
+        aug_dl = plain.new(dataset=aug_ds, augment=True, cache=False,
+                           batch_tfms=plain.batch_tfms if batch_tfms is None else list(batch_tfms))
+        aug = torch.stack([self.get_preds(dl=aug_dl)[0] for _ in range(n)])
+        aug = aug.max(0)[0] if use_max else aug.mean(0)
+        preds, targs = self.get_preds(dl=plain)
+        if use_max:
+            return torch.stack([preds, aug]).max(0)[0], targs
+        return ((aug, preds) if beta is None else torch.lerp(aug, preds, beta)), targs
+
+    def summary(self) -> "ModelSummary":
+        """The model's layers with their output shapes (from one batch through the model), parameter
+        counts and whether they train, then the totals, optimizer, loss and precision. Prints as a
+        table; `.df` is the same as a pandas DataFrame."""
+        dl = self.dls.valid if self.dls.valid.n else self.dls.train
+        if not dl.n:
+            raise DataError("summary() runs one batch through the model, and this learner has no images "
+                            "(e.g. one from load_learner). Build it with DataLoaders to see the layers.")
+        x, _ = dl.one_batch()
+        return ModelSummary.of(self, x)
 
 
 def _show(fig) -> None:
@@ -1206,3 +1217,72 @@ def _process_job(learn: "Learner | bytes", method: str, args: tuple, kwargs: dic
     torch.manual_seed(seed + distributed.rank())  # dropout and augmentation draw differently in each process
     getattr(learn, method)(*args, **kwargs)
     return learn.training_state().to_dict() if distributed.is_main() else None
+
+
+class ModelSummary(str):
+    """`Learner.summary()`'s table: a string that prints well, with the rows as a DataFrame in `.df`."""
+
+    df: "object"
+
+    def __new__(cls, text: str, df: "object") -> "ModelSummary":
+        out = super().__new__(cls, text)
+        out.df = df
+        return out
+
+    def __repr__(self) -> str:  # a notebook shows the table, not a quoted string
+        return str(self)
+
+    @classmethod
+    def of(cls, learn: "Learner", x: torch.Tensor) -> "ModelSummary":
+        """Run `x` through `learn.model` (in eval mode, without gradients) and tabulate it."""
+        import pandas as pd
+
+        model = learn.model
+        mods = [(name, m) for name, m in model.named_modules()
+                if not list(m.children()) or list(m.parameters(recurse=False))]
+        shapes: dict[int, tuple] = {}
+
+        def hook(m: nn.Module, _inp: object, out: object) -> None:
+            t = out[0] if isinstance(out, (tuple, list)) and out else out
+            if isinstance(t, torch.Tensor) and id(m) not in shapes:
+                shapes[id(m)] = tuple(t.shape)
+
+        handles = [m.register_forward_hook(hook) for _, m in mods]
+        was_training = model.training
+        try:
+            model.eval()
+            with torch.inference_mode(), learn._autocast():
+                model(x)
+        finally:
+            model.train(was_training)
+            for h in handles:
+                h.remove()
+        rows = []
+        for name, m in mods:
+            params = list(m.parameters(recurse=False))
+            rows.append({"layer": name or type(m).__name__, "type": type(m).__name__,
+                         "output_shape": shapes.get(id(m)), "params": sum(p.numel() for p in params),
+                         "trainable": bool(params) and all(p.requires_grad for p in params)})
+        df = pd.DataFrame(rows, columns=["layer", "type", "output_shape", "params", "trainable"])
+        total = sum(p.numel() for p in model.parameters())
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        dtype = learn._amp_dtype()
+        opt = type(learn.opt).__name__ if learn.opt is not None else getattr(learn.opt_func, "__name__", str(learn.opt_func))
+        precision = "float32" if dtype is None else f"mixed ({str(dtype).removeprefix('torch.')} autocast)"
+        width = [max(24, *(len(r["layer"]) + len(r["type"]) + 3 for r in rows)), 24, 12, 10]
+        line = "=" * sum(width)
+        head = f"{'Layer (type)':<{width[0]}}{'Output Shape':<{width[1]}}{'Param #':>{width[2]}}{'Trainable':>{width[3]}}"
+        body = []
+        for r in rows:
+            shape = " x ".join(map(str, r["output_shape"])) if r["output_shape"] else "-"
+            flag = ("True" if r["trainable"] else "False") if r["params"] else ""
+            body.append(f"{r['layer'] + ' (' + r['type'] + ')':<{width[0]}}{shape:<{width[1]}}"
+                        f"{r['params']:>{width[2]},}{flag:>{width[3]}}")
+        text = "\n".join([
+            f"{type(model).__name__} (Input shape: {' x '.join(map(str, x.shape))})", line, head, line, *body, line,
+            f"Total params: {total:,}", f"Total trainable params: {trainable:,}",
+            f"Total non-trainable params: {total - trainable:,}", "",
+            f"Optimizer used: {opt}", f"Loss function: {learn.loss_func!r}",
+            f"Precision: {precision}",
+        ])
+        return cls(text, df)

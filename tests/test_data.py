@@ -190,11 +190,20 @@ def test_verify_images_lists_files_that_cannot_be_opened(tmp_path):
 @pytest.mark.parametrize("method", ["crop", "squish", "pad"])
 def test_resize_methods_give_the_asked_size(method):
     img = Image.new("RGB", (40, 20), "white")
-    out = Resize((16, 24), method)(img)
+    out = Resize((16, 24), method, pad_mode="zeros")(img)
     assert out.size == (24, 16)
     if method == "pad":
         arr = np.asarray(out)
         assert arr[0, 0].sum() == 0 and arr[8, 12].sum() == 255 * 3
+
+
+def test_resize_pad_reflects_by_default_as_fastai():
+    img = Image.new("RGB", (40, 20), "white")
+    img.paste((255, 0, 0), (0, 0, 40, 2))  # a red top edge, mirrored into the top padding
+    arr = np.asarray(Resize(40, "pad")(img))
+    assert arr.shape == (40, 40, 3)
+    assert tuple(arr[8, 20]) == (255, 255, 255) and arr[9, 20, 1] < 128  # padding reflects, then the red edge
+    assert np.asarray(Resize(40, "pad", pad_mode="border")(img))[0, 20, 1] < 128  # border repeats the red edge
 
 
 def test_random_resized_crop_is_random_on_train_and_centred_on_valid():

@@ -280,6 +280,8 @@ def test_blocks_and_arguments_that_cannot_be_honoured_say_so():
         DataBlock(blocks=(ImageBlock, "category"))
     with pytest.raises(DataError, match="dataloaders needs blocks="):
         DataBlock().dataloaders([Path("a.png")] * 5)
+    with pytest.raises(DataError, match=r"dataloaders\(after_item=...\) cannot be honoured"):
+        _folder_block().dataloaders(".", after_item=lambda x: x)
 
 
 # -- fastai's other names ---------------------------------------------------------------------------
@@ -302,13 +304,13 @@ def test_aug_transforms_mult_scales_rotation_lighting_and_warp():
     assert (affine.max_rotate, affine.max_warp, lighting.max_lighting) == (20.0, 0.4, 0.4)
 
 
-def test_aug_transforms_size_resizes_train_and_valid():
-    from nbtrain.data import DataLoader
-
+def test_aug_transforms_size_resizes_train_and_valid(mnist_small):
     tfms = aug_transforms(size=24, min_scale=0.75)
     x = torch.rand(4, 3, 46, 40)
     assert tfms[0](x).shape == (4, 3, 24, 24) and tfms[0].valid(x).shape == (4, 3, 24, 24)
-    assert DataLoader.__init__  # the loaders call .valid() when not augmenting
+    dls = _folder_block(batch_tfms=tfms).dataloaders(mnist_small, bs=8, num_workers=0)
+    assert dls.train.one_batch()[0].shape[-2:] == (24, 24)
+    assert dls.valid.one_batch()[0].shape[-2:] == (24, 24)  # as fastai, the validation set is resized too
 
 
 def test_aug_transforms_batch_gives_the_whole_batch_one_draw():
@@ -330,6 +332,15 @@ def test_aug_transforms_arguments_it_cannot_use_raise():
         aug_transforms(xtra_tfms=[3])
     extra = lambda x: x.flip(-1)  # noqa: E731
     assert aug_transforms(xtra_tfms=[extra])[-1] is extra
+
+
+def test_random_resized_crop_takes_fastais_arguments_or_says_why_not():
+    from PIL import Image
+
+    img = Image.new("RGB", (64, 48))
+    assert nbtrain.RandomResizedCrop(32, min_scale=0.5, max_scale=0.9)(img, train=True).size == (32, 32)
+    with pytest.raises(ValueError, match="val_xtra= cannot be honoured"):
+        nbtrain.RandomResizedCrop(32, val_xtra=0.2)
 
 
 def test_fbeta_is_the_multilabel_f2_at_0_2():
@@ -363,3 +374,51 @@ def test_copy_of_dataset_keeps_working_after_files_move(mnist_copy):
     i = dls.train_ds.items.index(mnist_copy / "train" / "5" / f.name)
     assert dls.train_ds.labels[i] == "5"
     assert np.isin(["3", "5"], dls.vocab).all()
+
+
+def test_random_splitter_and_from_name_func_make_the_same_split(mnist_small):
+    files = get_image_files(mnist_small)
+    dls = ImageDataLoaders.from_path_func(mnist_small, files, parent_label, valid_pct=0.2, seed=42, item_tfms=Resize(28))
+    _, valid = RandomSplitter(valid_pct=0.2, seed=42)(files)
+    assert sorted(dls.valid_ds.items) == sorted(files[i] for i in valid)
+
+
+# -- the cleaner on DataBlock loaders ----------------------------------------------------------------
+
+
+def _untrained_learner(dls):
+    from tiny_models import small_cnn
+
+    return nbtrain.Learner(dls, small_cnn(dls.c))
+
+
+def test_cleaner_apply_moves_files_of_a_folder_datablock(mnist_copy):
+    dls = _folder_block().dataloaders(mnist_copy, bs=32, num_workers=0)
+    learn = _untrained_learner(dls)
+    cleaner = nbtrain.ImageClassifierCleaner(learn, max_n=4)
+    doomed, moving = cleaner.fns[0], cleaner.fns[1]
+    new_cat = next(c for c in dls.vocab if c != moving.parent.name)
+    cleaner.set_choice(doomed, "<Delete>")
+    cleaner.set_choice(moving, new_cat)
+    cleaner.apply()
+    dest = moving.parent.parent / new_cat / moving.name
+    assert not doomed.exists() and not moving.exists() and dest.exists()
+    items = learn.dls.train_ds.items + learn.dls.valid_ds.items
+    assert dest in items and doomed not in items
+
+
+def test_cleaner_apply_rewrites_the_table_of_a_dataframe_datablock(mnist_copy):
+    df = pd.read_csv(mnist_copy / "labels.csv", dtype={"label": str})
+    block = DataBlock(blocks=(ImageBlock, CategoryBlock), get_x=lambda r: mnist_copy / r["fname"],
+                      get_y=lambda r: r["label"], splitter=ColSplitter(), item_tfms=Resize(28))
+    dls = block.dataloaders(df, bs=32, num_workers=0)
+    assert (dls.table.fn_col, dls.table.label_col) == ("fname", "label")  # found by comparing the values
+    learn = _untrained_learner(dls)
+    cleaner = nbtrain.ImageClassifierCleaner(learn, max_n=4)
+    relabelled = cleaner.fns[0]
+    new_cat = next(c for c in dls.vocab if c != relabelled.parent.name)
+    cleaner.set_choice(relabelled, new_cat)
+    new_df = cleaner.apply()
+    rel = str(relabelled.relative_to(mnist_copy))
+    assert new_df.loc[new_df["fname"] == rel, "label"].tolist() == [new_cat]
+    assert relabelled.exists()  # the file stays where it is; only the table changes
