@@ -42,9 +42,10 @@ def demo(out: Path, epochs: int, size: int, noise: float, arch: str, bs: int) ->
     weights = "ImageNet weights, fine-tuned" if pretrained else "from scratch"
     print(f"Training {arch} ({weights}) on {nbtrain.default_device()} ({torch.get_num_threads()} threads)")
     if pretrained:
-        # Digits are far from ImageNet's photos, so the body trains at a third of the head's rate
-        # rather than fastai's hundredth: 84% -> 93.5% accuracy on 1,000 digits (see issue 2's note).
-        learn.fine_tune(epochs, lr_mult=3)
+        learn.fine_tune(epochs)
+        rates = learn.fine_tune_rates
+        print(f"The head-only epoch erred on {rates['probe_error']:.0%} of the validation digits, so the body "
+              f"trained at 1/{rates['lr_mult']:.3g} of the head's learning rate (fastai's recipe: always 1/100).")
     else:
         learn.fit_one_cycle(epochs * 3, 3e-3)
     interp = ClassificationInterpretation.from_learner(learn)

@@ -89,7 +89,9 @@ def test_get_preds_are_in_dataset_order_without_augmentation(small_learner):
     assert probs.shape == (len(learn.dls.train_ds), learn.dls.c)
     assert torch.allclose(probs, again)  # no augmentation, no shuffling
     assert torch.equal(targets, learn.dls.train_ds.targets)
-    expected = nn.functional.cross_entropy(torch.log(probs), targets, reduction="none")
+    # With the learner's own loss: the default cross-entropy is label-smoothed.
+    expected = nn.functional.cross_entropy(torch.log(probs), targets, reduction="none",
+                                           label_smoothing=learn.loss_func.label_smoothing)
     assert torch.allclose(losses, expected, atol=1e-4)
     # The first item's probabilities are those predict() gives for its file.
     label, idx, p = learn.predict(learn.dls.train_ds.items[0])

