@@ -134,6 +134,18 @@ def _pw_timeout_error():
 # --------------------------------------------------------------------------------------------------
 # Jupyter server
 # --------------------------------------------------------------------------------------------------
+def wait_until(pred, timeout: float = 30.0, what: str = "condition"):
+    """`pred()`'s first true value, polled until `timeout` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from .conftest import ACTIVE_PANEL, cell_output_text, open_notebook, run_cell, save_screenshot, wait_for_kernel_idle
+from .conftest import wait_until, ACTIVE_PANEL, cell_output_text, open_notebook, run_cell, save_screenshot, wait_for_kernel_idle
 
 pytestmark = pytest.mark.browser
 
@@ -66,17 +65,6 @@ def _hashes(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file() and p.relative_to(root).parts[0] != ".nbtrain"}
 
 
-def _wait_for(pred, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
-
-
 def _plant(data: Path) -> tuple[Path, Path]:
     blurry = sorted((data / "train" / "3").glob("*.png"))[2]
     with Image.open(blurry) as im:
@@ -108,7 +96,7 @@ def test_delete_a_blurry_image_and_relabel_an_outlier_from_the_issue_views(jupyt
     jupyter_server.write_notebook("audit.ipynb", [CELL_AUDIT, CELL_CLEANER, CELL_PAGE, CELL_APPLY])
     open_notebook(page, jupyter_server, "audit.ipynb")
     run_cell(page, 0, timeout=420)
-    counts = _wait_for(lambda: cell_output_text(page, 0), what="the audit's counts")
+    counts = wait_until(lambda: cell_output_text(page, 0), what="the audit's counts")
     assert "blurry" in counts and "outlier" in counts, counts
     run_cell(page, 1)
 
@@ -142,7 +130,7 @@ def test_delete_a_blurry_image_and_relabel_an_outlier_from_the_issue_views(jupyt
     run_cell(page, 3)
     pending = json.loads((root / "pending.json").read_text())
     assert pending == {str(blurry.absolute()): "<Delete>", str(outlier.absolute()): "7"}, pending
-    out = _wait_for(lambda: cell_output_text(page, 3), what="the apply cell's output")
+    out = wait_until(lambda: cell_output_text(page, 3), what="the apply cell's output")
     assert "1 deleted, 1 relabelled" in out, out
 
     after = _hashes(data)

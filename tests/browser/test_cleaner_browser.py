@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from pathlib import Path
 
 import pytest
 
-from .conftest import (ACTIVE_PANEL, REPO_ROOT, cell_output_text, open_notebook, run_cell, save_screenshot,
+from .conftest import (wait_until, ACTIVE_PANEL, REPO_ROOT, cell_output_text, open_notebook, run_cell, save_screenshot,
                        wait_for_kernel_idle)
 
 pytestmark = pytest.mark.browser
@@ -74,17 +73,6 @@ def _hashes(root: Path) -> dict[str, str]:
         if p.is_file() and rel.parts[0] != ".nbtrain":
             out[rel.as_posix()] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
-
-
-def _wait_for(pred, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def _screenshot_cleaner(page, name: str = "cleaner.png") -> Path:
@@ -166,7 +154,7 @@ def test_mark_in_the_browser_then_apply_changes_exactly_those_files(jupyter_serv
     run_cell(page, 3)  # apply
     pending = json.loads((root / "pending.json").read_text())
     assert pending == {str(to_delete): "<Delete>", str(to_relabel): new_class}, pending
-    out = _wait_for(lambda: cell_output_text(page, 3), what="the apply cell's output")
+    out = wait_until(lambda: cell_output_text(page, 3), what="the apply cell's output")
     assert "1 deleted, 1 relabelled" in out, out
 
     after = _hashes(data)
