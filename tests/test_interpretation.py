@@ -123,8 +123,11 @@ def test_confusion_matrix_and_most_confused_match_sklearn(learn, interp):
 
 def test_top_losses_are_the_largest_losses_in_order(learn, interp):
     probs, targs = learn.get_preds(ds_idx=1)
-    # The loss recomputed from the probabilities: -log p(actual class).
-    recomputed = -torch.log(probs[torch.arange(len(targs)), targs])
+    # The loss recomputed from the probabilities with the learner's own loss: -log p(actual class),
+    # mixed with the mean -log p over the classes by its label smoothing (0.1 by default), as torch does.
+    eps = getattr(learn.loss_func, "label_smoothing", 0.0)
+    logp = torch.log(probs)
+    recomputed = -(1 - eps) * logp[torch.arange(len(targs)), targs] - eps * logp.mean(dim=1)
     losses, idxs = interp.top_losses(9)
     assert len(idxs) == 9 and len(set(idxs.tolist())) == 9
     assert torch.all(losses[:-1] >= losses[1:]), "largest first"
