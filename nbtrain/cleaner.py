@@ -411,9 +411,10 @@ class ImageClassifierCleaner:
         try:
             for cell, row in zip(self.cells, rows.itertuples(index=False)):
                 cell.path = row.path
-                cell.box.tooltip = Path(row.path).name
                 cell.image.value = self.thumbs(row.path)
-                cell.caption.value = self._caption(row)
+                # The file name on hover. Not as the box's tooltip: ipywidgets 8.1's front end cannot draw a
+                # Box that has one ("Could not create a view").
+                cell.caption.value = f'<div title="{html.escape(Path(row.path).name)}">{self._caption(row)}</div>'
                 pred = self._predicted(row)
                 cell.accept_button.description = f"✓ {pred}" if pred else "✓"
                 cell.accept_button.disabled = pred is None or pred in row.labels

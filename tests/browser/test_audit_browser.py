@@ -83,8 +83,6 @@ def _choose_view(page, label_start: str) -> None:
     wait_for_kernel_idle(page, 30)
 
 
-@pytest.mark.skip(reason="not green yet: the plain front end's cards do not render after the View switch in "
-                         "the browser, and the outlier score does not rank the planted image first")
 def test_delete_a_blurry_image_and_relabel_an_outlier_from_the_issue_views(jupyter_server, page):
     from nbtrain.samples import make_mnist_sample
 
