@@ -25,7 +25,7 @@ import torch
 
 from .data import DataLoaders, get_image_files
 from .image_properties import (HASH_BITS, THRESHOLD_NOTES, THRESHOLDS, exact_groups, hash_neighbours, measure_images,
-                               property_issues)
+                               property_issues, thresholds_with)
 from .label_issues import find_label_issues, image_embeddings
 from .learner import Learner
 from .models import VisionModel
@@ -71,17 +71,6 @@ class BalanceSummary:
 
     def _repr_html_(self) -> str:
         return self.table._repr_html_()
-
-
-def _all_thresholds(overrides: dict[str, float] | None) -> dict[str, float]:
-    known = {**THRESHOLDS, **MODEL_THRESHOLDS}
-    out = dict(known)
-    for name, value in (overrides or {}).items():
-        if name not in known:
-            raise ValueError(f"No threshold is called {name!r}; the thresholds are {sorted(known)}. "
-                             "THRESHOLD_NOTES in nbtrain.image_properties and nbtrain.audit say what each means.")
-        out[name] = float(value)
-    return out
 
 
 def threshold_notes() -> dict[str, tuple[float, str]]:
@@ -362,7 +351,8 @@ def audit(learn_or_path_or_dls: Learner | DataLoaders | str | Path, label_method
             (the learner's features, as `find_duplicates`) or "both".
         n_workers: threads reading the files (default: the CPU count, at most 8).
     """
-    t = _all_thresholds(thresholds)
+    t = thresholds_with(thresholds, {**THRESHOLDS, **MODEL_THRESHOLDS},
+                        notes="THRESHOLD_NOTES in nbtrain.image_properties and nbtrain.audit")
     learn = None
     if isinstance(learn_or_path_or_dls, Learner):
         learn = learn_or_path_or_dls

@@ -217,13 +217,14 @@ def measure_images(paths: Sequence[Path | str], n_workers: int | None = None, ch
 # Rows of the audit
 
 
-def thresholds_with(overrides: dict[str, float] | None) -> dict[str, float]:
-    """The defaults with `overrides` applied; an unknown name is an error that lists the known ones."""
-    out = dict(THRESHOLDS)
+def thresholds_with(overrides: dict[str, float] | None, defaults: dict[str, float] | None = None,
+                    notes: str = "nbtrain.image_properties.THRESHOLD_NOTES") -> dict[str, float]:
+    """`defaults` (the image-property thresholds) with `overrides` applied; an unknown name is an
+    error that lists the known ones and says where `notes` explain them."""
+    out = dict(THRESHOLDS if defaults is None else defaults)
     for name, value in (overrides or {}).items():
         if name not in out:
-            raise ValueError(f"No threshold is called {name!r}; the thresholds are {sorted(out)} "
-                             "(see nbtrain.image_properties.THRESHOLD_NOTES).")
+            raise ValueError(f"No threshold is called {name!r}; the thresholds are {sorted(out)} (see {notes}).")
         out[name] = float(value)
     return out
 
