@@ -547,7 +547,7 @@ class Learner:
                                cbs=cbs, **kwargs)
             probe = self.recorder.valid_error
         if lr_mult is None and r["lr_mult"] is None:  # the probe sets the body's multiplier and scales base_lr
-            base_lr, lr_mult = unfrozen_rates(probe, self.dls.c, r, base_lr)
+            base_lr, lr_mult = unfrozen_rates(probe, self.dls.c, r, base_lr, bs=self.dls.train.bs)
         elif base_lr is None:
             base_lr = r["base_lr"]
         lr_mult = r["lr_mult"] if lr_mult is None else lr_mult

@@ -24,6 +24,9 @@ NBTRAIN: dict = {
     # The base rate where the ImageNet features do not separate the classes: the whole network learns
     # a new domain in a few epochs (the fold models' rate; 2e-2 diverged on small digit sets).
     "far_base_lr": 1e-2,
+    # The batch size far_base_lr was measured at. Smaller batches scale it by sqrt(bs / far_bs), Adam's
+    # square-root rule: at batch size 8, 1e-2 for the whole network diverged in some seeds on 150 faces.
+    "far_bs": 32,
     # None: decided after the head-only epoch, between near_lr_mult and far_lr_mult (see above).
     "lr_mult": None,
     "near_lr_mult": 100.0,  # fastai's: keeps ImageNet features that already fit the data
@@ -47,7 +50,7 @@ NBTRAIN: dict = {
 
 FASTAI: dict = {
     "base_lr": 2e-3, "far_base_lr": 2e-3, "lr_mult": 100.0, "near_lr_mult": 100.0, "far_lr_mult": 100.0,
-    "near_error": 0.1, "far_error": 0.3, "unknown_position": 0.0, "freeze_epochs": 1, "pct_start": 0.3,
+    "far_bs": 32, "near_error": 0.1, "far_error": 0.3, "unknown_position": 0.0, "freeze_epochs": 1, "pct_start": 0.3,
     "div": 5.0, "label_smoothing": 0.0, "lr": 1e-3,
 }
 
@@ -78,11 +81,13 @@ def distance(frozen_error: float | None, n_classes: int, recipe: dict) -> float:
 
 
 def unfrozen_rates(frozen_error: float | None, n_classes: int, recipe: dict,
-                   base_lr: float | None = None) -> tuple[float, float]:
+                   base_lr: float | None = None, bs: int | None = None) -> tuple[float, float]:
     """(base_lr, lr_mult) for fine_tune's unfrozen stage: near data gets near_*, far data far_*,
-    log-linear in between. A `base_lr` given replaces the recipe's and is scaled the same way."""
+    log-linear in between. A `base_lr` given replaces the recipe's and is scaled the same way.
+    A batch size under `far_bs` lowers the far rate (square-root rule); larger ones keep it."""
     t = distance(frozen_error, n_classes, recipe)
     start = recipe["base_lr"] if base_lr is None else base_lr
-    base = start * (recipe["far_base_lr"] / recipe["base_lr"]) ** t
+    far = recipe["far_base_lr"] * min(1.0, math.sqrt(bs / recipe["far_bs"])) if bs else recipe["far_base_lr"]
+    base = start * max(1.0, far / recipe["base_lr"]) ** t
     mult = recipe["near_lr_mult"] * (recipe["far_lr_mult"] / recipe["near_lr_mult"]) ** t
     return base, mult

@@ -38,6 +38,13 @@ def test_no_probe_means_halfway():
     assert unfrozen_rates(None, 10, NBTRAIN) == (base, mult)
 
 
+def test_small_batches_lower_the_whole_network_rate_and_large_ones_keep_it():
+    assert unfrozen_rates(0.9, 10, NBTRAIN, bs=8) == pytest.approx((5e-3, 1.0))  # sqrt(8 / 32) of 1e-2
+    assert unfrozen_rates(0.9, 10, NBTRAIN, bs=256) == pytest.approx((1e-2, 1.0))
+    assert unfrozen_rates(0.0, 10, NBTRAIN, bs=8) == pytest.approx((2e-3, 100.0))  # near data: fastai's rates
+    assert unfrozen_rates(0.9, 10, NBTRAIN, bs=1)[0] == pytest.approx(2e-3)  # never under the head-only rate
+
+
 def test_fastai_recipe_has_fastais_values():
     r = get_recipe("fastai")
     assert (r["base_lr"], r["lr_mult"], r["freeze_epochs"], r["pct_start"], r["div"]) == (2e-3, 100.0, 1, 0.3, 5.0)
@@ -92,7 +99,8 @@ def test_default_fine_tune_probes_then_picks_the_bodys_rate(dls):
     rates = learn.fine_tune_rates
     # The probe is the frozen epoch's validation error, the same number as its error_rate column.
     assert rates["probe_error"] == pytest.approx(learn.recorder.values[0][2])
-    assert (rates["head"] * 2, rates["lr_mult"]) == pytest.approx(unfrozen_rates(rates["probe_error"], dls.c, NBTRAIN))
+    assert (rates["head"] * 2, rates["lr_mult"]) == pytest.approx(
+        unfrozen_rates(rates["probe_error"], dls.c, NBTRAIN, bs=dls.train.bs))
 
 
 def test_lr_find_suggestion_is_in_the_recipes_range(dls):
