@@ -691,7 +691,7 @@ class ImageClassifierCleaner:
             head = f"Apply rewrites the table: {len(self.choices)} rows change (a backup is kept)."
         else:
             report = self.apply(dry_run=True)
-            root = Path(self.learn.dls.path)
+            root = self.learn.dls.root
             rel = lambda p: os.path.relpath(p, root)  # noqa: E731
             lines = [f"delete {rel(p)}" for p in report.deleted]
             lines += [f"move {rel(a)} → {rel(b)}" for a, b in report.moved]
@@ -752,7 +752,7 @@ class ImageClassifierCleaner:
         if self.multi_label:
             raise ValueError("Multi-label data comes from a table: build the loaders with from_df or from_csv "
                              "so apply() can rewrite it.")
-        root = Path(self.learn.dls.path)
+        root = self.learn.dls.root
         try:
             report = fileops.apply_actions(self.actions(), root, trash=trash, dry_run=dry_run)
         except (fileops.ReadOnlyDatasetError, fileops.DatasetLockedError, ValueError) as e:
