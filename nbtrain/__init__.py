@@ -4,7 +4,8 @@ The public names follow fastai's, so code from the fastai course runs with littl
 """
 from . import fileops, models
 from .app import ImageClassifierApp
-from .augmentation import Normalize, PadMode, RandomResizedCrop, Resize, ResizeMethod, aug_transforms
+from .augmentation import (Normalize, PadMode, Pipeline, RandomResizedCrop, Resize, ResizeMethod, TensorImage,
+                           aug_transforms, setup_aug_tfms)
 from .audit import audit
 from .callbacks import (Callback, CancelBatchException, CancelEpochException, CancelFitException, CancelStepException,
                         CancelTrainException, CancelValidException, CSVLogger, CutMix, EarlyStoppingCallback,
@@ -14,10 +15,13 @@ from .downloads import URLs, untar_data
 from .data import (CategoryMap, DataError, DataLoader, DataLoaders, ImageDataLoaders, get_image_files, load_image,
                    verify_images)
 from .datablock import (CategoryBlock, ColReader, ColSplitter, DataBlock, Datasets, EndSplitter, FuncSplitter,
-                        GrandparentSplitter, ImageBlock, IndexSplitter, MaskSplitter, MultiCategoryBlock,
-                        RandomSplitter, RegexLabeller, TrainTestSplitter, TransformBlock, parent_label, using_attr)
+                        GrandparentSplitter, ImageBlock, IndexSplitter, MaskSplitter, MultiCategoryBlock, PointBlock,
+                        RandomSplitter, RegexLabeller, RegressionBlock, TrainTestSplitter, TransformBlock, parent_label,
+                        using_attr)
 from .environment import default_device
 from .locations import is_kaggle
+from .lr_suggestions import minimum, slide, steep, valley
+from .paths import Path
 from .fileops import copy_to_working
 from .image import PILImage
 from .interpretation import ClassificationInterpretation
@@ -47,6 +51,9 @@ __all__ = [
     "GrandparentSplitter", "ImageBlock", "IndexSplitter", "MaskSplitter", "MultiCategoryBlock", "PILImage",
     "RandomSplitter", "RegexLabeller", "TrainTestSplitter", "TransformBlock", "parent_label", "using_attr",
     "PadMode", "ResizeMethod", "fbeta", "find_duplicates", "find_label_issues",
+    # lr_find's suggestion functions, fastai's Path with ls(), and fastai names nbtrain refuses with advice
+    "minimum", "slide", "steep", "valley", "Path", "PointBlock", "RegressionBlock", "TensorImage", "setup_aug_tfms",
+    "Pipeline",
     # fastai's `models` and the architecture names vision_learner takes
     "models", "convnext_small", "convnext_tiny", "densenet121", "efficientnet_b0", "efficientnet_b1", "efficientnet_b2",
     "efficientnet_b3", "efficientnet_b4", "efficientnet_b5", "efficientnet_b6", "efficientnet_b7", "efficientnet_v2_s",

@@ -10,7 +10,7 @@ matrix and one `grid_sample` here.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, NoReturn, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -333,3 +333,25 @@ class Normalize:
 
     def __repr__(self) -> str:
         return f"Normalize(mean={self.mean}, std={self.std})"
+
+
+# ---------------------------------------------------------------------------------------------
+# fastai's transform internals, which nbtrain does not have
+
+
+def _not_in_nbtrain(name: str, instead: str) -> Callable:
+    """A stand-in for a fastai name that says it is unsupported and what to do, when used."""
+
+    def unsupported(*args: object, **kwargs: object) -> NoReturn:
+        raise NotImplementedError(f"{name} is a fastai internal that nbtrain does not have: {instead}")
+
+    unsupported.__name__ = unsupported.__qualname__ = name
+    return unsupported
+
+
+_SEE_AUGMENTATION = ("nbtrain's batches are plain tensors, and its augmentation is applied by the loaders. To see "
+                     "what it does to an image, use dls.train.show_batch(unique=True); to change it, pass "
+                     "batch_tfms=aug_transforms(...) (max_rotate, max_zoom, max_warp, ...).")
+TensorImage = _not_in_nbtrain("TensorImage", _SEE_AUGMENTATION)
+setup_aug_tfms = _not_in_nbtrain("setup_aug_tfms", _SEE_AUGMENTATION)
+Pipeline = _not_in_nbtrain("Pipeline", _SEE_AUGMENTATION)

@@ -164,6 +164,14 @@ def _review_grid_class():
     return ReviewGrid
 
 
+def _as_names(choice: object) -> object:
+    """A class given as a label value (True, 3) as its name ("True", "3"), as the cleaner shows it;
+    a collection of them (multi-label) name by name; text as it is."""
+    if isinstance(choice, (set, frozenset, list, tuple)):
+        return [c if isinstance(c, str) else str(c) for c in choice]
+    return choice if isinstance(choice, str) else str(choice)
+
+
 class ImageClassifierCleaner:
     """Review the images of a dataset worst first, choose <Keep>, <Delete> or a new class for each,
     then `apply()` the choices to the files.
@@ -192,7 +200,10 @@ class ImageClassifierCleaner:
         if sort_by not in SORTS:
             raise ValueError(f"sort_by must be one of {list(SORTS)}, not {sort_by!r}.")
         self.learn, self.max_n, self.trash = learn, max_n, trash
-        self.vocab = list(learn.dls.vocab)
+        # The classes by name, as shown and chosen: a bool or int label (the book's is_cat gives
+        # True/False) shows as "True"; `_values` gives back the dataset's own label.
+        self.vocab = [str(v) for v in learn.dls.vocab]
+        self._values = dict(zip(self.vocab, learn.dls.vocab))
         self.multi_label = learn.dls.multi_label
         self.frontend = choose_frontend(frontend, self.multi_label)
         self.issues = None if issues is None else check_issue_table(issues)
@@ -517,6 +528,7 @@ class ImageClassifierCleaner:
     def _normalise(self, path: Path, choice: str | Sequence[str]) -> str | frozenset:
         """`choice` checked, with a relabel to the image's own class (or label set) turned into <Keep>."""
         own = self._own_labels(path)
+        choice = _as_names(choice)
         if not isinstance(choice, str):
             labels = frozenset(choice)
             unknown = sorted(labels - set(self.vocab))
@@ -657,10 +669,10 @@ class ImageClassifierCleaner:
         """Indices into `fns` of the images marked <Delete> on the current page."""
         return [i for i, v in enumerate(self.values()) if v == DELETE]
 
-    def change(self) -> list[tuple[int, str | tuple[str, ...]]]:
-        """(index into `fns`, new class) for the images on the current page given another class
-        (for multi-label data, the new labels as a sorted tuple)."""
-        return [(i, v if isinstance(v, str) else tuple(sorted(v))) for i, v in enumerate(self.values())
+    def change(self) -> list[tuple[int, object]]:
+        """(index into `fns`, new class) for the images on the current page given another class, as the
+        dataset's own label (True for the book's is_cat; for multi-label data the labels as a sorted tuple)."""
+        return [(i, self._values[v] if isinstance(v, str) else tuple(sorted(v))) for i, v in enumerate(self.values())
                 if v not in (KEEP, DELETE)]
 
     def pending(self) -> pd.DataFrame:
@@ -690,8 +702,11 @@ class ImageClassifierCleaner:
                      for p, c in self.choices.items()]
             head = f"Apply rewrites the table: {len(self.choices)} rows change (a backup is kept)."
         else:
-            report = self.apply(dry_run=True)
-            root = Path(self.learn.dls.path)
+            try:
+                report = self.apply(dry_run=True)
+            except ValueError as e:  # nothing can be applied as it stands; say why
+                return html.escape(str(e))
+            root = self.learn.dls.root
             rel = lambda p: os.path.relpath(p, root)  # noqa: E731
             lines = [f"delete {rel(p)}" for p in report.deleted]
             lines += [f"move {rel(a)} → {rel(b)}" for a, b in report.moved]
@@ -752,7 +767,8 @@ class ImageClassifierCleaner:
         if self.multi_label:
             raise ValueError("Multi-label data comes from a table: build the loaders with from_df or from_csv "
                              "so apply() can rewrite it.")
-        root = Path(self.learn.dls.path)
+        root = self.learn.dls.root
+        self._check_folder_labels()
         try:
             report = fileops.apply_actions(self.actions(), root, trash=trash, dry_run=dry_run)
         except (fileops.ReadOnlyDatasetError, fileops.DatasetLockedError, ValueError) as e:
@@ -773,6 +789,20 @@ class ImageClassifierCleaner:
         self._after_apply(moved, gone)
         self.status.value = f"Applied: {report.summary()}. Journal: {report.journal}"
         return report
+
+    def _check_folder_labels(self) -> None:
+        """Refuse, before touching any file, relabels that a move into a class folder cannot express:
+        the image's label does not come from its folder (a label_func or a pattern on the file name)."""
+        stuck = [p for p, c in self.choices.items() if c != DELETE and self._own_labels(p) != (p.parent.name,)]
+        if not stuck:
+            return
+        p = stuck[0]
+        msg = (f"Nothing applied: {len(stuck)} relabel(s) cannot be done by moving files, because this dataset's labels "
+               f"do not come from folder names ({p.name} is labelled {', '.join(self._own_labels(p))!r} in the folder "
+               f"{p.parent.name!r}: a label_func or a pattern on the file name). Rename those files, or fix the "
+               "labelling, then build the loaders again; or keep them (set_choice(path, '<Keep>')) and apply the deletions.")
+        self.status.value = f"<b style='color:#b00'>{html.escape(msg)}</b>"
+        raise ValueError(msg)
 
     def undo_apply(self) -> fileops.ApplyReport:
         """Put back every file the last `apply()` touched, through its journal, and make its choices
@@ -821,7 +851,8 @@ class ImageClassifierCleaner:
         relabelled = dict(relabelled or {})
         for src, dst in moved.items():
             relabelled[src] = dst.parent.name
-        self.learn.dls = self.learn.dls.with_changes(moved, gone, relabelled, table=table)
+        values = {p: self._values.get(lab, lab) if isinstance(lab, str) else lab for p, lab in relabelled.items()}
+        self.learn.dls = self.learn.dls.with_changes(moved, gone, values, table=table)
         keep = ~self.scores["path"].isin(gone)
         scores = self.scores[keep].copy()
         for src, label in relabelled.items():

@@ -33,6 +33,7 @@ from .augmentation import BatchTransform, Normalize, Resize
 from .environment import available_memory, default_device, default_num_workers
 from .plots import image_grid
 from .image import DataError, load_image
+from .paths import PathList
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
 # Files that operating systems and tools leave in folders; never worth a complaint.
@@ -110,13 +111,6 @@ def _check_full(fn: Path) -> str | None:
         return None
     except Exception as e:
         return f"cannot be decoded ({type(e).__name__}: {e})"
-
-
-class PathList(list):
-    """A list of paths with fastai's `.map`, so the book's `failed.map(Path.unlink)` runs."""
-
-    def map(self, f: Callable) -> list:
-        return [f(p) for p in self]
 
 
 def verify_images(fns: Sequence[Path | str], n_workers: int = 4) -> PathList:
@@ -618,10 +612,17 @@ class TableSource:
 
 
 class DataLoaders:
-    """A training and a validation loader, with the class names in `vocab`."""
+    """A training and a validation loader, with the class names in `vocab`.
 
-    def __init__(self, train: DataLoader, valid: DataLoader, path: Path | str = ".", table: TableSource | None = None):
+    `path` is where a learner on them saves (fastai's); `root` is the folder the dataset's files are
+    in, that the cleaner changes: `path` unless told otherwise (a DataBlock's loaders save in the
+    working folder, as fastai's, while their files stay under the source folder).
+    """
+
+    def __init__(self, train: DataLoader, valid: DataLoader, path: Path | str = ".", table: TableSource | None = None,
+                 root: Path | str | None = None):
         self.train, self.valid, self.path, self.table = train, valid, Path(path), table
+        self.root = Path(root) if root is not None else self.path
 
     def __getitem__(self, i: int) -> DataLoader:
         return (self.train, self.valid)[i]
@@ -684,12 +685,12 @@ class DataLoaders:
                 labels.append(label)
             new_ds = ImageDataset(items, labels, ds.vocab, ds.multi_label, ds.item_tfms, ds.train)
             loaders.append(dl.new(dataset=new_ds))
-        return DataLoaders(*loaders, path=self.path, table=table if table is not None else self.table)
+        return DataLoaders(*loaders, path=self.path, table=table if table is not None else self.table, root=self.root)
 
     def without_caches(self) -> "DataLoaders":
         """These loaders without their decoded images (cheap to send to other processes)."""
         loaders = [dl.new(dataset=dl.dataset.without_cache()) for dl in self.loaders]
-        return DataLoaders(*loaders, path=self.path, table=self.table)
+        return DataLoaders(*loaders, path=self.path, table=self.table, root=self.root)
 
     def test_dl(self, items: Sequence[Path | str], bs: int | None = None) -> DataLoader:
         """A loader over other image files, with the validation set's transforms and no labels."""
@@ -735,8 +736,9 @@ class ImageDataLoaders:
                    valid_pct: float | None = 0.2, seed: int | None = None, vocab: Sequence[str] | None = None,
                    multi_label: bool = False, item_tfms=None, batch_tfms=None, bs: int = 64, val_bs: int | None = None,
                    shuffle: bool = True, device=None, num_workers: int | None = None, bad_files: str = "error",
-                   table: TableSource | None = None) -> DataLoaders:
-        """Loaders from parallel lists of files and labels (a label list per file for multi-label)."""
+                   table: TableSource | None = None, root: Path | str | None = None) -> DataLoaders:
+        """Loaders from parallel lists of files and labels (a label list per file for multi-label);
+        `root` is the folder of the files when it is not `path` (see `DataLoaders`)."""
         path, fnames, labels = Path(path), [Path(f) for f in fnames], list(labels)
         if len(fnames) != len(labels):
             raise DataError(f"{len(fnames)} files but {len(labels)} labels: give one label per file.")
@@ -779,7 +781,7 @@ class ImageDataLoaders:
                            device=device, num_workers=num_workers, seed=seed)
         valid = DataLoader(valid_ds, bs=val_bs or bs * 2, shuffle=False, batch_tfms=btfms, augment=False,
                            device=device, num_workers=num_workers, seed=seed)
-        return DataLoaders(train, valid, path=path, table=table)
+        return DataLoaders(train, valid, path=path, table=table, root=root)
 
     @classmethod
     def from_folder(cls, path: Path | str, train: str = "train", valid: str = "valid", valid_pct: float | None = None,

@@ -363,7 +363,34 @@ class MultiCategoryBlock(CategoryBlock):
         return out
 
 
+class UnsupportedBlock:
+    """A fastai block for a task nbtrain does not train (it trains image classifiers): naming it in
+    `blocks=` or calling it says so, and what to use instead, rather than failing later."""
+
+    task = advice = ""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        raise DataError(self.unsupported())
+
+    @classmethod
+    def unsupported(cls) -> str:
+        return f"{cls.__name__} ({cls.task}) is not supported: nbtrain trains image classifiers. {cls.advice}"
+
+
+class PointBlock(UnsupportedBlock):
+    task = "points in the image, e.g. the head centres of the book's BIWI head-pose model"
+    advice = ("Use fastai for point regression, or make it a classification: CategoryBlock on a label per "
+              "region of the image (e.g. a 3x3 grid cell).")
+
+
+class RegressionBlock(UnsupportedBlock):
+    task = "a number per image"
+    advice = "Use fastai for regression, or make it a classification: CategoryBlock on ranges of the value."
+
+
 def _block(b: Any, where: str) -> TransformBlock:
+    if isinstance(b, type) and issubclass(b, UnsupportedBlock):
+        raise DataError(f"{where}: {b.unsupported()}")
     if isinstance(b, type) and issubclass(b, TransformBlock):
         return b()
     if isinstance(b, TransformBlock):
@@ -642,13 +669,14 @@ class DataBlock:
                   f"{len(splits[0])},{len(splits[1])}")
         return Datasets(self, items, xs, ys, splits, vocab)
 
-    def dataloaders(self, source: Any, path: Path | str | None = None, verbose: bool = False, bs: int = 64,
+    def dataloaders(self, source: Any, path: Path | str = ".", verbose: bool = False, bs: int = 64,
                     **kwargs) -> DataLoaders:
         """Loaders from `source`, through `ImageDataLoaders.from_lists` (so they are the same as its).
 
         Other keyword arguments are `from_lists`': `val_bs`, `shuffle`, `device`, `num_workers`,
-        `bad_files`, `seed` (of the loaders' shuffling). `path` is where the learner saves; it is
-        the source folder by default.
+        `bad_files`, `seed` (of the loaders' shuffling). `path` is where the learner saves: the working
+        folder, as fastai's (so the book's `learn.export()` then `load_learner(Path()/'export.pkl')`
+        runs); the cleaner changes the files under the source folder (`dls.root`).
         """
         unknown = sorted(set(kwargs) - _LOADER_ARGS)
         if unknown:
@@ -666,14 +694,13 @@ class DataBlock:
         if not_files:
             raise DataError("dataloaders needs image files; get_x gave in-memory images. Save them to files first.")
         labels = [dsets.ys[i] for i in keep]
-        if path is None:
-            path = source if isinstance(source, (str, Path)) and Path(source).is_dir() else "."
+        root = source if isinstance(source, (str, Path)) and Path(source).is_dir() else None
         table = None
         if isinstance(dsets.items, pd.DataFrame):
             table = _table_source(dsets.items, keep, fnames, labels, self.get_x, self.get_y, y_block.multi_label)
         return ImageDataLoaders.from_lists(path, fnames, labels, valid_idx=list(range(len(train), len(keep))),
                                            vocab=dsets.vocab, multi_label=y_block.multi_label, item_tfms=self.item_tfms,
-                                           batch_tfms=self.batch_tfms, bs=bs, table=table, **kwargs)
+                                           batch_tfms=self.batch_tfms, bs=bs, table=table, root=root, **kwargs)
 
     def summary(self, source: Any, bs: int = 4, show_batch: bool = False) -> None:
         """Walk one item, then one small batch, through every step, printing what each gives; the

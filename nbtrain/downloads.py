@@ -18,12 +18,13 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Callable, Sequence
 
 from tqdm.auto import tqdm
 
 from .locations import archive_dir, data_dir
+from .paths import Path
 
 __all__ = ["CHECKSUMS", "ChecksumError", "DownloadError", "URLs", "UnsafeArchiveError", "download_url",
            "extract_archive", "untar_data"]
@@ -343,7 +344,8 @@ def untar_data(url_or_name: str | os.PathLike, dest: Path | str | None = None, *
             datasets in `base/data` (without `base`, `$NBTRAIN_DATA` is honoured for datasets).
         progress: show a progress bar while downloading.
 
-    A second call finds the extracted folder and touches no network. Archives are checked against
+    The folder is nbtrain's `Path`, with fastai's `ls()`. A second call finds the extracted folder
+    and touches no network. Archives are checked against
     their size and checksum when known, and extracted safely (see `extract_archive`). With no
     internet, put the archive by hand where the error message says, and call again.
     """
@@ -360,7 +362,7 @@ def untar_data(url_or_name: str | os.PathLike, dest: Path | str | None = None, *
         archive = archive_dir(base) / fname
     dest = Path(dest).expanduser() if dest is not None else data_dir(base) / _strip_archive_suffix(archive.name)
     if dest.exists() and not force:
-        return dest
+        return Path(dest)
     if url is not None and (force or not archive.is_file()):
         download_url(url, archive, sha256=sha256, progress=progress)
     else:
@@ -373,5 +375,5 @@ def untar_data(url_or_name: str | os.PathLike, dest: Path | str | None = None, *
     if dest.exists():  # force=True: build the new folder beside the old one, then swap
         fresh = extract_archive(archive, dest.parent / f".{dest.name}.new-{os.urandom(4).hex()}")
         _replace_dir(fresh, dest)
-        return dest
-    return extract_archive(archive, dest)
+        return Path(dest)
+    return Path(extract_archive(archive, dest))

@@ -5,16 +5,18 @@ plain metadata only and are read with `torch.load(weights_only=True)`, so openin
 """
 from __future__ import annotations
 
+import collections
 import copy
 import math
 import os
 import pickle
 import tempfile
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -31,6 +33,7 @@ from .data import Batch, DataError, DataLoader, DataLoaders, ImageDataset
 from .environment import default_device, in_notebook, mixed_precision, release_device_memory
 from .image import PILImage
 from .locations import output_dir
+from .lr_suggestions import valley
 from .metrics import metric_name
 from .models import VisionModel, arch_name, channels_last_friendly, create_vision_model
 from .plots import image_grid
@@ -97,8 +100,9 @@ class Recorder:
         fig.tight_layout()
         return fig
 
-    def plot_lr_find(self, suggestion: float | None = None):
-        """Loss against learning rate from the last `lr_find`; returns the figure."""
+    def plot_lr_find(self, suggestion: float | None = None, points: dict[str, tuple[float, float]] | None = None):
+        """Loss against learning rate from the last `lr_find`, with `suggestion` (the valley) or the
+        named `points` of several suggestion functions marked; returns the figure."""
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -107,8 +111,11 @@ class Recorder:
         ax.set_xlabel("learning rate")
         ax.set_ylabel("loss (smoothed)")
         if suggestion is not None:
-            y = np.interp(math.log(suggestion), np.log(self.lr_find_lrs), self.lr_find_losses)
-            ax.plot([suggestion], [y], "ro", label=f"valley: {suggestion:.2e}")
+            points = {"valley": (suggestion, _on_curve(suggestion, self.lr_find_lrs, self.lr_find_losses)),
+                      **(points or {})}
+        if points:
+            for (name, (lr, loss)), colour in zip(points.items(), ["r", "g", "b", "m", "c", "y"] * 4):
+                ax.plot([lr], [loss], "o", color=colour, label=f"{name}: {lr:.2e}")
             ax.legend()
         fig.tight_layout()
         return fig
@@ -122,25 +129,9 @@ def _smooth(values: Sequence[float], beta: float = 0.98) -> list[float]:
     return out
 
 
-class SuggestedLRs(NamedTuple):
-    valley: float
-
-
-def valley(lrs: Sequence[float], losses: Sequence[float]) -> float:
-    """fastai's 'valley' rule: the middle of the longest steadily descending stretch of the curve."""
-    n = len(losses)
-    if n < 3:
-        return float(lrs[0])
-    lds = [1] * n
-    start = end = 0
-    for i in range(1, n):
-        for j in range(i):
-            if losses[i] < losses[j] and lds[i] < lds[j] + 1:
-                lds[i] = lds[j] + 1
-        if lds[end] < lds[i]:
-            end, start = i, i - lds[i]
-    third = (end - start) / 3
-    return float(lrs[min(n - 1, start + int(third) + int(third / 2))])
+def suggested_lrs(suggest_funcs: Sequence[Callable]) -> type:
+    """fastai's `SuggestedLRs`: a named tuple with one field per suggestion function, named after it."""
+    return collections.namedtuple("SuggestedLRs", [getattr(f, "func", f).__name__ for f in suggest_funcs])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -432,7 +423,12 @@ class Learner:
         self.freeze() if n < 0 else self.unfreeze()
 
     def to_fp16(self) -> "Learner":
-        """Mixed precision in float16, with a gradient scaler (the choice for T4 and P100 GPUs)."""
+        """Mixed precision in float16, with a gradient scaler (the choice for T4 and P100 GPUs).
+
+        It needs a CUDA GPU: elsewhere the learner says so and trains in float32 (`mixed_precision`)."""
+        if self.device.type != "cuda":
+            warnings.warn(f"to_fp16(): float16 mixed precision needs a CUDA GPU; on {self.device.type} this learner "
+                          "trains in float32 (to_bf16() gives mixed precision on CPUs with AMX).", stacklevel=2)
         self.amp = torch.float16
         return self
 
@@ -727,33 +723,44 @@ class Learner:
             self._event("after_cancel_batch")
         self._event("after_batch")
 
-    def _outputs(self, dl: DataLoader, with_bar: bool = False, fill_cache: bool = False,
-                 forward: Callable[[torch.Tensor], torch.Tensor] | None = None
+    def _outputs(self, dl: DataLoader | Iterable[tuple[torch.Tensor, torch.Tensor]], with_bar: bool = False,
+                 fill_cache: bool = False, forward: Callable[[torch.Tensor], torch.Tensor] | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The one prediction loop: raw outputs of `forward` (the model by default), targets and dataset
         indices of every readable item of `dl`, gathered from every process in distributed training.
 
+        `dl` may also be batches already made, `(x, y)` pairs as `dls.one_batch()` gives (fastai's
+        `get_preds(dl=[(x,y)])`): they are this process's own, their indices count from 0.
         Only validation during training fills the loader's image cache: a one-off pass over a large
         set (the cleaner's) should not keep every image in memory.
         """
         self.model.eval()
         forward = forward or self.model
-        dl = self._process_part(dl)
-        bar = tqdm(total=len(dl), desc="predicting", leave=False,
+        given = not isinstance(dl, DataLoader)
+        if given:
+            batches = _given_batches(dl, self.device)
+            size = sum(len(b.x) for b in batches)
+        else:
+            dl = self._process_part(dl)
+            batches, size = dl.batches(fill_cache=fill_cache), len(dl.dataset)
+        bar = tqdm(total=len(batches) if given else len(dl), desc="predicting", leave=False,
                    disable=None if with_bar and not distributed.is_distributed() else True, unit="batch")
         # One buffer for every batch's outputs: small tensors kept between the large short-lived
         # activations fragment malloc's heap.
-        out, idx, n = None, torch.empty(len(dl.dataset), dtype=torch.long), 0
+        out = targ = None
+        idx, n = torch.empty(size, dtype=torch.long), 0
         with torch.inference_mode(), self._autocast():
-            for b in dl.batches(fill_cache=fill_cache):
+            for b in batches:
                 if b.stand_in:
                     o = forward(b.x)  # every process runs the same number of forward passes
                     bar.update(1)
                     continue
                 o = forward(b.x).float()
                 if out is None:
-                    out = torch.empty((len(dl.dataset), *o.shape[1:]), device=o.device)
+                    out = torch.empty((size, *o.shape[1:]), device=o.device)
+                    targ = torch.empty((size, *b.y.shape[1:]), dtype=b.y.dtype, device=o.device)
                 out[n:n + len(o)] = o
+                targ[n:n + len(o)] = b.y
                 idx[n:n + len(o)] = b.idx
                 n += len(o)
                 bar.update(1)
@@ -761,9 +768,8 @@ class Learner:
         if out is None:
             out, targ, idx = torch.empty(0, self.dls.c), torch.empty(0), torch.empty(0, dtype=torch.long)
         else:
-            out, idx = out[:n], idx[:n]
-            targ = dl.dataset.targets[idx].to(out.device)
-        return distributed.gather_outputs(out, targ, idx, self.device)
+            out, targ, idx = out[:n], targ[:n], idx[:n]
+        return (out, targ, idx) if given else distributed.gather_outputs(out, targ, idx, self.device)
 
     def outputs(self, dl: DataLoader, forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
                 with_bar: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -820,13 +826,17 @@ class Learner:
     # -- learning-rate finder -----------------------------------------------------------------
 
     def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10, num_it: int = 100, stop_div: bool = True,
-                show_plot: bool = True) -> SuggestedLRs:
+                show_plot: bool = True, suggest_funcs: Sequence[Callable] | Callable = (valley,)) -> tuple:
         """Train briefly with an exponentially growing learning rate and suggest one.
 
         It takes the same training step as `fit`. The weights, optimizer and batch-norm statistics
-        are put back afterwards, in memory: no file is written. With the body frozen and the default
-        recipe, the suggestion is for `fine_tune(base_lr=...)`: within half and all of the recipe's `base_lr`.
+        are put back afterwards, in memory: no file is written. Returns fastai's `SuggestedLRs`, one
+        field per function of `suggest_funcs` (`valley`, `slide`, `minimum`, `steep`, or one's own
+        with their signature). With the body frozen and the default recipe, `valley` is for
+        `fine_tune(base_lr=...)`: within half and all of the recipe's `base_lr`.
         """
+        funcs = tuple(suggest_funcs) if isinstance(suggest_funcs, (list, tuple)) else (suggest_funcs,)
+        result_type = suggested_lrs(funcs)  # before training: a bad function fails at once
         state = self.training_state()
         self.create_opt()
         self.scaler = self._make_scaler()
@@ -863,14 +873,17 @@ class Learner:
         # The last few points are where the loss blows up; they carry no advice.
         keep = max(3, len(smooth) - 5)
         self.recorder.lr_find_lrs, self.recorder.lr_find_losses = lrs[:keep], smooth[:keep]
-        suggestion = valley(lrs[:keep], smooth[:keep])
-        if self.recipe["lr_mult"] is None and isinstance(self.model, VisionModel) and self.model.body_frozen:
+        curve = torch.tensor(lrs[:keep]), torch.tensor(smooth[:keep])
+        suggestions = {name: _suggestion(f, *curve, num_it) for name, f in zip(result_type._fields, funcs)}
+        if "valley" in suggestions and self.recipe["lr_mult"] is None and isinstance(self.model, VisionModel) \
+                and self.model.body_frozen:
             # For fine_tune's base_lr: a frozen head's valley far from the recipe's head rate trains a
             # pretrained body worse than the default (measured: above it on photos and faces, below on digits).
-            suggestion = min(max(suggestion, self.recipe["base_lr"] / 2), self.recipe["base_lr"])
+            lr = min(max(suggestions["valley"][0], self.recipe["base_lr"] / 2), self.recipe["base_lr"])
+            suggestions["valley"] = (lr, (lr, _on_curve(lr, *curve)))
         if show_plot:
-            _show(self.recorder.plot_lr_find(suggestion))
-        return SuggestedLRs(valley=suggestion)
+            _show(self.recorder.plot_lr_find(points={n: p for n, (_, p) in suggestions.items()}))
+        return result_type(*(lr for lr, _ in suggestions.values()))
 
     # -- predictions ----------------------------------------------------------------------------
 
@@ -892,18 +905,21 @@ class Learner:
             loss = torch.stack([self.loss_func(o[None], t[None]) for o, t in zip(out, targ)])
         return loss.mean(dim=1) if loss.ndim > 1 else loss
 
-    def get_preds(self, ds_idx: int = 1, dl: DataLoader | None = None, with_loss: bool = False,
-                  act: Callable | None = None, with_bar: bool = False):
+    def get_preds(self, ds_idx: int = 1, dl: DataLoader | Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
+                  with_loss: bool = False, act: Callable | None = None, with_bar: bool = False):
         """`(probs, targets)`, or `(probs, targets, losses)` with one loss per item.
 
         Items come in dataset order and without augmentation, the training set (ds_idx=0) included.
-        A file that cannot be decoded gets a row of NaN.
+        A file that cannot be decoded gets a row of NaN. `dl` is another loader, or batches already
+        made, as fastai's `learn.get_preds(dl=[(x,y)])`.
         """
-        dl = dl or self._plain_loader(ds_idx)
-        out, _, idx = self._outputs(dl, with_bar=with_bar)
-        n, c = len(dl.dataset), self.dls.c
-        probs = torch.full((n, c), float("nan"))
-        targets = dl.dataset.targets.clone()
+        dl = self._plain_loader(ds_idx) if dl is None else dl
+        out, targ, idx = self._outputs(dl, with_bar=with_bar)
+        if isinstance(dl, DataLoader):  # every item, an unreadable one included (as NaN)
+            n, targets = len(dl.dataset), dl.dataset.targets.clone()
+        else:
+            n, targets = len(out), targ.cpu()
+        probs = torch.full((n, self.dls.c), float("nan"))
         if len(out):
             probs[idx] = (act or self._activation)(out).cpu()
         if not with_loss:
@@ -996,8 +1012,11 @@ class Learner:
                 self.opt = None  # The optimizer's groups changed; it starts afresh, the weights are loaded.
         return self
 
-    def export(self, fname: str | Path = "export.pth") -> Path:
-        """Write what `load_learner` needs to predict: weights plus plain metadata, no pickled objects."""
+    def export(self, fname: str | Path = "export.pkl") -> Path:
+        """Write what `load_learner` needs to predict to `path/fname`: weights plus plain metadata.
+
+        The name is fastai's, so the book's `load_learner(path/'export.pkl')` finds it; the file holds
+        no pickled objects (tensors and plain values, read with `weights_only=True`)."""
         if not isinstance(self.model, VisionModel):
             raise TypeError("export() needs a model made by vision_learner, so it can be rebuilt by name. "
                             "For another model, save its state_dict with learn.save() and rebuild it yourself.")
@@ -1054,6 +1073,34 @@ class Learner:
                             "(e.g. one from load_learner). Build it with DataLoaders to see the layers.")
         x, _ = dl.one_batch()
         return ModelSummary.of(self, x)
+
+
+def _given_batches(batches: Iterable, device: torch.device) -> list[Batch]:
+    """Batches made elsewhere, `(x, y)` pairs, as the prediction loop's `Batch`es on `device`."""
+    out, start = [], 0
+    for b in batches:
+        if not (isinstance(b, (tuple, list)) and len(b) == 2 and all(isinstance(t, torch.Tensor) for t in b)):
+            raise TypeError("get_preds(dl=...) takes a DataLoader (e.g. dls.test_dl(files)) or batches as (x, y) "
+                            f"pairs of tensors, as dls.one_batch() gives; got a {type(b).__name__} in it.")
+        x, y = b
+        out.append(Batch(x.to(device), y.to(device), torch.arange(start, start + len(x))))
+        start += len(x)
+    return out
+
+
+def _suggestion(func: Callable, lrs: torch.Tensor, losses: torch.Tensor, num_it: int) -> tuple[float, tuple[float, float]]:
+    """What a suggestion function gives, as fastai's do: `(lr, (lr, loss) to mark)`; a bare rate is
+    taken too, marked on the curve."""
+    out = func(lrs, losses, num_it)
+    if isinstance(out, (tuple, list)) and len(out) == 2 and isinstance(out[1], (tuple, list)):
+        return float(out[0]), (float(out[1][0]), float(out[1][1]))
+    lr = float(out)
+    return lr, (lr, _on_curve(lr, lrs, losses))
+
+
+def _on_curve(lr: float, lrs: Sequence[float] | torch.Tensor, losses: Sequence[float] | torch.Tensor) -> float:
+    """The curve's loss at `lr`, to mark a suggestion on the plot."""
+    return float(np.interp(math.log(lr), np.log(np.asarray(lrs, dtype=float)), np.asarray(losses, dtype=float)))
 
 
 def _show(fig) -> None:

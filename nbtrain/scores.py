@@ -62,10 +62,11 @@ CPU_SCORE_BS = 32
 
 
 def split_frame(ds: ImageDataset, split: str, scores: pd.DataFrame) -> pd.DataFrame:
-    """`scores` of the items of `ds`, with their `path`, `split` and given `labels` (a tuple) in front."""
+    """`scores` of the items of `ds`, with their `path`, `split` and given `labels` in front: a tuple of
+    class names, as text whatever the labels' type (the book's is_cat gives True/False)."""
     scores.insert(0, "path", list(ds.items))
     scores.insert(1, "split", split)
-    scores.insert(2, "labels", [tuple(lab) if ds.multi_label else (str(lab),) for lab in ds.labels])
+    scores.insert(2, "labels", [tuple(map(str, lab)) if ds.multi_label else (str(lab),) for lab in ds.labels])
     return scores
 
 

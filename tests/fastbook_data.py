@@ -6,11 +6,11 @@ so a tiny model learns them in seconds; only the names and folders mimic the boo
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pandas as pd
 from PIL import Image
 
+from nbtrain import Path  # as untar_data gives: fastai's Path, with ls()
 from nbtrain.samples import make_mnist_sample, make_multilabel_mnist
 
 # Oxford-IIIT Pets names cats with a capital letter, dogs in lower case.
@@ -36,7 +36,7 @@ def make_pets(root: Path, per_class: int = 30) -> Path:
         for k, f in enumerate(by_digit[digit][:per_class]):
             with Image.open(f) as img:
                 img.resize((28 + 4 * (k % 4), 28 + 6 * (k % 3))).save(images / f"{breed}_{k + 1}.png")
-    return images.parent
+    return Path(images.parent)
 
 
 def make_bears(root: Path, per_class: int = 30) -> Path:
@@ -48,7 +48,16 @@ def make_bears(root: Path, per_class: int = 30) -> Path:
         (bears / name).mkdir(parents=True)
         for f in by_digit[digit][:per_class]:
             shutil.copyfile(f, bears / name / f"{int(f.stem):08d}.png")
-    return bears
+    return Path(bears)
+
+
+def make_book_images(root: Path, bears: Path) -> Path:
+    """`root/images/grizzly.jpg`, the photo the book's repository ships next to its notebooks: here
+    a grizzly of `bears` (from `make_bears`), as a JPEG."""
+    (root / "images").mkdir(exist_ok=True)
+    with Image.open(sorted((bears / "grizzly").iterdir())[0]) as img:
+        img.convert("RGB").save(root / "images" / "grizzly.jpg")
+    return root / "images" / "grizzly.jpg"
 
 
 def make_pascal(root: Path, n: int = 200) -> Path:
@@ -62,4 +71,4 @@ def make_pascal(root: Path, n: int = 200) -> Path:
         shutil.copyfile(sample.path / rel, dest / "train" / Path(rel).name)
     df["fname"] = [Path(rel).name for rel in df["fname"]]
     df[["fname", "labels", "is_valid"]].to_csv(dest / "train.csv", index=False)
-    return dest
+    return Path(dest)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from nbtrain import ImageDataLoaders, Learner, Resize, fileops
-from nbtrain.cleaner import DELETE, KEEP, ImageClassifierCleaner
+from nbtrain.cleaner import ANY, DELETE, KEEP, ImageClassifierCleaner
 
 
 def tiny_cnn(c: int) -> nn.Module:
@@ -454,3 +454,87 @@ def test_the_front_end_is_chosen_by_name_and_auto_takes_plain_on_kaggle(learn, m
     monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Interactive")
     cleaner = ImageClassifierCleaner(learn, max_n=3)
     assert cleaner.frontend == "plain" and cleaner.cells and cleaner.grid_widget is None
+
+
+# -- labels that are not text: the book's is_cat (True/False), numbers --------------------------------
+
+
+def _name_labelled(root: Path, n: int = 8) -> list[Path]:
+    """Real PNGs named like the pets (cats capitalised), all in one folder: the label is in the name."""
+    from PIL import Image
+
+    root.mkdir(parents=True)
+    files = []
+    for k in range(n):
+        name = f"{'Bengal' if k % 2 else 'beagle'}_{k}.png"
+        Image.new("RGB", (20, 20), (40 * k % 255, 200 if k % 2 else 30, 90)).save(root / name)
+        files.append(root / name)
+    return files
+
+
+@pytest.fixture
+def cat_learn(tmp_path):
+    def is_cat(x): return x[0].isupper()
+    files = _name_labelled(tmp_path / "images")
+    dls = ImageDataLoaders.from_name_func(tmp_path / "images", files, label_func=is_cat, valid_pct=0.25, seed=0,
+                                          item_tfms=Resize(16), bs=4, num_workers=0)
+    torch.manual_seed(0)
+    return Learner(dls, tiny_cnn(dls.c))
+
+
+def test_bool_labels_show_as_class_names_and_relabel_to_the_datasets_own_value(cat_learn):
+    assert cat_learn.dls.vocab == [False, True]
+    cleaner = ImageClassifierCleaner(cat_learn, frontend="plain", max_n=8)
+    assert cleaner.vocab == ["False", "True"] and set(cleaner.scores["labels"]) <= {("False",), ("True",)}
+    cleaner.dd_cats.value = ANY  # both classes of the training set on one page
+    dog = next(p for p in cleaner.fns if not p.name[0].isupper())
+    cat = next(p for p in cleaner.fns if p.name[0].isupper())
+    cleaner.set_choice(dog, True)   # the value, as is_cat gives it
+    cleaner.set_choice(cat, "False")  # or its name, as the menu shows it
+    assert cleaner.choices == {dog: "True", cat: "False"}
+    changes = dict(cleaner.change())
+    assert changes == {cleaner.fns.index(dog): True, cleaner.fns.index(cat): False}
+    assert all(type(v) is bool for v in changes.values())
+    cleaner.set_choice(dog, False)  # its own label: keep
+    assert dog not in cleaner.choices
+
+
+def test_relabel_of_name_labelled_files_is_refused_before_any_file_changes(cat_learn, tmp_path):
+    cleaner = ImageClassifierCleaner(cat_learn, frontend="plain", max_n=8)
+    cleaner.dd_cats.value = ANY
+    before = digest(tmp_path)
+    doomed, dog = cleaner.fns[0], next(p for p in cleaner.fns[1:] if not p.name[0].isupper())
+    cleaner.set_choice(doomed, DELETE)
+    cleaner.set_choice(dog, True)
+    with pytest.raises(ValueError, match="labels do not come from folder names.*Nothing applied|Nothing applied.*"
+                                         "do not come from folder names"):
+        cleaner.apply()
+    assert digest(tmp_path) == before and "Nothing applied" in cleaner.status.value
+    assert "cannot be done by moving files" in cleaner.plan_text()
+    cleaner.set_choice(dog, KEEP)  # the deletion alone is a file operation, and goes through
+    cleaner.apply()
+    assert not doomed.exists() and dog.exists() and len(digest(tmp_path)) == len(before) - 1
+    assert doomed not in set(cleaner.learn.dls.train_ds.items) | set(cleaner.learn.dls.valid_ds.items)
+
+
+def test_int_labels_in_class_folders_relabel_by_moving(tmp_path):
+    from PIL import Image
+
+    for label in (3, 7):
+        (tmp_path / "d" / str(label)).mkdir(parents=True)
+        for k in range(4):
+            Image.new("RGB", (20, 20), (label * 30, 10 * k, 0)).save(tmp_path / "d" / str(label) / f"{label}_{k}.png")
+    files = sorted((tmp_path / "d").rglob("*.png"))
+    dls = ImageDataLoaders.from_lists(tmp_path / "d", files, [int(f.parent.name) for f in files], valid_pct=0.25,
+                                      seed=0, item_tfms=Resize(16), bs=4, num_workers=0)
+    assert dls.vocab == [3, 7]
+    cleaner = ImageClassifierCleaner(Learner(dls, tiny_cnn(dls.c)), frontend="plain", max_n=8)
+    cleaner.dd_cats.value = ANY
+    three = next(p for p in cleaner.fns if p.parent.name == "3")
+    cleaner.set_choice(three, 7)
+    assert dict(cleaner.change()) == {cleaner.fns.index(three): 7}
+    cleaner.apply()
+    moved = tmp_path / "d" / "7" / three.name
+    assert moved.exists() and not three.exists()
+    ds = cleaner.learn.dls.train_ds if moved in cleaner.learn.dls.train_ds.items else cleaner.learn.dls.valid_ds
+    assert ds.labels[ds.items.index(moved)] == 7  # the dataset's own label value, not the text "7"

@@ -40,7 +40,7 @@ def test_grad_scaler_only_for_fp16_on_cuda():
     assert mixed_precision(CUDA, torch.float16, capability=(8, 0)) == (torch.float16, True)
     assert mixed_precision(CUDA, None) == (None, False)
     assert mixed_precision(CPU, "auto") == (None, False)  # the CPU stays in fp32 unless asked
-    assert mixed_precision(CPU, torch.float16) == (torch.float16, False)
+    assert mixed_precision(CPU, torch.float16) == (None, False)  # emulated on the CPU: fp32 instead
     assert mixed_precision(CPU, torch.bfloat16) == (torch.bfloat16, False)
 
 
@@ -74,7 +74,9 @@ def test_bf16_trains_and_predicts_on_the_cpu(mnist_small):
     learn.model.seen.clear()
     learn.predict(dls.valid_ds.items[0])
     assert learn.model.seen == {torch.float32}
-    assert learn.to_fp16()._amp_dtype() is torch.float16 and mixed_precision(learn.device, learn.amp)[1] is False
+    with pytest.warns(UserWarning, match="needs a CUDA GPU; on cpu this learner trains in float32"):
+        learn.to_fp16()
+    assert learn._amp_dtype() is None and learn._make_scaler() is None
 
 
 # -- Kaggle and read-only data -------------------------------------------------------------------

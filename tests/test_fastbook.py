@@ -1,29 +1,36 @@
 """The vision cells of the fastai book (fastbook) chapters 1, 2, 5 and 6, as written, on nbtrain.
 
 Each test is one chapter's cells in order. Only what cannot run here is swapped, and a `# swap:`
-comment names each swap: the downloads (`untar_data`, the image search) become offline stand-ins
-written as real image files in the same layouts (`tests/fastbook_data.py`: real MNIST digits
-named like the pets, the bears and PASCAL's files); image sizes and epochs are made small so the
-file runs in a minute or two on two CPU cores; and the book's ImageNet-pretrained ResNets, whose
-weights are not on this machine, are built with `pretrained=False` (the ResNet of the book, from
-scratch), or replaced by the pretrained `mobilenet_v2` that ships offline.
+comment names each swap: the downloads (`untar_data`, the image search, the book's
+`images/grizzly.jpg`) become offline stand-ins written as real image files in the same layouts
+(`tests/fastbook_data.py`: real MNIST digits named like the pets, the bears and PASCAL's files);
+image sizes, epochs and `lr_find`'s iterations are made small so the file runs in a few minutes on
+two CPU cores; and the book's ImageNet-pretrained ResNets, whose weights are not on this machine,
+are built with `pretrained=False` (the ResNet of the book, from scratch), or replaced by the
+pretrained `mobilenet_v2` that ships offline.
 
-`from fastai.vision.all import *` also gives torch, pandas, matplotlib, `partial`, `Path` and
-`shutil`; `from nbtrain import *` gives nbtrain's names only, so those are imported here.
+Cells that drive fastai's internals, or train what nbtrain does not (regression), are run up to
+the line nbtrain refuses, and the test holds that the error says what is unsupported and what to do.
+
+`from fastai.vision.all import *` also gives torch, numpy, pandas, matplotlib, `re`, `partial` and
+`shutil`; `from nbtrain import *` gives nbtrain's names only (its `Path` among them, with fastai's
+`ls()`), so those are imported here.
 """
 from __future__ import annotations
 
+import re
 import shutil
 from functools import partial
-from pathlib import Path
 from types import SimpleNamespace
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import pytest
 import torch
+from torch import tensor
 
-from fastbook_data import make_bears, make_pascal, make_pets
+from fastbook_data import make_bears, make_book_images, make_pascal, make_pets
 from nbtrain import *  # noqa: F403  (the book's `from fastai.vision.all import *`)
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -123,22 +130,26 @@ def test_chapter2_bears_datablock_and_cleaner(in_tmp):
     assert not doomed.exists() and not moved.exists() and (path / new_cat / moved.name).exists()
     assert len(get_image_files(path)) == 89
 
+    make_book_images(in_tmp, path)  # swap: the book's images/grizzly.jpg
     learn.export()
-    path = learn.path  # swap: Path() (nbtrain's learner saves in the dataset's folder)
-    learn_inf = load_learner(path/'export.pth')  # swap: export.pkl (nbtrain writes no pickle)
-    pred, pred_idx, probs = learn_inf.predict(path / 'grizzly' / get_image_files(path / 'grizzly')[0].name)  # swap: 'images/grizzly.jpg'
+    path = Path()
+    path.ls(file_exts='.pkl')
+    learn_inf = load_learner(path/'export.pkl')
+    learn_inf.predict('images/grizzly.jpg')
     learn_inf.dls.vocab
-    assert pred in learn_inf.dls.vocab and learn_inf.dls.vocab == learn.dls.vocab
+    assert path.ls(file_exts='.pkl') == [Path('export.pkl')]
+    assert learn_inf.predict('images/grizzly.jpg')[0] in learn_inf.dls.vocab and learn_inf.dls.vocab == learn.dls.vocab
 
 
 @pytest.mark.slow
 def test_chapter5_pets_datablock(in_tmp):
     path = make_pets(in_tmp)  # swap: untar_data(URLs.PETS)
-    Path.BASE_PATH = path  # harmless without fastcore's patched Path.__repr__
-    (path/"images").iterdir()  # swap: .ls() is fastcore's
-    fname = sorted((path/"images").iterdir())[0]
-    import re
-    assert re.findall(r'(.+)_\d+.png$', fname.name)  # swap: .jpg -> .png in every pattern
+    Path.BASE_PATH = path
+    path.ls()
+    (path/"images").ls()
+    fname = (path/"images").ls()[0]
+    re.findall(r'(.+)_\d+.png$', fname.name)  # swap: .jpg -> .png in every pattern
+    assert re.findall(r'(.+)_\d+.png$', fname.name)
 
     pets = DataBlock(blocks = (ImageBlock, CategoryBlock),
                      get_items=get_image_files,
@@ -147,6 +158,26 @@ def test_chapter5_pets_datablock(in_tmp):
                      item_tfms=Resize(46),  # swap: Resize(460)
                      batch_tfms=aug_transforms(size=32, min_scale=0.75))  # swap: size=224
     dls = pets.dataloaders(path/"images")
+
+    make_book_images(in_tmp, make_bears(in_tmp / 'bear_photos'))  # swap: the book's images/grizzly.jpg
+    dblock1 = DataBlock(blocks=(ImageBlock(), CategoryBlock()),
+                        get_y=parent_label,
+                        item_tfms=Resize(460))
+    # The presizing demo's loader holds one image, so one class: nbtrain's loaders are a classifier's.
+    with pytest.raises(DataError, match="Only one class .*a classifier needs at least two"):
+        dls1 = dblock1.dataloaders([(Path.cwd()/'images'/'grizzly.jpg')]*100, bs=8)
+    # The rest of that cell drives fastai's transform internals, which nbtrain does not copy:
+    #   dls1.train.get_idxs = lambda: Inf.ones; x,y = dls1.valid.one_batch(); _,axs = subplots(1, 2)
+    #   x1 = TensorImage(x.clone()).affine_coord(sz=224).rotate(draw=30, p=1.).zoom(draw=1.2, p=1.).warp(...)
+    #   tfms = setup_aug_tfms([Rotate(...), Zoom(...), Warp(...)]); x = Pipeline(tfms)(x)
+    # Its entry points say so and what to do instead (here on a batch of the pets' loaders).
+    x, y = dls.valid.one_batch()
+    for line in (lambda: TensorImage(x.clone()), lambda: setup_aug_tfms([]), lambda: Pipeline([])):
+        with pytest.raises(NotImplementedError, match=r"is a fastai internal that nbtrain does not have: .*"
+                                                      r"show_batch\(unique=True\).*aug_transforms"):
+            line()
+
+    dls.show_batch(nrows=1, ncols=3)
 
     pets1 = DataBlock(blocks = (ImageBlock, CategoryBlock),
                       get_items=get_image_files,
@@ -159,22 +190,49 @@ def test_chapter5_pets_datablock(in_tmp):
     learn = vision_learner(dls, mobilenet_v2, metrics=error_rate)  # swap: resnet34 -> pretrained mobilenet_v2
     learn.fine_tune(1)  # swap: fine_tune(2)
 
-    x, y = dls.one_batch()
-    assert x.shape[1:] == (3, 32, 32) and y.dtype == torch.long
-    preds, _ = learn.get_preds()  # swap: get_preds(dl=[(x,y)]) (a list of batches is not a loader here)
-    len(preds[0]), preds[0].sum()
+    x,y = dls.one_batch()
+    y
+    preds,_ = learn.get_preds(dl=[(x,y)])
+    preds[0]
+    len(preds[0]),preds[0].sum()
+    assert x.shape[1:] == (3, 32, 32) and y.dtype == torch.long and preds.shape == (len(x), 4)
     assert len(preds[0]) == 4 and abs(float(preds[0].sum()) - 1) < 1e-4
 
+    interp = ClassificationInterpretation.from_learner(learn)
+    interp.plot_confusion_matrix(figsize=(12,12), dpi=60)
+    interp.most_confused(min_val=5)
+
     learn = vision_learner(dls, mobilenet_v2, metrics=error_rate)  # swap: resnet34 -> mobilenet_v2
-    lr_steep = learn.lr_find(num_it=10)  # swap: suggest_funcs=(minimum, steep); num_it for speed
+    learn.fine_tune(1, base_lr=0.1)
+
+    learn = vision_learner(dls, mobilenet_v2, metrics=error_rate)  # swap: resnet34 -> mobilenet_v2
+    lr_min,lr_steep = learn.lr_find(suggest_funcs=(minimum, steep), num_it=20)  # swap: num_it for speed
+    print(f"Minimum/10: {lr_min:.2e}, steepest point: {lr_steep:.2e}")
+    suggested = learn.lr_find(suggest_funcs=(valley, slide), num_it=20, show_plot=False)  # swap: num_it
+    assert suggested._fields == ('valley', 'slide') and 0 < lr_min and 0 < lr_steep and 0 < suggested.slide
+
+    learn = vision_learner(dls, mobilenet_v2, metrics=error_rate)  # swap: resnet34 -> mobilenet_v2
+    learn.fine_tune(1, base_lr=3e-3)  # swap: fine_tune(2, ...)
+
+    learn = vision_learner(dls, mobilenet_v2, metrics=error_rate)  # swap: resnet34 -> mobilenet_v2
     learn.fit_one_cycle(1, 3e-3)  # swap: 3 epochs
     learn.unfreeze()
-    learn.fit_one_cycle(1, lr_max=slice(1e-6, 1e-4))  # swap: 12 epochs
+    lr = learn.lr_find(num_it=20)  # swap: num_it for speed
+    learn.fit_one_cycle(1, lr_max=1e-5)  # swap: 6 epochs
+    assert lr._fields == ('valley',) and lr.valley > 0
+
+    learn = vision_learner(dls, mobilenet_v2, metrics=error_rate)  # swap: resnet34 -> mobilenet_v2
+    learn.fit_one_cycle(1, 3e-3)  # swap: 3 epochs
+    learn.unfreeze()
+    learn.fit_one_cycle(1, lr_max=slice(1e-6,1e-4))  # swap: 12 epochs
     learn.recorder.plot_loss()
 
-    interp = ClassificationInterpretation.from_learner(learn)
-    interp.most_confused(min_val=5)
-    assert lr_steep.valley > 0 and len(learn.recorder.values) >= 1
+    # (the book's `from fastai.callback.fp16 import *`: nbtrain's Learner has to_fp16 itself)
+    learn = vision_learner(dls, resnet50, metrics=error_rate, pretrained=False).to_fp16()  # swap: pretrained=False
+    learn.fine_tune(1, freeze_epochs=1)  # swap: fine_tune(6, freeze_epochs=3)
+    # float16 needs a CUDA GPU: elsewhere to_fp16 warns and the learner trains in float32.
+    assert learn._amp_dtype() is (torch.float16 if learn.device.type == "cuda" else None)
+    assert len(learn.recorder.values) == 2
 
 
 @pytest.mark.slow
@@ -263,6 +321,30 @@ def test_chapter6_pascal_multilabel_from_a_dataframe(in_tmp):
     cleaner.set_choice(victim, '<Delete>')
     new_df = cleaner.apply()
     assert len(new_df) == len(df) - 1 and victim.name not in set(new_df['fname']) and victim.exists()
+
+
+def test_chapter6_regression_is_refused_with_advice(in_tmp):
+    # swap: the BIWI download and the cells that read its files (img2pose, cal, get_ctr's data)
+    def img2pose(x): return Path(f'{str(x)[:-7]}pose.txt')
+    def get_ctr(f):
+        ctr = np.genfromtxt(img2pose(f), skip_header=3)
+        c1 = ctr[0] * cal[0][0]/ctr[2] + cal[0][2]
+        c2 = ctr[1] * cal[1][1]/ctr[2] + cal[1][2]
+        return tensor([c1,c2])
+
+    with pytest.raises(DataError, match=r"PointBlock \(points in the image.*\) is not supported: nbtrain trains "
+                                        r"image classifiers\. Use fastai for point regression, or .*CategoryBlock"):
+        biwi = DataBlock(
+            blocks=(ImageBlock, PointBlock),
+            get_items=get_image_files,
+            get_y=get_ctr,
+            splitter=FuncSplitter(lambda o: o.parent.name=='13'),
+            batch_tfms=aug_transforms(size=(240,320)),
+        )
+    with pytest.raises(DataError, match=r"RegressionBlock \(a number per image\) is not supported.*CategoryBlock"):
+        DataBlock(blocks=(ImageBlock, RegressionBlock))
+    with pytest.raises(DataError, match="PointBlock .* is not supported"):
+        PointBlock()
 
 
 def test_course_v1_names_and_calls(mnist_small):

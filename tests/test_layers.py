@@ -13,9 +13,9 @@ PACKAGE = Path(__file__).resolve().parent.parent / "nbtrain"
 
 # Bottom first. A module may import from any earlier layer, never from its own or a later one.
 LAYERS: list[set[str]] = [
-    {"locations"},                                    # Kaggle paths, read-only data, data folders (no torch)
+    {"locations", "paths"},                           # Kaggle paths, read-only data, data folders; fastai's Path (no torch)
     {"environment", "fileops", "samples", "downloads"},  # device and precision; safe file changes; sample data
-    {"augmentation", "metrics", "plots"},             # transforms, metrics, the one image-grid plotter
+    {"augmentation", "metrics", "plots", "lr_suggestions"},  # transforms, metrics, the one image-grid plotter, lr_find's rules
     {"image"},                                        # PILImage: any image input to a PIL image
     {"data", "models"},                               # datasets and loaders; torchvision models
     {"datablock"},                                    # fastai's DataBlock API over the loaders

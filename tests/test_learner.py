@@ -222,3 +222,38 @@ def test_load_never_unpickles_code(small_learner, tmp_path):
     with pytest.raises(ValueError, match="does not unpickle"):
         load_learner(path)
     assert not marker.exists()
+
+
+def test_get_preds_of_batches_given_as_pairs_matches_the_loaders(tiny_learner):
+    learn = tiny_learner
+    dl = learn.dls.valid
+    batches = [(x, y) for x, y in dl]
+    preds, targs = learn.get_preds(dl=batches)
+    ref_preds, ref_targs = learn.get_preds(dl=dl)
+    assert torch.allclose(preds, ref_preds, atol=1e-5) and torch.equal(targs, ref_targs.to(targs.dtype))
+    _, _, losses = learn.get_preds(dl=batches[:1], with_loss=True)
+    assert losses.shape == (len(batches[0][0]),) and torch.isfinite(losses).all()
+    with pytest.raises(TypeError, match=r"takes a DataLoader .* or batches as \(x, y\) pairs"):
+        learn.get_preds(dl=[batches[0][0]])
+
+
+def test_lr_find_names_its_suggestions_after_the_functions_given(tiny_learner):
+    from nbtrain import minimum, slide, steep, valley
+
+    def tenth_of_first(lrs, losses, num_it):  # one's own, with fastai's signature, giving a bare rate
+        return float(lrs[0]) * 10
+
+    res = tiny_learner.lr_find(num_it=20, show_plot=False, suggest_funcs=(minimum, steep, valley, slide, tenth_of_first))
+    assert res._fields == ("minimum", "steep", "valley", "slide", "tenth_of_first")
+    assert all(0 < lr < 10 for lr in res) and res.tenth_of_first == pytest.approx(1e-6)
+    fig = tiny_learner.recorder.plot_lr_find(points={"steep": (res.steep, 1.0)})
+    assert [t.get_text().split(":")[0] for t in fig.axes[0].get_legend().get_texts()] == ["steep"]
+
+
+def test_fastai_path_lists_a_folder_without_patching_pathlib(tmp_path):
+    for name in ("b.pkl", "a.pkl", "c.png"):
+        (tmp_path / name).write_bytes(b"x")
+    path = nbtrain.Path(tmp_path)
+    assert path.ls(file_exts=".pkl") == [path / "a.pkl", path / "b.pkl"] and len(path.ls(n_max=2)) == 2
+    assert path.ls(file_type="image") == [path / "c.png"] and isinstance((path / "a.pkl"), nbtrain.Path)
+    assert not hasattr(Path, "ls")  # pathlib's own class is untouched

@@ -72,7 +72,7 @@ def test_notebook_is_committed_with_outputs_cleared_and_a_kernelspec(nb_path):
 def _check_01(nb, workdir: Path) -> None:
     out = _outputs_text(nb)
     assert "error_rate" in out and "train_loss" in out  # the epoch table
-    assert (workdir / "nbtrain-demo" / "quickstart" / "digits" / "export.pth").is_file()
+    assert (workdir / "nbtrain-demo" / "quickstart" / "digits" / "export.pkl").is_file()
     assert "The loaded model says" in out
 
 
