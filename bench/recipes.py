@@ -27,7 +27,9 @@ Recipes, each `vision_learner(dls, "mobilenet_v2", pretrained=True)` then `fine_
   fastai-lib  fastai itself, when it is installed (bench-only; never imported by nbtrain).
   sweep    each `--configs` entry: lr (fine_tune's base_lr; "find": lr_find's valley), mult (lr_mult), freeze (freeze_epochs;
            the unfrozen epochs are then epochs + 1 - freeze, so every run has the same epoch budget),
-           ls (label smoothing). "best" is the lowest mean error among all the rows of the cell.
+           ls (label smoothing), far (the recipe's far_base_lr), foc (fit_one_cycle(epochs, lr) on the frozen learner instead: the head only,
+           as `learn.fit_one_cycle(n)` right after vision_learner trains; its rows are left out of "best").
+           "best" is the lowest mean error among the fine_tune rows of the cell.
 
 Columns: err is the validation error against the true labels in percent, mean over seeds (± sd);
 wall s the mean time of vision_learner + fine_tune. The acceptance columns compare default with fastai
@@ -159,13 +161,18 @@ DATASETS = {"photos": photos, "faces": faces, "digits": digits, "mnist": mnist}
 
 def parse_config(spec: str) -> dict:
     """'lr=1e-2,mult=3,freeze=0,ls=0.1' -> fine_tune's keyword arguments (and 'ls')."""
-    names = {"lr": "base_lr", "mult": "lr_mult", "freeze": "freeze_epochs", "ls": "ls", "recipe": "recipe"}
+    names = {"lr": "base_lr", "mult": "lr_mult", "freeze": "freeze_epochs", "ls": "ls", "recipe": "recipe",
+             "foc": "foc", "far": "far"}
     out = {}
     for part in filter(None, spec.split(",")):
         key, _, value = part.partition("=")
         if key not in names:
             raise SystemExit(f"unknown key {key!r} in {spec!r}: use {', '.join(names)}")
-        if key == "recipe" or value == "find":
+        if key == "far":  # the recipe's far_base_lr (vision_learner(recipe={"far_base_lr": ...}))
+            out["far"] = float(value)
+        elif key == "foc":  # fit_one_cycle(epochs, lr_max=lr) on the frozen learner instead of fine_tune
+            out["foc"] = True
+        elif key == "recipe" or value == "find":
             out[names[key]] = value
         else:
             out[names[key]] = int(value) if key == "freeze" else float(value)
@@ -194,19 +201,23 @@ def run_nbtrain(data: Data, epochs: int, config: dict, seed: int, args) -> tuple
     dls = nbtrain.ImageDataLoaders.from_folder(data.path, item_tfms=nbtrain.Resize(data.size),
                                                batch_tfms=nbtrain.aug_transforms(do_flip=data.do_flip),
                                                bs=data.bs, seed=seed)
-    kwargs = {k: v for k, v in config.items() if k != "ls"}
+    kwargs = {k: v for k, v in config.items() if k not in ("ls", "foc", "far")}
+    recipe = {"far_base_lr": config["far"]} if "far" in config else None
     loss = nn.CrossEntropyLoss(label_smoothing=config["ls"]) if "ls" in config else None
     freeze = kwargs.get("freeze_epochs")
     if freeze is not None:
         epochs = epochs + 1 - freeze  # the same epoch budget as fine_tune(epochs)
     start = time.perf_counter()
     with quiet(False):
-        learn = nbtrain.vision_learner(dls, "mobilenet_v2", metrics=nbtrain.error_rate, loss_func=loss)
+        learn = nbtrain.vision_learner(dls, "mobilenet_v2", metrics=nbtrain.error_rate, loss_func=loss, recipe=recipe)
         if kwargs.get("base_lr") == "find":  # lr_find's suggestion followed (its own time left out)
             found = time.perf_counter()
             kwargs["base_lr"] = learn.lr_find(show_plot=False).valley
             start += time.perf_counter() - found
-        learn.fine_tune(epochs, **kwargs)
+        if config.get("foc"):
+            learn.fit_one_cycle(epochs, kwargs.get("base_lr"))
+        else:
+            learn.fine_tune(epochs, **kwargs)
     wall = time.perf_counter() - start
     probs, _ = learn.get_preds(ds_idx=1)
     info = {"lr_mult": getattr(learn, "fine_tune_rates", {}).get("lr_mult")}
@@ -272,7 +283,7 @@ def cell_summary(rows: list[dict]) -> list[dict]:
 
 
 def print_cell(title: str, summary: list[dict]) -> str:
-    best = min(summary, key=lambda s: s["err"])
+    best = min((s for s in summary if not s["recipe"].startswith("foc")), key=lambda s: s["err"])
     get = {s["recipe"]: s for s in summary}
     lines = []
     for s in summary:
