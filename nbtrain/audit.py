@@ -28,7 +28,7 @@ from .image_properties import (HASH_BITS, THRESHOLD_NOTES, THRESHOLDS, exact_gro
                                property_issues, thresholds_with)
 from .label_issues import find_label_issues, image_embeddings
 from .learner import Learner
-from .models import VisionModel, create_vision_model
+from .models import VisionModel, pretrained_body
 from .scores import outlier_scores
 
 COLUMNS = ["path", "split", "issue", "score", "flagged", "reason", "threshold", "label", "prediction", "other"]
@@ -241,14 +241,6 @@ def _label_rows(items: _Items, probs: np.ndarray, how: str, t: dict[str, float])
     return rows, np.where(ok, pred, -1)
 
 
-def _pretrained_body(model: VisionModel) -> torch.nn.Module | None:
-    """The body of `model`'s architecture as pretrained (ImageNet), or None when its weights are not here."""
-    try:
-        return create_vision_model(model.arch, 1, pretrained=True)[0].body
-    except Exception:  # noqa: BLE001 - no weights offline, or an architecture torchvision does not name
-        return None
-
-
 def _outlier_rows(items: _Items, feats: torch.Tensor, t: dict[str, float], explained: dict[int, str],
                   source: str) -> list[dict]:
     """Outlier scores (scores.outlier_scores: local outlier factor plus class contrast) as rows. An
@@ -369,7 +361,7 @@ def audit(learn_or_path_or_dls: Learner | DataLoaders | str | Path, label_method
             explained = dict(zip(fl["idx"], fl["issue"]))
             # Outliers in the pretrained body's features: fine-tuning pulls every image, a stray
             # photo among digits too, into the clusters of the classes it was taught.
-            body = _pretrained_body(learn.model) if outlier_features == "pretrained" else None
+            body = pretrained_body(learn.model) if outlier_features == "pretrained" else None
             of, source = (_embeddings(learn, body=body), "the pretrained body's") if body is not None else \
                 (feats, "the trained model's")
             rows += _outlier_rows(items, of, t, explained, source)
