@@ -20,7 +20,8 @@ Planted into each (the truth recorded as each file is written):
   to the valid folder of their class); outlier (photos, 28 px, among the digits; digits,
   tinted and 112 px, among the photos); label (the flipped digits).
 Each method scores the same files: nbtrain's `audit` (with a learner: mobilenet_v2 fine-tuned on the
-digits; for the photos, its ImageNet body with a new head, untrained, for features), cleanvision's
+digits; for the photos, its ImageNet body with a new head, untrained; outliers in the pretrained
+body's features), cleanvision's
 Imagelab on the file list, and cleanlab's Datalab given the same learner's probabilities and features.
 
 Columns: P, R, F1 of the flagged set against the planted set of that type (for copies, a planted
@@ -349,8 +350,9 @@ def photo_learner(path: Path):
     return nbtrain.vision_learner(dls, "mobilenet_v2")
 
 
-def datalab(learn, table_paths: list[Path]) -> tuple[dict, float, float]:
-    """cleanlab's Datalab on the learner's in-sample probabilities and its features, in the audit's order."""
+def datalab(learn, table_paths: list[Path], body=None) -> tuple[dict, float, float]:
+    """cleanlab's Datalab on the learner's in-sample probabilities and its features (or those of
+    `body`, as the audit's outliers use the pretrained body), in the audit's order."""
     import contextlib
     import io
 
@@ -362,7 +364,7 @@ def datalab(learn, table_paths: list[Path]) -> tuple[dict, float, float]:
     for dl in (learn.dls.train, learn.dls.valid):
         p, t = learn.get_preds(dl=dl.plain())
         probs.append(p)
-        feats.append(image_embeddings(learn, dl.plain()))
+        feats.append(image_embeddings(learn, dl.plain(), body=body))
         labels.append(t)
         paths += [Path(x).absolute() for x in dl.dataset.items]
     probs, feats, labels = torch.cat(probs).numpy(), torch.cat(feats).numpy(), torch.cat(labels).numpy()
@@ -472,6 +474,13 @@ def evaluate(name: str, planter: Planter, learn, args, rows: list[dict]) -> None
             rows.append(dict(dataset=name, type="outlier (only)", method="datalab", planted=len(planter.truth["outlier"]),
                              Pk=p_at_k([x for x in dl_out["outlier_ranked"] if x not in others],
                                        planter.truth["outlier"])))
+            # Datalab's outliers in the same (pretrained) features as nbtrain's.
+            from nbtrain.models import pretrained_body
+
+            pre, _, _ = datalab(learn, list(table["path"]), body=pretrained_body(learn.model))
+            rows.append(dict(dataset=name, type="outlier (only)", method="datalab, pretrained feats",
+                             planted=len(planter.truth["outlier"]),
+                             Pk=p_at_k([x for x in pre["outlier_ranked"] if x not in others], planter.truth["outlier"])))
             truth = planter.pairs["near_duplicate"] | planter.pairs["exact_duplicate"]
             cfp = [(x, s[0]) for s in dl_out["near_sets"] for x in s[1:]]
             p, r, f, pk = copy_scores(cfp, truth)

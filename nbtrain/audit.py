@@ -3,7 +3,7 @@ copies (and copies across train and valid), image properties, and a class-balanc
 
 `audit(path)` needs no model: image properties and copies found from the files alone. `audit(learn)`
 adds what a model sees: label issues (out-of-fold, or the model's own loss for the fast way), outliers
-by distance in the model's feature space, near copies by those features, and per-class error.
+(local density and class contrast in the pretrained body's features), near copies by those features, and per-class error.
 
 The table has one row per (image, issue type) for every image scored, flagged or not, so a person can
 see how near a threshold an image came; `table[table.flagged]` is what to review. Columns: `path`
@@ -28,22 +28,25 @@ from .image_properties import (HASH_BITS, THRESHOLD_NOTES, THRESHOLDS, exact_gro
                                property_issues, thresholds_with)
 from .label_issues import find_label_issues, image_embeddings
 from .learner import Learner
-from .models import VisionModel
+from .models import VisionModel, pretrained_body
+from .scores import outlier_scores
 
 COLUMNS = ["path", "split", "issue", "score", "flagged", "reason", "threshold", "label", "prediction", "other"]
 
 # Rules that need a model, with why each default (see image_properties for the others).
 MODEL_THRESHOLDS: dict[str, float] = {
     "label": 0.5,
-    "outlier": 12.0,
+    "outlier": 18.0,
     "near_duplicate_similarity": 0.97,
 }
 MODEL_THRESHOLD_NOTES: dict[str, str] = {
     "label": "normalised margin (p[given] - max p[other] + 1) / 2 below this: another class is more likely "
              "than the given one",
-    "outlier": "distance to the nearest images in the model's features, in robust standard deviations (MADs) "
-               "above the median, to the whole dataset plus to the image's class, above this: chosen on the "
-               "bench's digits and photos with planted outliers from the other set (see bench/audit.py)",
+    "outlier": "the larger of the local outlier factor and the distance to the nearest images, in the pretrained "
+               "body's features, plus twice the "
+               "class contrast (distance to its class over distance to the others), each in robust standard "
+               "deviations (MADs) above the median, above this: chosen on the bench's digits and photos with "
+               "planted outliers from the other set, clustered and scattered (see bench/audit.py)",
     "near_duplicate_similarity": "cosine similarity of the model's features at or above this: as find_duplicates",
 }
 OUTLIER_K = 10
@@ -192,46 +195,9 @@ def _copy_rows(items: _Items, stats: pd.DataFrame, t: dict[str, float],
 # With a model
 
 
-def _knn_distance(feats: torch.Tensor, k: int, groups: np.ndarray | None = None,
-                  chunk_bytes: int = 64 * 1024**2) -> np.ndarray:
-    """Mean Euclidean distance of each row to its `k` nearest other rows (within its group when
-    `groups` is given), a chunk of rows at a time; NaN for NaN rows and rows alone in their group."""
-    n = len(feats)
-    ok = ~torch.isnan(feats).any(dim=1)
-    e = torch.where(ok[:, None], feats, torch.zeros_like(feats)).float()
-    out = np.full(n, np.nan)
-    if n < 2:
-        return out
-    g = torch.as_tensor(groups) if groups is not None else None
-    step = max(1, chunk_bytes // (4 * n))
-    for i0 in range(0, n, step):
-        i1 = min(n, i0 + step)
-        d = torch.cdist(e[i0:i1], e)
-        d[torch.arange(i1 - i0), torch.arange(i0, i1)] = float("inf")
-        d[:, ~ok] = float("inf")
-        if g is not None:
-            d[g[i0:i1, None] != g[None, :]] = float("inf")
-        near = d.topk(min(k, n - 1), dim=1, largest=False).values
-        finite = torch.isfinite(near)
-        mean = torch.where(finite, near, torch.zeros_like(near)).sum(1) / finite.sum(1).clamp_min(1)
-        mean[finite.sum(1) == 0] = float("nan")
-        out[i0:i1] = mean.numpy()
-    out[~ok.numpy()] = np.nan
-    return out
-
-
-def _robust_z(x: np.ndarray) -> np.ndarray:
-    ok = ~np.isnan(x)
-    if not ok.any():
-        return x
-    med = float(np.median(x[ok]))
-    mad = max(1.4826 * float(np.median(np.abs(x[ok] - med))), 1e-9)
-    return (x - med) / mad
-
-
-def _embeddings(learn: Learner, normalize: bool = True) -> torch.Tensor:
-    parts = [image_embeddings(learn, dl.plain(), normalize=normalize) for dl in (learn.dls.train, learn.dls.valid)
-             if len(dl.dataset)]
+def _embeddings(learn: Learner, normalize: bool = True, body: torch.nn.Module | None = None) -> torch.Tensor:
+    parts = [image_embeddings(learn, dl.plain(), normalize=normalize, body=body)
+             for dl in (learn.dls.train, learn.dls.valid) if len(dl.dataset)]
     parts = [p for p in parts if p.numel()]
     return torch.cat(parts) if parts else torch.empty(0, 0)
 
@@ -275,29 +241,25 @@ def _label_rows(items: _Items, probs: np.ndarray, how: str, t: dict[str, float])
     return rows, np.where(ok, pred, -1)
 
 
-def _outlier_rows(items: _Items, feats: torch.Tensor, t: dict[str, float], explained: dict[int, str]) -> list[dict]:
-    """Distance in the model's (unnormalised) feature space to the nearest images of the whole dataset
-    and of the image's own class, each in robust standard deviations above its median, summed. An
+def _outlier_rows(items: _Items, feats: torch.Tensor, t: dict[str, float], explained: dict[int, str],
+                  source: str) -> list[dict]:
+    """Outlier scores (scores.outlier_scores: local outlier factor plus class contrast) as rows. An
     image already flagged for a property (uniform, dark, odd size...) is not flagged again as an
     outlier: that property says why it is unlike the rest."""
-    # A group of similar outliers (twenty screenshots among cats) are each other's nearest images: k
-    # grows with the dataset (2%), so a group smaller than k still finds its distance to the rest.
     k = outlier_k(len(feats))
-    d_all = _knn_distance(feats, k)
     index = {c: i for i, c in enumerate(items.vocab)}
-    groups = np.array([index.get(lab, -1) for lab in items.labels])
-    d_class = _knn_distance(feats, k, groups)
-    z_all, z_class = _robust_z(d_all), _robust_z(d_class)
-    z = z_all + np.nan_to_num(z_class, nan=0.0)
+    targets = np.array([index.get(lab, -1) for lab in items.labels])
+    z, lof, knn, contrast = outlier_scores(feats, targets, k)
     thr = t["outlier"]
     rows = []
-    for i in np.flatnonzero(~np.isnan(d_all)):
+    for i in np.flatnonzero(~np.isnan(lof)):
         flagged = bool(z[i] > thr) and i not in explained
         note = f"; flagged as {explained[i]} instead" if z[i] > thr and i in explained else ""
         rows.append(dict(idx=int(i), issue="outlier", score=float(z[i]), flagged=flagged, threshold=thr,
-                         reason=(f"far from its {k} nearest images in the model's features ({z_all[i]:.1f} "
-                                 f"MADs) and from its class '{items.labels[i]}' ({z_class[i]:.1f}); sum {z[i]:.1f} "
-                                 f"{'>' if z[i] > thr else '<='} {thr:g} (outlier threshold){note}")))
+                         reason=(f"in {source} features: local outlier factor {lof[i]:.2f} and mean cosine "
+                                 f"distance {knn[i]:.2f} to its {k} nearest images, distance to its class '{items.labels[i]}' over distance to the others "
+                                 f"{contrast[i]:.2f}; score {z[i]:.1f} {'>' if z[i] > thr else '<='} {thr:g} "
+                                 f"(outlier threshold){note}")))
     return rows
 
 
@@ -333,7 +295,7 @@ def _balance(items: _Items, pred: np.ndarray | None) -> BalanceSummary:
 
 def audit(learn_or_path_or_dls: Learner | DataLoaders | str | Path, label_method: str = "oof",
           thresholds: dict[str, float] | None = None, near_duplicates: str = "hash", n_workers: int | None = None,
-          with_bar: bool = True, **oof_kwargs) -> pd.DataFrame:
+          with_bar: bool = True, outlier_features: str = "pretrained", **oof_kwargs) -> pd.DataFrame:
     """Every problem of an image dataset, in one table (see the module's notes for the columns).
 
     Args:
@@ -350,6 +312,10 @@ def audit(learn_or_path_or_dls: Learner | DataLoaders | str | Path, label_method
             default: no model needed, and it does not depend on how well a model trained), "features"
             (the learner's features, as `find_duplicates`) or "both".
         n_workers: threads reading the files (default: the CPU count, at most 8).
+        outlier_features: "pretrained" (default) scores outliers in the features of the model's
+            architecture with its pretrained weights (ImageNet), which still tell a photo from a digit
+            after fine-tuning on digits has taught the body to see only digits; "trained" uses the
+            learner's own body. Without the pretrained weights on this machine, the learner's own.
     """
     t = thresholds_with(thresholds, {**THRESHOLDS, **MODEL_THRESHOLDS},
                         notes="THRESHOLD_NOTES in nbtrain.image_properties and nbtrain.audit")
@@ -371,6 +337,8 @@ def audit(learn_or_path_or_dls: Learner | DataLoaders | str | Path, label_method
         raise ValueError(f"near_duplicates must be 'hash', 'features' or 'both', not {near_duplicates!r}.")
     if near_duplicates != "hash" and learn is None:
         raise ValueError("near_duplicates='features' needs a model's features: pass a Learner, or use 'hash'.")
+    if outlier_features not in ("pretrained", "trained"):
+        raise ValueError(f"outlier_features must be 'pretrained' or 'trained', not {outlier_features!r}.")
     if label_method not in ("oof", "loss"):
         raise ValueError(f"label_method must be 'oof' (out-of-fold models, slower, finds more) or 'loss' (the "
                          f"trained model's own loss, fast), not {label_method!r}.")
@@ -385,12 +353,18 @@ def audit(learn_or_path_or_dls: Learner | DataLoaders | str | Path, label_method
     emb = None
     if learn is not None:
         # Features need a body and a head (vision_learner's models); other models get no outlier rows.
-        feats = _embeddings(learn, normalize=False) if isinstance(learn.model, VisionModel) else torch.empty(0, 0)
+        vision = isinstance(learn.model, VisionModel)
+        feats = _embeddings(learn, normalize=False) if vision else torch.empty(0, 0)
         if len(feats) == len(items.paths):
             emb = torch.nn.functional.normalize(feats, dim=1)
             fl = props[props["flagged"]]
             explained = dict(zip(fl["idx"], fl["issue"]))
-            rows += _outlier_rows(items, feats, t, explained)
+            # Outliers in the pretrained body's features: fine-tuning pulls every image, a stray
+            # photo among digits too, into the clusters of the classes it was taught.
+            body = pretrained_body(learn.model) if outlier_features == "pretrained" else None
+            of, source = (_embeddings(learn, body=body), "the pretrained body's") if body is not None else \
+                (feats, "the trained model's")
+            rows += _outlier_rows(items, of, t, explained, source)
         probs, how = _label_probs(learn, items, label_method, with_bar, oof_kwargs)
         label_rows, pred = _label_rows(items, probs, how, t)
         rows += label_rows

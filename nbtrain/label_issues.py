@@ -300,16 +300,21 @@ def find_label_issues(learn_or_dls: Learner | DataLoaders, arch: str | Callable 
 # Near-duplicates
 
 
-def image_embeddings(learn: Learner, dl: DataLoader, normalize: bool = True) -> torch.Tensor:
+def image_embeddings(learn: Learner, dl: DataLoader, normalize: bool = True,
+                     body: nn.Module | None = None) -> torch.Tensor:
     """The penultimate features of every item of `dl` (the body's output, average-pooled), in dataset
-    order, unit length unless `normalize=False` (the length carries how strongly the model responds,
-    which outlier distances use), on the CPU; a file that cannot be decoded gets a row of NaN."""
+    order, unit length unless `normalize=False`, on the CPU; a file that cannot be decoded gets a row
+    of NaN. `body` replaces the learner's own body (e.g. the same architecture as pretrained)."""
     model = learn.model
-    if not isinstance(model, VisionModel):
+    if body is None and not isinstance(model, VisionModel):
         raise TypeError("Embeddings need a model with a body and a head, as vision_learner makes.")
+    if body is None:
+        body = model.body
+    else:
+        body = body.to(next(model.parameters()).device).eval()
 
     def features(x: torch.Tensor) -> torch.Tensor:
-        f = model.body(x).float()
+        f = body(x).float()
         f = f.mean(dim=(2, 3)) if f.ndim == 4 else f.flatten(1)
         return nn.functional.normalize(f, dim=1) if normalize else f
 

@@ -282,3 +282,11 @@ def _generic_body(model: nn.Module) -> nn.Module:
 def channels_last_friendly(model: nn.Module) -> bool:
     """Convolutional nets run faster in channels_last with cuDNN and oneDNN."""
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def pretrained_body(model: VisionModel) -> nn.Module | None:
+    """The body of `model`'s architecture as pretrained (ImageNet), or None when its weights are not here."""
+    try:
+        return create_vision_model(model.arch, 1, pretrained=True)[0].body
+    except Exception:  # noqa: BLE001 - no weights offline, or an architecture torchvision does not name
+        return None

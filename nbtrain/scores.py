@@ -5,6 +5,7 @@ The scoring functions are pure functions of probabilities, targets and losses (a
 """
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -86,3 +87,91 @@ def score_table(learn: Learner, with_bar: bool = True) -> pd.DataFrame:
             df = item_scores(probs, targets, losses)
         frames.append(split_frame(ds, split, df))
     return pd.concat(frames, ignore_index=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Outliers: pure functions of features and labels
+
+
+def robust_z(x: np.ndarray) -> np.ndarray:
+    """`x` in robust standard deviations (1.4826 MADs) above its median, NaN kept."""
+    ok = ~np.isnan(x)
+    if not ok.any():
+        return x
+    med = float(np.median(x[ok]))
+    mad = max(1.4826 * float(np.median(np.abs(x[ok] - med))), 1e-9)
+    return (x - med) / mad
+
+
+def cosine_knn(feats: torch.Tensor, k: int, chunk_bytes: int = 64 * 1024**2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine distances (n, k) to each row's `k` nearest other rows, nearest first, and their indices,
+    a chunk of rows at a time; NaN rows neither have nor are neighbours (distance NaN, index -1)."""
+    n = len(feats)
+    ok = ~torch.isnan(feats).any(dim=1)
+    e = torch.nn.functional.normalize(torch.where(ok[:, None], feats, torch.zeros_like(feats)).float(), dim=1)
+    k = max(1, min(k, int(ok.sum()) - 1))
+    dist, idx = torch.full((n, k), float("nan")), torch.full((n, k), -1, dtype=torch.long)
+    step = max(1, chunk_bytes // (4 * n))
+    for i0 in range(0, n, step):
+        i1 = min(n, i0 + step)
+        sim = e[i0:i1] @ e.T
+        sim[torch.arange(i1 - i0), torch.arange(i0, i1)] = float("-inf")
+        sim[:, ~ok] = float("-inf")
+        s, j = sim.topk(k, dim=1)
+        dist[i0:i1], idx[i0:i1] = (1 - s).clamp_min(0), j
+    dist[~ok], idx[~ok] = float("nan"), -1
+    return dist, idx
+
+
+def local_outlier_factor(dist: torch.Tensor, idx: torch.Tensor) -> np.ndarray:
+    """LOF (Breunig et al. 2000) from a k-nearest-neighbour graph: how much sparser an image's
+    neighbourhood is than its neighbours' own, about 1 inside a group and larger outside one."""
+    ok = idx[:, 0] >= 0
+    j = idx.clamp_min(0)
+    kdist = dist[:, -1]
+    reach = torch.maximum(dist, kdist[j])
+    lrd = 1 / (reach.mean(1) + 1e-6)
+    lof = lrd[j].mean(1) / lrd
+    return torch.where(ok, lof, torch.full_like(lof, float("nan"))).double().numpy()
+
+
+def class_contrast(feats: torch.Tensor, targets: np.ndarray) -> np.ndarray:
+    """Mean cosine distance of each image to the rest of its class over its mean distance to the
+    other classes' images: below 1 for an image like its class, about 1 or more for one that is no
+    nearer its own class than any other. From class sums of unit features, O(n x classes); NaN for
+    unreadable rows, unlabelled rows (target -1) and classes of one image."""
+    n = len(feats)
+    ok = ~torch.isnan(feats).any(dim=1)
+    t = torch.as_tensor(targets, dtype=torch.long)
+    use = ok & (t >= 0)
+    out = np.full(n, np.nan)
+    if int(use.sum()) < 3:
+        return out
+    e = torch.nn.functional.normalize(torch.where(ok[:, None], feats, torch.zeros_like(feats)).double(), dim=1)
+    e[~use] = 0
+    c = int(t[use].max()) + 1
+    tt = torch.where(use, t, torch.zeros_like(t))
+    sums = torch.zeros(c, e.shape[1], dtype=e.dtype).index_add_(0, tt[use], e[use])
+    counts = torch.bincount(tt[use], minlength=c).double()
+    own_sum, own_n = sums[tt], counts[tt]
+    total, total_n = sums.sum(0), counts.sum()
+    own = 1 - ((e * own_sum).sum(1) - 1) / (own_n - 1)
+    other = 1 - (e @ total - (e * own_sum).sum(1)) / (total_n - own_n)
+    ratio = own / other.clamp_min(1e-9)
+    good = use & (own_n > 1) & (total_n - own_n > 0)
+    out[good.numpy()] = ratio[good].numpy()
+    return out
+
+
+def outlier_scores(feats: torch.Tensor, targets: np.ndarray, k: int) -> tuple[np.ndarray, ...]:
+    """(score, lof, knn, contrast) per image. The dataset-level part is the larger of the local outlier
+    factor and the mean distance to the `k` nearest images (a group of strays smaller than `k` does not
+    hide either); the class-level part, counted twice, is the class contrast: a group of strays larger
+    than `k`, spread over the classes, still each sits in a class it is unlike. Each part in robust
+    standard deviations above its median. Higher is stranger; NaN for unreadable rows."""
+    dist, idx = cosine_knn(feats, k)
+    lof = local_outlier_factor(dist, idx)
+    knn = dist.mean(1).double().numpy()
+    contrast = class_contrast(feats, targets)
+    score = np.maximum(robust_z(lof), robust_z(knn)) + 2 * np.nan_to_num(robust_z(contrast), nan=0.0)
+    return score, lof, knn, contrast

@@ -270,13 +270,38 @@ def model_table(tmp_path_factory):
     return audit(learn, label_method="loss", with_bar=False), outlier, (leak, src)
 
 
-def test_audit_of_a_learner_finds_the_outlier_first(model_table):
+def test_audit_of_a_learner_flags_the_outlier_among_the_first(model_table):
     table, outlier, _ = model_table
-    rows = table[table["issue"] == "outlier"].sort_values("score", ascending=False)
-    assert rows.iloc[0]["path"] == outlier, rows.iloc[0]["reason"]
-    assert rows.iloc[0]["flagged"], list(table.loc[(table.path == outlier) & table.flagged, "reason"])
-    assert "outlier threshold" in rows.iloc[0]["reason"]
+    rows = table[table["issue"] == "outlier"].sort_values("score", ascending=False).reset_index(drop=True)
+    top = rows.head(2)
+    assert outlier in set(top["path"]), rows.head(3)["reason"].tolist()
+    row = top[top["path"] == outlier].iloc[0]
+    assert row["flagged"] and "outlier threshold" in row["reason"] and "pretrained" in row["reason"]
     assert rows["flagged"].sum() <= 3
+
+
+def test_outliers_found_even_when_they_cluster_together(tmp_path):
+    """Twelve photos spread over the digit classes are each other's nearest images, more of them than
+    the neighbours a distance averages over, and fine-tuning on digits pulls them into the digits'
+    clusters; in the pretrained body's features each is still unlike the class it was put in.
+    (Distance to the nearest images in the fine-tuned features put 4 of them in the first 12.)"""
+    from nbtrain.samples import _foolbox_photos
+
+    root = make_mnist_sample(tmp_path / "digits", n=100, noise=0.0, seed=6).path
+    (root / "labels.csv").unlink()
+    strays = []
+    for j, src in enumerate(_foolbox_photos()[:12]):
+        dest = root / "train" / str(j % 10) / f"photo_{j}.png"
+        with Image.open(src) as im:
+            im.convert("RGB").resize((28, 28), Image.Resampling.BILINEAR).save(dest)
+        strays.append(dest)
+    dls = ImageDataLoaders.from_folder(root, item_tfms=Resize(32), bs=16, seed=0)
+    learn = vision_learner(dls, "mobilenet_v2")
+    learn.fine_tune(2, base_lr=1e-2, freeze_epochs=0, lr_mult=1.0)
+    table = audit(learn, label_method="loss", with_bar=False)
+    rows = table[table["issue"] == "outlier"].sort_values("score", ascending=False)
+    found = set(rows["path"].head(12)) & {p.absolute() for p in strays}
+    assert len(found) >= 10, rows.head(14)[["path", "score"]]
 
 
 def test_audit_of_a_learner_scores_labels_and_reports_leakage(model_table):
