@@ -283,7 +283,8 @@ def cell_summary(rows: list[dict]) -> list[dict]:
 
 
 def print_cell(title: str, summary: list[dict]) -> str:
-    best = min((s for s in summary if not s["recipe"].startswith("foc")), key=lambda s: s["err"])
+    fine_tunes = [s for s in summary if not s["recipe"].startswith("foc")]
+    best = min(fine_tunes or summary, key=lambda s: s["err"])
     get = {s["recipe"]: s for s in summary}
     lines = []
     for s in summary:
