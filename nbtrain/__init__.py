@@ -15,8 +15,8 @@ from .downloads import URLs, untar_data
 from .data import (CategoryMap, DataError, DataLoader, DataLoaders, ImageDataLoaders, get_image_files, load_image,
                    verify_images)
 from .datablock import (CategoryBlock, ColReader, ColSplitter, DataBlock, Datasets, EndSplitter, FuncSplitter,
-                        GrandparentSplitter, ImageBlock, IndexSplitter, MaskSplitter, MultiCategoryBlock, PointBlock,
-                        RandomSplitter, RegexLabeller, RegressionBlock, TrainTestSplitter, TransformBlock, parent_label,
+                        GrandparentSplitter, ImageBlock, IndexSplitter, MaskBlock, MaskSplitter, MultiCategoryBlock,
+                        PointBlock, RandomSplitter, RegexLabeller, RegressionBlock, SegmentationDataLoaders, TrainTestSplitter, TransformBlock, parent_label,
                         using_attr)
 from .environment import default_device
 from .locations import is_kaggle
@@ -26,7 +26,7 @@ from .fileops import copy_to_working
 from .image import PILImage
 from .interpretation import ClassificationInterpretation
 from .label_issues import find_duplicates, find_label_issues
-from .learner import Learner, TrainingInterrupted, TrainingState, create_cnn, load_learner, vision_learner
+from .learner import Learner, TrainingInterrupted, TrainingState, create_cnn, load_learner, unet_learner, vision_learner
 from .metrics import (AccuracyMulti, F1Score, F1ScoreMulti, FBeta, FBetaMulti, Precision, PrecisionMulti, Recall,
                       RecallMulti, TopKAccuracy, accuracy, accuracy_multi, accuracy_thresh, error_rate, fbeta,
                       find_best_threshold, top_k_accuracy)
@@ -53,7 +53,7 @@ __all__ = [
     "PadMode", "ResizeMethod", "fbeta", "find_duplicates", "find_label_issues",
     # lr_find's suggestion functions, fastai's Path with ls(), and fastai names nbtrain refuses with advice
     "minimum", "slide", "steep", "valley", "Path", "PointBlock", "RegressionBlock", "TensorImage", "setup_aug_tfms",
-    "Pipeline",
+    "Pipeline", "MaskBlock", "SegmentationDataLoaders", "unet_learner",
     # fastai's `models` and the architecture names vision_learner takes
     "models", "convnext_small", "convnext_tiny", "densenet121", "efficientnet_b0", "efficientnet_b1", "efficientnet_b2",
     "efficientnet_b3", "efficientnet_b4", "efficientnet_b5", "efficientnet_b6", "efficientnet_b7", "efficientnet_v2_s",

@@ -388,6 +388,22 @@ class RegressionBlock(UnsupportedBlock):
     advice = "Use fastai for regression, or make it a classification: CategoryBlock on ranges of the value."
 
 
+class MaskBlock(UnsupportedBlock):
+    task = "a class per pixel (segmentation), e.g. the book's CamVid model"
+    advice = "Use fastai for segmentation, or make it a classification: CategoryBlock on a label per image."
+
+
+class SegmentationDataLoaders:
+    """fastai's segmentation loaders, which nbtrain does not build: every way in says so."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        raise DataError(MaskBlock.unsupported())
+
+    @classmethod
+    def from_label_func(cls, *args: Any, **kwargs: Any) -> "SegmentationDataLoaders":
+        raise DataError(MaskBlock.unsupported())
+
+
 def _block(b: Any, where: str) -> TransformBlock:
     if isinstance(b, type) and issubclass(b, UnsupportedBlock):
         raise DataError(f"{where}: {b.unsupported()}")

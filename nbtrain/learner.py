@@ -30,6 +30,7 @@ from .augmentation import Normalize, item_tfm_from_spec
 from .callbacks import (Callback, CancelBatchException, CancelEpochException, CancelFitException,
                         CancelStepException, CancelTrainException, CancelValidException)
 from .data import Batch, DataError, DataLoader, DataLoaders, ImageDataset
+from .datablock import MaskBlock
 from .environment import default_device, in_notebook, mixed_precision, release_device_memory
 from .image import PILImage
 from .locations import output_dir
@@ -1195,6 +1196,11 @@ def _check_fits(model: nn.Module, weights: dict, saved: dict | None, current: di
         detail = f"{len(wrong)} tensors of another shape (e.g. {wrong[0]})" if wrong else f"{len(missing)} missing tensors"
         raise CheckpointMismatchError(f"{path} does not fit this model: {detail}. It was probably saved from "
                                       "another architecture or number of classes.")
+
+
+def unet_learner(*args, **kwargs) -> Learner:
+    """fastai's segmentation learner, which nbtrain does not build: it says so, and what to use instead."""
+    raise DataError(MaskBlock.unsupported())
 
 
 def vision_learner(dls: DataLoaders, arch: str | Callable, metrics: Sequence[Callable] | Callable | None = None,

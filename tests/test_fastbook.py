@@ -323,6 +323,21 @@ def test_chapter6_pascal_multilabel_from_a_dataframe(in_tmp):
     assert len(new_df) == len(df) - 1 and victim.name not in set(new_df['fname']) and victim.exists()
 
 
+def test_chapter1_segmentation_is_refused_with_advice(in_tmp):
+    path = in_tmp  # swap: untar_data(URLs.CAMVID_TINY), whose images/, labels/ and codes.txt are not offline
+    with pytest.raises(DataError, match=r"MaskBlock \(a class per pixel \(segmentation\).*\) is not supported: "
+                                        r"nbtrain trains image classifiers\. Use fastai for segmentation"):
+        dls = SegmentationDataLoaders.from_label_func(
+            path, bs=8, fnames = get_image_files(path),
+            label_func = lambda o: path/'labels'/f'{o.stem}_P{o.suffix}',
+            codes = np.array(['Animal', 'Archway'])  # swap: np.loadtxt(path/'codes.txt', dtype=str)
+        )
+    with pytest.raises(DataError, match="segmentation"):
+        learn = unet_learner(None, resnet34)
+    with pytest.raises(DataError, match="MaskBlock .* is not supported"):
+        DataBlock(blocks=(ImageBlock, MaskBlock))
+
+
 def test_chapter6_regression_is_refused_with_advice(in_tmp):
     # swap: the BIWI download and the cells that read its files (img2pose, cal, get_ctr's data)
     def img2pose(x): return Path(f'{str(x)[:-7]}pose.txt')
