@@ -23,6 +23,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
 
+from .scores import robust_z
+
 # Images are measured at most this many pixels on their longer side: enough to see blur and exposure,
 # and small enough that a photo costs about what a digit does once JPEG's draft mode has decoded it.
 MEASURE_SIDE = 128
@@ -134,12 +136,14 @@ def perceptual_hash(grey32: np.ndarray) -> bytes:
     return np.packbits(low > np.median(low)).tobytes()
 
 
-def robust_z(x: np.ndarray, floor: float) -> np.ndarray:
-    """(x - median) / (1.4826 * MAD), the MAD floored at `floor` so a dataset of identical sizes does not
-    make every small difference infinite."""
-    med = np.nanmedian(x)
-    mad = max(1.4826 * float(np.nanmedian(np.abs(x - med))), floor)
-    return (x - med) / mad
+def off_median(x: np.ndarray, median: float, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(x / median, how many times x is off its median either way, whether that is odd): at least
+    `threshold` times off, and more than 3 robust standard deviations out in log terms, so that a
+    dataset of many sizes (or shapes) flags only its far ends."""
+    ratio = x / median
+    factor = np.maximum(ratio, 1 / ratio)
+    z = np.abs(robust_z(np.log(x), floor=math.log(1.25)))
+    return ratio, factor, (factor >= threshold) & (z > 3)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -285,11 +289,7 @@ def property_issues(stats: pd.DataFrame, thresholds: dict[str, float] | None = N
     w, h = s["width"].to_numpy().astype(float), s["height"].to_numpy().astype(float)
     side = np.sqrt(w * h)
     med_side = float(np.median(side))
-    ratio = side / med_side
-    factor = np.maximum(ratio, 1 / ratio)
-    # Against the spread of the dataset's sizes too: a dataset of many sizes flags only the far ends.
-    z = np.abs(robust_z(np.log(side), floor=math.log(1.25)))
-    odd = (factor >= t["odd_size"]) & (z > 3)
+    ratio, factor, odd = off_median(side, med_side, t["odd_size"])
     add("odd_size", np.log(factor), odd,
         [f"side {v:.0f} px is {f:.1f}x {'larger' if r > 1 else 'smaller'} than the median {med_side:.0f} px "
          f"({'>=' if o else '<'} {t['odd_size']:.1f}x odd_size threshold)" for v, f, r, o in zip(side, factor, ratio, odd)],
@@ -297,10 +297,7 @@ def property_issues(stats: pd.DataFrame, thresholds: dict[str, float] | None = N
 
     aspect = w / h
     med_aspect = float(np.exp(np.median(np.log(aspect))))
-    a_ratio = aspect / med_aspect
-    a_factor = np.maximum(a_ratio, 1 / a_ratio)
-    za = np.abs(robust_z(np.log(aspect), floor=math.log(1.25)))
-    odd_a = (a_factor >= t["odd_aspect"]) & (za > 3)
+    _, a_factor, odd_a = off_median(aspect, med_aspect, t["odd_aspect"])
     add("odd_aspect", np.log(a_factor), odd_a,
         [f"width/height {a:.2f} is {f:.1f}x the median {med_aspect:.2f} "
          f"({'>=' if o else '<'} {t['odd_aspect']:.1f}x odd_aspect threshold)" for a, f, o in zip(aspect, a_factor, odd_a)],

@@ -93,33 +93,59 @@ def score_table(learn: Learner, with_bar: bool = True) -> pd.DataFrame:
 # Outliers: pure functions of features and labels
 
 
-def robust_z(x: np.ndarray) -> np.ndarray:
-    """`x` in robust standard deviations (1.4826 MADs) above its median, NaN kept."""
+def robust_z(x: np.ndarray, floor: float = 1e-9) -> np.ndarray:
+    """`x` in robust standard deviations (1.4826 MADs) above its median, NaN kept. The MAD is floored
+    at `floor`, so values that barely differ (a dataset of identical sizes) do not make every small
+    difference infinite."""
     ok = ~np.isnan(x)
     if not ok.any():
         return x
     med = float(np.median(x[ok]))
-    mad = max(1.4826 * float(np.median(np.abs(x[ok] - med))), 1e-9)
+    mad = max(1.4826 * float(np.median(np.abs(x[ok] - med))), floor)
     return (x - med) / mad
 
 
-def cosine_knn(feats: torch.Tensor, k: int, chunk_bytes: int = 64 * 1024**2) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cosine distances (n, k) to each row's `k` nearest other rows, nearest first, and their indices,
-    a chunk of rows at a time; NaN rows neither have nor are neighbours (distance NaN, index -1)."""
-    n = len(feats)
-    ok = ~torch.isnan(feats).any(dim=1)
-    e = torch.nn.functional.normalize(torch.where(ok[:, None], feats, torch.zeros_like(feats)).float(), dim=1)
-    k = max(1, min(k, int(ok.sum()) - 1))
-    dist, idx = torch.full((n, k), float("nan")), torch.full((n, k), -1, dtype=torch.long)
+def most_similar(emb: torch.Tensor, k: int, chunk_bytes: int = 64 * 1024**2,
+                 device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each row of unit-length `emb`, the cosine similarities (n, k) of and indices of its `k`
+    most similar other rows, most similar first.
+
+    Rows are compared a chunk at a time on `device` (a GPU does the n x n products far sooner), so
+    memory stays at about `chunk_bytes` for any number of images; NaN rows match nothing (similarity
+    -inf, index -1). The results come back to the CPU once, at the end.
+    """
+    n = len(emb)
+    device = torch.device(device) if device is not None else emb.device
+    emb = emb.to(device)
+    ok = ~torch.isnan(emb).any(dim=1)
+    e = torch.where(ok[:, None], emb, torch.zeros_like(emb))
+    best = torch.full((n, k), float("-inf"), device=device)
+    arg = torch.full((n, k), -1, dtype=torch.long, device=device)
+    if n < 2:
+        return best.cpu(), arg.cpu()
     step = max(1, chunk_bytes // (4 * n))
     for i0 in range(0, n, step):
         i1 = min(n, i0 + step)
         sim = e[i0:i1] @ e.T
-        sim[torch.arange(i1 - i0), torch.arange(i0, i1)] = float("-inf")
+        rows = torch.arange(i1 - i0, device=device)
+        sim[rows, rows + i0] = float("-inf")  # not itself
         sim[:, ~ok] = float("-inf")
-        s, j = sim.topk(k, dim=1)
-        dist[i0:i1], idx[i0:i1] = (1 - s).clamp_min(0), j
-    dist[~ok], idx[~ok] = float("nan"), -1
+        # max gives the first of equal rows, so the nearest copy of an image does not depend on k.
+        best[i0:i1], arg[i0:i1] = sim.max(dim=1, keepdim=True) if k == 1 else sim.topk(k, dim=1)
+    best[~ok], arg[~ok] = float("-inf"), -1
+    return best.cpu(), arg.cpu()
+
+
+def cosine_knn(feats: torch.Tensor, k: int, chunk_bytes: int = 64 * 1024**2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine distances (n, k) to each row's `k` nearest other rows, nearest first, and their indices
+    (`most_similar` of the unit-length rows); NaN rows neither have nor are neighbours (distance NaN,
+    index -1)."""
+    ok = ~torch.isnan(feats).any(dim=1)
+    e = torch.nn.functional.normalize(torch.where(ok[:, None], feats, torch.zeros_like(feats)).float(), dim=1)
+    e[~ok] = float("nan")
+    sim, idx = most_similar(e, max(1, min(k, int(ok.sum()) - 1)), chunk_bytes)
+    dist = (1 - sim).clamp_min(0)
+    dist[~ok] = float("nan")
     return dist, idx
 
 

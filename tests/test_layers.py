@@ -22,7 +22,8 @@ LAYERS: list[set[str]] = [
     {"distributed", "recipe"},                        # processes and collectives; the default training recipe
     {"callbacks"},                                    # the events of the training loop
     {"learner"},                                      # one training step, one prediction loop, training state
-    {"scores", "interpretation", "image_properties"},  # pure scores; plots of a trained model; image checks
+    {"scores", "interpretation"},                     # pure scores; plots of a trained model
+    {"image_properties"},                             # image checks, no model (robust z from scores)
     {"label_issues"},                                 # out-of-fold ranking, near-duplicates
     {"audit"},                                        # every issue type in one table
     {"cleaner", "app"},                               # the widgets
