@@ -26,7 +26,7 @@ import torch
 from .data import DataLoaders, get_image_files
 from .image_properties import (HASH_BITS, THRESHOLD_NOTES, THRESHOLDS, exact_groups, hash_neighbours, measure_images,
                                property_issues, thresholds_with)
-from .label_issues import find_label_issues, image_embeddings
+from .label_issues import find_label_issues, image_embeddings, nearest_neighbours
 from .learner import Learner
 from .models import VisionModel, pretrained_body
 from .scores import outlier_scores
@@ -167,8 +167,6 @@ def _copy_rows(items: _Items, stats: pd.DataFrame, t: dict[str, float],
                                                                   f"(<= {limit:g}, near_duplicate_bits threshold)",
                                                            limit))
     if emb is not None and len(emb) > 1:
-        from .label_issues import nearest_neighbours
-
         sim, arg = nearest_neighbours(emb)
         thr = t["near_duplicate_similarity"]
         for i in torch.nonzero(sim >= thr).flatten().tolist():
@@ -195,8 +193,8 @@ def _copy_rows(items: _Items, stats: pd.DataFrame, t: dict[str, float],
 # With a model
 
 
-def _embeddings(learn: Learner, normalize: bool = True, body: torch.nn.Module | None = None) -> torch.Tensor:
-    parts = [image_embeddings(learn, dl.plain(), normalize=normalize, body=body)
+def _embeddings(learn: Learner, body: torch.nn.Module | None = None) -> torch.Tensor:
+    parts = [image_embeddings(learn, dl.plain(), body=body)
              for dl in (learn.dls.train, learn.dls.valid) if len(dl.dataset)]
     parts = [p for p in parts if p.numel()]
     return torch.cat(parts) if parts else torch.empty(0, 0)
@@ -354,9 +352,9 @@ def audit(learn_or_path_or_dls: Learner | DataLoaders | str | Path, label_method
     if learn is not None:
         # Features need a body and a head (vision_learner's models); other models get no outlier rows.
         vision = isinstance(learn.model, VisionModel)
-        feats = _embeddings(learn, normalize=False) if vision else torch.empty(0, 0)
+        feats = _embeddings(learn) if vision else torch.empty(0, 0)
         if len(feats) == len(items.paths):
-            emb = torch.nn.functional.normalize(feats, dim=1)
+            emb = feats
             fl = props[props["flagged"]]
             explained = dict(zip(fl["idx"], fl["issue"]))
             # Outliers in the pretrained body's features: fine-tuning pulls every image, a stray

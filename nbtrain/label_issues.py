@@ -29,7 +29,7 @@ from .augmentation import RandomResizedCrop, Resize
 from .data import DataLoader, DataLoaders
 from .learner import Learner, vision_learner
 from .models import VisionModel
-from .scores import SPLITS, item_scores, split_frame
+from .scores import SPLITS, item_scores, most_similar, split_frame
 
 # Measured on MNIST-5k with 10% of labels flipped (bench/label_noise.py): see the defaults' notes there.
 DEFAULT_ARCH = "mobilenet_v2"
@@ -300,11 +300,10 @@ def find_label_issues(learn_or_dls: Learner | DataLoaders, arch: str | Callable 
 # Near-duplicates
 
 
-def image_embeddings(learn: Learner, dl: DataLoader, normalize: bool = True,
-                     body: nn.Module | None = None) -> torch.Tensor:
+def image_embeddings(learn: Learner, dl: DataLoader, body: nn.Module | None = None) -> torch.Tensor:
     """The penultimate features of every item of `dl` (the body's output, average-pooled), in dataset
-    order, unit length unless `normalize=False`, on the CPU; a file that cannot be decoded gets a row
-    of NaN. `body` replaces the learner's own body (e.g. the same architecture as pretrained)."""
+    order, unit length, on the CPU; a file that cannot be decoded gets a row of NaN. `body` replaces
+    the learner's own body (e.g. the same architecture as pretrained)."""
     model = learn.model
     if body is None and not isinstance(model, VisionModel):
         raise TypeError("Embeddings need a model with a body and a head, as vision_learner makes.")
@@ -315,8 +314,7 @@ def image_embeddings(learn: Learner, dl: DataLoader, normalize: bool = True,
 
     def features(x: torch.Tensor) -> torch.Tensor:
         f = body(x).float()
-        f = f.mean(dim=(2, 3)) if f.ndim == 4 else f.flatten(1)
-        return nn.functional.normalize(f, dim=1) if normalize else f
+        return nn.functional.normalize(f.mean(dim=(2, 3)) if f.ndim == 4 else f.flatten(1), dim=1)
 
     feats, _, idx = learn.outputs(dl, forward=features)
     if not len(feats):
@@ -328,31 +326,10 @@ def image_embeddings(learn: Learner, dl: DataLoader, normalize: bool = True,
 
 def nearest_neighbours(emb: torch.Tensor, chunk_bytes: int = 64 * 1024**2,
                        device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each row of unit-length `emb`, the cosine similarity of and index of its most similar other row.
-
-    Rows are compared a chunk at a time on `device` (the model's: a GPU does the n x n products far
-    sooner), so memory stays at about `chunk_bytes` for any number of images; NaN rows match
-    nothing (similarity -inf, index -1). The results come back to the CPU once, at the end.
-    """
-    n = len(emb)
-    device = torch.device(device) if device is not None else emb.device
-    emb = emb.to(device)
-    ok = ~torch.isnan(emb).any(dim=1)
-    e = torch.where(ok[:, None], emb, torch.zeros_like(emb))
-    best = torch.full((n,), float("-inf"), device=device)
-    arg = torch.full((n,), -1, dtype=torch.long, device=device)
-    if n < 2:
-        return best.cpu(), arg.cpu()
-    step = max(1, chunk_bytes // (4 * n))
-    for i0 in range(0, n, step):
-        i1 = min(n, i0 + step)
-        sim = e[i0:i1] @ e.T
-        rows = torch.arange(i1 - i0, device=device)
-        sim[rows, rows + i0] = float("-inf")  # not itself
-        sim[:, ~ok] = float("-inf")
-        best[i0:i1], arg[i0:i1] = sim.max(dim=1)
-    best[~ok], arg[~ok] = float("-inf"), -1
-    return best.cpu(), arg.cpu()
+    """For each row of unit-length `emb`, the cosine similarity of and index of its most similar other
+    row (`scores.most_similar` with k=1: chunked on `device`, NaN rows match nothing)."""
+    sim, idx = most_similar(emb, 1, chunk_bytes, device)
+    return sim[:, 0], idx[:, 0]
 
 
 DUPLICATE_COLUMNS = ["path_a", "path_b", "split_a", "split_b", "similarity", "cross_split"]
