@@ -548,13 +548,17 @@ class ImageClassifierCleaner:
             return
         step = {p: self.choices.get(p, KEEP) for p in new}
         self.history.append((step, set(new) - self.reviewed))
-        for p, c in new.items():
+        self._record(new)
+        self.reviewed.update(new)
+        self._refresh(new)
+
+    def _record(self, choices: dict[Path, str | frozenset]) -> None:
+        """Set each path's choice; <Keep> is kept as no entry at all."""
+        for p, c in choices.items():
             if c == KEEP:
                 self.choices.pop(p, None)
             else:
                 self.choices[p] = c
-        self.reviewed.update(new)
-        self._refresh(new)
 
     def set_choice(self, path: Path, choice: str | Sequence[str], from_widget: bool = False) -> None:
         """Record `choice` for `path`: <Keep>, <Delete>, a class name, or for multi-label data the
@@ -603,11 +607,7 @@ class ImageClassifierCleaner:
             return []
         step, first_seen = self.history.pop()
         self.reviewed -= first_seen
-        for p, c in step.items():
-            if c == KEEP:
-                self.choices.pop(p, None)
-            else:
-                self.choices[p] = c
+        self._record(step)
         self._refresh(step)
         return list(step)
 
