@@ -288,9 +288,11 @@ class ImageDataset(Dataset):
             sub.cache, sub.cached = self.cache[t], self.cached[t].clone()
         return sub
 
-    def with_item_tfms(self, item_tfms: Sequence) -> "ImageDataset":
-        """The same files and labels through other item transforms (no decoded images carried over)."""
-        new = ImageDataset(self.items, self.labels, self.vocab, self.multi_label, item_tfms, train=self.train)
+    def with_item_tfms(self, item_tfms: Sequence, train: bool | None = None) -> "ImageDataset":
+        """The same files and labels through other item transforms (no decoded images carried over),
+        in training form (random transforms random) when `train`; this one's form by default."""
+        new = ImageDataset(self.items, self.labels, self.vocab, self.multi_label, item_tfms,
+                           train=self.train if train is None else train)
         new.bad = set(self.bad)
         return new
 

@@ -1053,8 +1053,7 @@ class Learner:
                              "For predictions without augmentation, use get_preds().")
         plain = (dl or self.dls[ds_idx]).plain()
         ds = plain.dataset
-        aug_ds = ImageDataset(ds.items, ds.labels, ds.vocab, ds.multi_label,
-                              ds.item_tfms if item_tfms is None else list(item_tfms), train=True)
+        aug_ds = ds.with_item_tfms(ds.item_tfms if item_tfms is None else list(item_tfms), train=True)
         aug_dl = plain.new(dataset=aug_ds, augment=True, cache=False,
                            batch_tfms=plain.batch_tfms if batch_tfms is None else list(batch_tfms))
         aug = torch.stack([self.get_preds(dl=aug_dl)[0] for _ in range(n)])
