@@ -47,13 +47,13 @@ def demo(out: Path, epochs: int, size: int, noise: float, arch: str, bs: int) ->
         print(f"The head-only epoch erred on {rates['probe_error']:.0%} of the validation digits, so the body "
               f"trained at 1/{rates['lr_mult']:.3g} of the head's learning rate (fastai's recipe: always 1/100).")
     else:
-        learn.fit_one_cycle(epochs * 3, 3e-3)
+        learn.fit_one_cycle(epochs * 3)  # the plain default, as a user would type it
     interp = ClassificationInterpretation.from_learner(learn)
     err = learn.validate()[1]
     learn.recorder.plot_loss().savefig(out / "losses.png", dpi=80)
     interp.plot_confusion_matrix().savefig(out / "confusion_matrix.png", dpi=80)
     interp.plot_top_losses(9).savefig(out / "top_losses.png", dpi=80)
-    export = learn.export("export.pth")  # like fastai: relative to learn.path, which is `out`
+    export = learn.export()  # like fastai: export.pkl, relative to learn.path, which is `out`
     print(f"\nFinal validation error: {err:.4f} ({err:.1%}) on {dls.valid.n} images")
     _flipped_report(learn, sample)
     print(f"Plots: {out / 'batch.png'}, {out / 'losses.png'}, {out / 'confusion_matrix.png'}, {out / 'top_losses.png'}")

@@ -521,9 +521,25 @@ class ImageClassifierCleaner:
         elif action == "relabel" and msg.get("label") in self.vocab:
             self.set_choice(path, msg["label"])
 
+    @property
+    def scores(self) -> pd.DataFrame:
+        """One row per image: path, split, labels, the model's prediction and the ranking's scores."""
+        return self._scores_table
+
+    @scores.setter
+    def scores(self, table: pd.DataFrame) -> None:
+        self._scores_table = table
+        # Menus and badges look rows up by path once per cell: a dict, not a scan of the table.
+        self._row_at = {p: i for i, p in enumerate(table["path"])}
+
+    def _score_row(self, path: Path):
+        """`path`'s row of the score table as a named tuple, or None when it is not among the images."""
+        i = self._row_at.get(path)
+        return None if i is None else next(self.scores.iloc[i:i + 1].itertuples(index=False))
+
     def _own_labels(self, path: Path) -> tuple[str, ...]:
-        row = self.scores.loc[self.scores["path"] == path]
-        return tuple(row["labels"].iloc[0]) if len(row) else ()
+        row = self._score_row(path)
+        return tuple(row.labels) if row is not None else ()
 
     def _normalise(self, path: Path, choice: str | Sequence[str]) -> str | frozenset:
         """`choice` checked, with a relabel to the image's own class (or label set) turned into <Keep>."""
@@ -579,10 +595,9 @@ class ImageClassifierCleaner:
         self._decide({path: self._prediction_choice(path)})
 
     def _prediction_choice(self, path: Path) -> str | frozenset:
-        row = self.scores.loc[self.scores["path"] == path]
-        if not len(row):
+        row = self._score_row(path)
+        if row is None:
             raise ValueError(f"{path} is not among the cleaner's images.")
-        row = next(row.itertuples(index=False))
         if self.multi_label:
             return self._normalise(path, [self.vocab[i] for i in row.pred_set])
         pred = self._predicted(row)
@@ -681,8 +696,8 @@ class ImageClassifierCleaner:
         return pd.DataFrame(rows, columns=["path", "split", "labels", "choice"])
 
     def _row_info(self, path: Path) -> tuple[str, tuple]:
-        row = self.scores.loc[self.scores["path"] == path]
-        return (row["split"].iloc[0], tuple(row["labels"].iloc[0])) if len(row) else ("", ())
+        row = self._score_row(path)
+        return (row.split, tuple(row.labels)) if row is not None else ("", ())
 
     # -- applying ------------------------------------------------------------------------------------
 

@@ -769,7 +769,8 @@ class ImageDataLoaders:
         if valid_idx is None:
             if valid_pct is None or not 0 < valid_pct < 1:
                 raise DataError(f"valid_pct must be between 0 and 1 (e.g. 0.2 for 20%), not {valid_pct!r}.")
-            valid_idx = random_split(len(fnames), valid_pct, seed)[1] or random_split(len(fnames), 1, seed)[1][:1]
+            train_idx, valid_idx = random_split(len(fnames), valid_pct, seed)
+            valid_idx = valid_idx or train_idx[:1]  # a tiny set still gets one image to validate on
         vset = set(valid_idx)
         t_idx = [i for i in range(len(fnames)) if i not in vset]
         v_idx = sorted(vset)

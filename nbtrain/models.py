@@ -288,5 +288,5 @@ def pretrained_body(model: VisionModel) -> nn.Module | None:
     """The body of `model`'s architecture as pretrained (ImageNet), or None when its weights are not here."""
     try:
         return create_vision_model(model.arch, 1, pretrained=True)[0].body
-    except Exception:  # noqa: BLE001 - no weights offline, or an architecture torchvision does not name
+    except (WeightsUnavailableError, ValueError):  # no weights offline; a name torchvision does not know
         return None

@@ -88,7 +88,7 @@ def _check_02(nb, workdir: Path) -> None:
 def _check_04(nb, workdir: Path) -> None:
     out = _outputs_text(nb)
     assert "error_rate" in out and "0 deleted, 0 relabelled" in out  # nobody clicked: nothing changes
-    assert (workdir / "nbtrain-kaggle-demo" / "working" / "export.pth").is_file()
+    assert (workdir / "nbtrain-kaggle-demo" / "working" / "export.pkl").is_file()
     assert (workdir / "nbtrain-kaggle-demo" / "working" / "digits" / "train").is_dir()
     assert "Better model found at epoch 0" in out  # SaveModelCallback saved the best epoch
     assert (workdir / "nbtrain-kaggle-demo" / "working" / "digits" / "models" / "model.pth").is_file()
