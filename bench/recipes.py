@@ -32,7 +32,7 @@ Recipes, each `vision_learner(dls, "mobilenet_v2", pretrained=True)` then `fine_
            then run this script with ../venv-fastai/bin/python.
   sweep    each `--configs` entry: lr (fine_tune's base_lr; "find": lr_find's valley), mult (lr_mult), freeze (freeze_epochs;
            the unfrozen epochs are then epochs + 1 - freeze, so every run has the same epoch budget),
-           ls (label smoothing), far (the recipe's far_base_lr), foc (fit_one_cycle(epochs, lr) on the frozen learner instead: the head only,
+           ls (label smoothing), far (the recipe's far_base_lr), near (its near_lr_mult), foc (fit_one_cycle(epochs, lr) on the frozen learner instead: the head only,
            as `learn.fit_one_cycle(n)` right after vision_learner trains; its rows are left out of "best").
            "best" is the lowest mean error among the fine_tune rows of the cell.
 
@@ -167,14 +167,14 @@ DATASETS = {"photos": photos, "faces": faces, "digits": digits, "mnist": mnist}
 def parse_config(spec: str) -> dict:
     """'lr=1e-2,mult=3,freeze=0,ls=0.1' -> fine_tune's keyword arguments (and 'ls')."""
     names = {"lr": "base_lr", "mult": "lr_mult", "freeze": "freeze_epochs", "ls": "ls", "recipe": "recipe",
-             "foc": "foc", "far": "far"}
+             "foc": "foc", "far": "far", "near": "near"}
     out = {}
     for part in filter(None, spec.split(",")):
         key, _, value = part.partition("=")
         if key not in names:
             raise SystemExit(f"unknown key {key!r} in {spec!r}: use {', '.join(names)}")
-        if key == "far":  # the recipe's far_base_lr (vision_learner(recipe={"far_base_lr": ...}))
-            out["far"] = float(value)
+        if key in ("far", "near"):  # the recipe's far_base_lr or near_lr_mult (vision_learner(recipe={...}))
+            out[key] = float(value)
         elif key == "foc":  # fit_one_cycle(epochs, lr_max=lr) on the frozen learner instead of fine_tune
             out["foc"] = True
         elif key == "recipe" or value == "find":
@@ -206,8 +206,9 @@ def run_nbtrain(data: Data, epochs: int, config: dict, seed: int, args) -> tuple
     dls = nbtrain.ImageDataLoaders.from_folder(data.path, item_tfms=nbtrain.Resize(data.size),
                                                batch_tfms=nbtrain.aug_transforms(do_flip=data.do_flip),
                                                bs=data.bs, seed=seed)
-    kwargs = {k: v for k, v in config.items() if k not in ("ls", "foc", "far")}
-    recipe = {"far_base_lr": config["far"]} if "far" in config else None
+    kwargs = {k: v for k, v in config.items() if k not in ("ls", "foc", "far", "near")}
+    recipe = {name: config[key] for key, name in (("far", "far_base_lr"), ("near", "near_lr_mult")) if key in config}
+    recipe = recipe or None
     loss = nn.CrossEntropyLoss(label_smoothing=config["ls"]) if "ls" in config else None
     freeze = kwargs.get("freeze_epochs")
     if freeze is not None:

@@ -9,6 +9,7 @@ from torch import nn
 
 import nbtrain
 from nbtrain import ImageDataLoaders, Learner, Resize, vision_learner
+from nbtrain.lr_suggestions import minimum, valley
 from nbtrain.recipe import FASTAI, NBTRAIN, distance, get_recipe, unfrozen_rates
 
 
@@ -17,31 +18,34 @@ def dls(mnist_small):
     return ImageDataLoaders.from_folder(mnist_small, item_tfms=Resize(32), bs=32, seed=0)
 
 
-def test_near_data_gets_fastais_rates_and_far_data_one_fast_rate():
-    assert unfrozen_rates(0.0, 10, NBTRAIN) == pytest.approx((2e-3, 100.0))
+def test_near_data_gets_fastais_base_rate_and_far_data_one_fast_rate():
+    assert unfrozen_rates(0.0, 10, NBTRAIN) == pytest.approx((2e-3, 10.0))
     assert unfrozen_rates(0.9, 10, NBTRAIN) == pytest.approx((1e-2, 1.0))  # chance level for 10 classes
     # In between, both move monotonically: the worse the frozen head, the faster the body.
     mults = [unfrozen_rates(e, 10, NBTRAIN)[1] for e in (0.05, 0.12, 0.18, 0.25, 0.4)]
-    assert mults == sorted(mults, reverse=True) and 1.0 <= mults[-1] < mults[0] <= 100.0
+    assert mults == sorted(mults, reverse=True) and 1.0 <= mults[-1] < mults[0] <= 10.0
     # The error is scaled by chance level: 40% error is 0.8 of the way to chance for 2 classes, far.
     assert distance(0.4, 2, NBTRAIN) == 1.0 and distance(0.05, 2, NBTRAIN) == 0.0
 
 
-def test_a_given_base_lr_is_scaled_like_the_recipes():
-    assert unfrozen_rates(0.9, 10, NBTRAIN, base_lr=1e-3) == pytest.approx((5e-3, 1.0))
-    assert unfrozen_rates(0.0, 10, NBTRAIN, base_lr=1e-3) == pytest.approx((1e-3, 100.0))
+def test_a_given_base_lr_sets_the_near_end_and_far_data_keeps_the_far_rate():
+    assert unfrozen_rates(0.0, 10, NBTRAIN, base_lr=1e-3) == pytest.approx((1e-3, 10.0))
+    assert unfrozen_rates(0.9, 10, NBTRAIN, base_lr=1e-3) == pytest.approx((1e-2, 1.0))
+    assert unfrozen_rates(0.9, 10, NBTRAIN, base_lr=5e-2) == pytest.approx((5e-2, 1.0))  # never below the start
+    # Halfway, log-linear between the start and the far rate.
+    assert unfrozen_rates(0.18, 10, NBTRAIN, base_lr=1e-3)[0] == pytest.approx(math.sqrt(1e-3 * 1e-2))
 
 
 def test_no_probe_means_halfway():
     base, mult = unfrozen_rates(float("nan"), 10, NBTRAIN)
-    assert mult == pytest.approx(10.0) and 2e-3 < base < 1e-2
+    assert mult == pytest.approx(10 ** 0.5) and 2e-3 < base < 1e-2
     assert unfrozen_rates(None, 10, NBTRAIN) == (base, mult)
 
 
 def test_small_batches_lower_the_whole_network_rate_and_large_ones_keep_it():
     assert unfrozen_rates(0.9, 10, NBTRAIN, bs=8) == pytest.approx((5e-3, 1.0))  # sqrt(8 / 32) of 1e-2
     assert unfrozen_rates(0.9, 10, NBTRAIN, bs=256) == pytest.approx((1e-2, 1.0))
-    assert unfrozen_rates(0.0, 10, NBTRAIN, bs=8) == pytest.approx((2e-3, 100.0))  # near data: fastai's rates
+    assert unfrozen_rates(0.0, 10, NBTRAIN, bs=8) == pytest.approx((2e-3, 10.0))  # near data: fastai's base rate
     assert unfrozen_rates(0.9, 10, NBTRAIN, bs=1)[0] == pytest.approx(2e-3)  # never under the head-only rate
 
 
@@ -103,9 +107,26 @@ def test_default_fine_tune_probes_then_picks_the_bodys_rate(dls):
         unfrozen_rates(rates["probe_error"], dls.c, NBTRAIN, bs=dls.train.bs))
 
 
-def test_lr_find_suggestion_is_in_the_recipes_range(dls):
+def test_lr_find_suggests_the_recipes_rate_unless_the_curve_says_it_is_too_high(dls):
+    torch.manual_seed(0)
+    learn = vision_learner(dls, "mobilenet_v2")
+    result = learn.lr_find(num_it=60, show_plot=False, suggest_funcs=(valley, minimum))
+    # Followed as fine_tune(base_lr=suggestion), it trains as the default does; never faster, and
+    # never above fastai's minimum/10 rule read from the same curve.
+    assert result.valley == pytest.approx(min(NBTRAIN["base_lr"], result.minimum))
+    lrs, losses = learn.recorder.lr_find_lrs, learn.recorder.lr_find_losses
+    assert result.minimum == pytest.approx(lrs[losses.index(min(losses))] / 10)
+    # The curve is real: the loss fell somewhere before the rate at its minimum.
+    assert min(losses) < losses[0]
+
+
+def test_following_lr_find_gives_the_defaults_rates_on_far_data(dls):
     torch.manual_seed(0)
     learn = vision_learner(dls, "mobilenet_v2")
     suggestion = learn.lr_find(num_it=40, show_plot=False).valley
-    # Followed as fine_tune(base_lr=suggestion), it never trains faster than the default.
-    assert NBTRAIN["base_lr"] / 2 <= suggestion <= NBTRAIN["base_lr"]
+    learn.fine_tune(1, base_lr=suggestion)
+    rates = learn.fine_tune_rates
+    base, mult = unfrozen_rates(rates["probe_error"], dls.c, NBTRAIN, bs=dls.train.bs)
+    # 32 px digits are far from ImageNet: the same unfrozen rates as the default, whatever the suggestion.
+    assert distance(rates["probe_error"], dls.c, NBTRAIN) == 1.0
+    assert (rates["head"] * 2, rates["lr_mult"]) == pytest.approx((base, mult))
