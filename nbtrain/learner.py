@@ -833,8 +833,9 @@ class Learner:
                 show_plot: bool = True, suggest_funcs: Sequence[Callable] | Callable = (valley,)) -> tuple:
         """Train briefly with an exponentially growing learning rate and suggest one.
 
-        It takes the same training step as `fit`. The weights, optimizer and batch-norm statistics
-        are put back afterwards, in memory: no file is written. Returns fastai's `SuggestedLRs`, one
+        It takes the same training step as `fit`. The weights, optimizer, batch-norm statistics and
+        random state are put back afterwards, in memory (no file is written), so what trains next
+        trains exactly as it would have without this call. Returns fastai's `SuggestedLRs`, one
         field per function of `suggest_funcs` (`valley`, `slide`, `minimum`, `steep`, or one's own
         with their signature). With the body frozen and the default recipe, `valley` is for
         `fine_tune(base_lr=...)`: the recipe's `base_lr`, or fastai's `minimum` where the curve puts
@@ -850,25 +851,28 @@ class Learner:
         lrs, losses, best = [], [], float("inf")
         batches = self.dls.train.batches()
         bar = tqdm(total=num_it, desc="lr_find", leave=False, disable=None)
+        # Augmentation and dropout draw from torch's global generators: they are given back too.
+        devices = [self.device] if self.device.type == "cuda" else []
         try:
-            self.opt.zero_grad(set_to_none=True)
-            for i in range(num_it):
-                lr = start_lr * (end_lr / start_lr) ** (i / max(1, num_it - 1))
-                for g in self.opt.param_groups:
-                    g["lr"] = lr
-                batch = next(batches, None)
-                if batch is None:
-                    batches = self.dls.train.batches()
-                    batch = next(batches)
-                self._one_batch(self.model, batch)
-                value = float(self.loss)
-                lrs.append(lr)
-                losses.append(value)
-                bar.update(1)
-                smooth = _smooth(losses)[-1]
-                best = min(best, smooth)
-                if stop_div and (not math.isfinite(value) or smooth > 4 * best):
-                    break
+            with torch.random.fork_rng(devices=devices):
+                self.opt.zero_grad(set_to_none=True)
+                for i in range(num_it):
+                    lr = start_lr * (end_lr / start_lr) ** (i / max(1, num_it - 1))
+                    for g in self.opt.param_groups:
+                        g["lr"] = lr
+                    batch = next(batches, None)
+                    if batch is None:
+                        batches = self.dls.train.batches()
+                        batch = next(batches)
+                    self._one_batch(self.model, batch)
+                    value = float(self.loss)
+                    lrs.append(lr)
+                    losses.append(value)
+                    bar.update(1)
+                    smooth = _smooth(losses)[-1]
+                    best = min(best, smooth)
+                    if stop_div and (not math.isfinite(value) or smooth > 4 * best):
+                        break
         except KeyboardInterrupt:
             raise TrainingInterrupted("lr_find stopped by the user; the learner is as it was before.") from None
         finally:

@@ -169,6 +169,24 @@ def test_lr_find_restores_the_weights_and_writes_no_file(tiny_learner, mnist_sma
     assert learn.recorder.plot_lr_find(suggestion.valley).axes[0].get_xscale() == "log"
 
 
+def test_training_after_lr_find_is_the_training_without_it(mnist_small):
+    # Augmentation and dropout draw random numbers; lr_find must give those back as well as the weights.
+    def trained(run_lr_find: bool) -> dict:
+        torch.manual_seed(0)
+        dls = ImageDataLoaders.from_folder(mnist_small, item_tfms=Resize(16), batch_tfms=nbtrain.aug_transforms(),
+                                           bs=16, seed=0, num_workers=0)
+        model = nn.Sequential(tiny_cnn(dls.c), nn.Dropout(0.5))
+        learn = Learner(dls, model)
+        if run_lr_find:
+            learn.lr_find(num_it=10, show_plot=False)
+        learn.fit_one_cycle(1, 1e-2)
+        return learn.model.state_dict()
+
+    with_find, without = trained(True), trained(False)
+    for k, v in without.items():
+        assert torch.equal(with_find[k], v), k
+
+
 class InterruptAt(nn.Module):
     """A loss that raises KeyboardInterrupt at call `n`, as Ctrl-C does in the middle of a batch."""
 
