@@ -482,8 +482,12 @@ class DataLoader:
         # Starting a worker process costs more than decoding a few hundred small images.
         n_items = sum(len(b) for b in to_decode)
         workers = self.num_workers if n_items >= 500 else 0
+        # torch seeds the workers' random item transforms with a draw from the global generator. Without
+        # such transforms no seed is needed, and skipping the draw keeps the global stream the same
+        # whether a pass decodes or reads the cache: an earlier lr_find then changes nothing after it.
+        seeds = torch.Generator().manual_seed(0) if ds.deterministic else None
         loader = TorchDataLoader(ds, batch_sampler=to_decode, num_workers=workers, collate_fn=_collate,
-                                 pin_memory=self.device.type == "cuda",
+                                 pin_memory=self.device.type == "cuda", generator=seeds,
                                  persistent_workers=False, prefetch_factor=4 if workers else None)
         for b, (imgs, idx, bad) in zip(full, loader):
             if bad:
