@@ -34,7 +34,7 @@ from .datablock import MaskBlock
 from .environment import default_device, in_notebook, mixed_precision, release_device_memory
 from .image import PILImage
 from .locations import output_dir
-from .lr_suggestions import minimum, valley
+from .lr_suggestions import frozen_head_rate, valley
 from .metrics import metric_name
 from .models import VisionModel, arch_name, channels_last_friendly, create_vision_model
 from .plots import image_grid
@@ -838,8 +838,8 @@ class Learner:
         trains exactly as it would have without this call. Returns fastai's `SuggestedLRs`, one
         field per function of `suggest_funcs` (`valley`, `slide`, `minimum`, `steep`, or one's own
         with their signature). With the body frozen and the default recipe, `valley` is for
-        `fine_tune(base_lr=...)`: the recipe's `base_lr`, or fastai's `minimum` where the curve puts
-        that lower (the frozen head's own valley trains worse than the default).
+        `fine_tune(base_lr=...)`: the recipe's `base_lr` where the loss still falls at that rate, else
+        fastai's `minimum` (`lr_suggestions.frozen_head_rate`; the head's own valley trains worse).
         """
         funcs = tuple(suggest_funcs) if isinstance(suggest_funcs, (list, tuple)) else (suggest_funcs,)
         result_type = suggested_lrs(funcs)  # before training: a bad function fails at once
@@ -886,12 +886,8 @@ class Learner:
         suggestions = {name: _suggestion(f, *curve, num_it) for name, f in zip(result_type._fields, funcs)}
         if "valley" in suggestions and self.recipe["lr_mult"] is None and isinstance(self.model, VisionModel) \
                 and self.model.body_frozen:
-            # For fine_tune's base_lr: a frozen head's valley sits at a third to a half of the recipe's
-            # head rate on every data set measured, and following it trained worse than the default. So
-            # the suggestion is the recipe's rate, unless this curve shows it is unsafe here: above a
-            # tenth of the rate at the lowest loss (fastai's `minimum`), where that rule is taken instead.
-            lr = min(self.recipe["base_lr"], minimum(*curve)[0])
-            suggestions["valley"] = (lr, (lr, _on_curve(lr, *curve)))
+            # For fine_tune's base_lr, which the frozen head's own valley is not (see frozen_head_rate).
+            suggestions["valley"] = frozen_head_rate(*curve, self.recipe["base_lr"])
         if show_plot:
             _show(self.recorder.plot_lr_find(points={n: p for n, (_, p) in suggestions.items()}))
         return result_type(*(lr for lr, _ in suggestions.values()))

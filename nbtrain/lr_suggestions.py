@@ -68,3 +68,15 @@ def steep(lrs: Sequence[float] | torch.Tensor, losses: Sequence[float] | torch.T
     grads = (losses[1:] - losses[:-1]) / (lrs[1:].log() - lrs[:-1].log())
     idx = int(grads.argmin())
     return float(lrs[idx]), (float(lrs[idx]), float(losses[idx]))
+
+
+
+def frozen_head_rate(lrs: Sequence[float] | torch.Tensor, losses: Sequence[float] | torch.Tensor,
+                     base_lr: float) -> Suggestion:
+    """fine_tune's `base_lr` read from a frozen head's curve: `base_lr` (the recipe's rate) while the
+    loss is still falling there, else `minimum`'s tenth of the rate at the lowest loss. A frozen head's
+    valley sits at a third to a half of the recipe's rate on every data set measured, and fine_tune
+    following it trained worse than the recipe."""
+    lrs, losses = _curve(lrs, losses)
+    lr = base_lr if base_lr < float(lrs[int(losses.argmin())]) else minimum(lrs, losses)[0]
+    return lr, (lr, float(np.interp(np.log10(lr), np.log10(lrs.numpy()), losses.numpy())))

@@ -9,7 +9,7 @@ from torch import nn
 
 import nbtrain
 from nbtrain import ImageDataLoaders, Learner, Resize, vision_learner
-from nbtrain.lr_suggestions import minimum, valley
+from nbtrain.lr_suggestions import frozen_head_rate, minimum, valley
 from nbtrain.recipe import FASTAI, NBTRAIN, distance, get_recipe, unfrozen_rates
 
 
@@ -107,17 +107,25 @@ def test_default_fine_tune_probes_then_picks_the_bodys_rate(dls):
         unfrozen_rates(rates["probe_error"], dls.c, NBTRAIN, bs=dls.train.bs))
 
 
-def test_lr_find_suggests_the_recipes_rate_unless_the_curve_says_it_is_too_high(dls):
+def test_lr_find_suggests_the_recipes_rate_where_the_loss_still_falls_there(dls):
     torch.manual_seed(0)
     learn = vision_learner(dls, "mobilenet_v2")
     result = learn.lr_find(num_it=60, show_plot=False, suggest_funcs=(valley, minimum))
-    # Followed as fine_tune(base_lr=suggestion), it trains as the default does; never faster, and
-    # never above fastai's minimum/10 rule read from the same curve.
-    assert result.valley == pytest.approx(min(NBTRAIN["base_lr"], result.minimum))
     lrs, losses = learn.recorder.lr_find_lrs, learn.recorder.lr_find_losses
-    assert result.minimum == pytest.approx(lrs[losses.index(min(losses))] / 10)
-    # The curve is real: the loss fell somewhere before the rate at its minimum.
+    # The head's loss still falls at the recipe's rate, so following the suggestion trains as the default.
+    assert lrs[losses.index(min(losses))] > NBTRAIN["base_lr"]
+    assert result.valley == NBTRAIN["base_lr"]
     assert min(losses) < losses[0]
+
+
+def test_a_curve_that_rises_before_the_recipes_rate_gives_fastais_minimum_rule():
+    lrs = torch.logspace(-7, 1, 80)
+    falling_then_rising = (torch.log10(lrs) + 4.0) ** 2  # lowest at 1e-4, far below the recipe's 2e-3
+    lr, (x, y) = frozen_head_rate(lrs, falling_then_rising, NBTRAIN["base_lr"])
+    assert lr == pytest.approx(minimum(lrs, falling_then_rising)[0]) and lr < 2e-5
+    assert x == lr and y == pytest.approx(float(((math.log10(lr) + 4.0) ** 2)), abs=0.1)  # marked on the curve
+    falling = -torch.log10(lrs)  # still falling at 2e-3: the recipe's rate
+    assert frozen_head_rate(lrs, falling, NBTRAIN["base_lr"])[0] == NBTRAIN["base_lr"]
 
 
 def test_following_lr_find_gives_the_defaults_rates_on_far_data(dls):
