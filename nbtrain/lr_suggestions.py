@@ -71,12 +71,19 @@ def steep(lrs: Sequence[float] | torch.Tensor, losses: Sequence[float] | torch.T
 
 
 
+
 def frozen_head_rate(lrs: Sequence[float] | torch.Tensor, losses: Sequence[float] | torch.Tensor,
                      base_lr: float) -> Suggestion:
-    """fine_tune's `base_lr` read from a frozen head's curve: `base_lr` (the recipe's rate) while the
-    loss is still falling there, else `minimum`'s tenth of the rate at the lowest loss. A frozen head's
-    valley sits at a third to a half of the recipe's rate on every data set measured, and fine_tune
-    following it trained worse than the recipe."""
+    """fine_tune's `base_lr` read from a frozen head's curve: `base_lr` (the recipe's rate) unless,
+    past the lowest loss, the loss there has climbed halfway to where the finder stopped, or the
+    finder stopped before it; then `valley`. A frozen head's valley sits at a third to a half of the recipe's
+    rate on every data set measured, and fine_tune following it trained worse than the recipe. The
+    test is on the rise, not on where the minimum lies: a noisy, flat curve has its minimum anywhere."""
     lrs, losses = _curve(lrs, losses)
-    lr = base_lr if base_lr < float(lrs[int(losses.argmin())]) else minimum(lrs, losses)[0]
-    return lr, (lr, float(np.interp(np.log10(lr), np.log10(lrs.numpy()), losses.numpy())))
+    log_lrs = np.log10(lrs.numpy())
+    at_base = float(np.interp(np.log10(base_lr), log_lrs, losses.numpy()))
+    lowest = int(losses.argmin())
+    low, high = float(losses[lowest]), float(losses[lowest:].max())
+    if base_lr > float(lrs[-1]) or (base_lr > float(lrs[lowest]) and at_base > low + 0.5 * (high - low)):
+        return valley(lrs, losses)
+    return base_lr, (base_lr, at_base)

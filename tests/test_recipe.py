@@ -118,14 +118,19 @@ def test_lr_find_suggests_the_recipes_rate_where_the_loss_still_falls_there(dls)
     assert min(losses) < losses[0]
 
 
-def test_a_curve_that_rises_before_the_recipes_rate_gives_fastais_minimum_rule():
-    lrs = torch.logspace(-7, 1, 80)
-    falling_then_rising = (torch.log10(lrs) + 4.0) ** 2  # lowest at 1e-4, far below the recipe's 2e-3
-    lr, (x, y) = frozen_head_rate(lrs, falling_then_rising, NBTRAIN["base_lr"])
-    assert lr == pytest.approx(minimum(lrs, falling_then_rising)[0]) and lr < 2e-5
-    assert x == lr and y == pytest.approx(float(((math.log10(lr) + 4.0) ** 2)), abs=0.1)  # marked on the curve
-    falling = -torch.log10(lrs)  # still falling at 2e-3: the recipe's rate
-    assert frozen_head_rate(lrs, falling, NBTRAIN["base_lr"])[0] == NBTRAIN["base_lr"]
+def test_a_curve_that_blows_up_before_the_recipes_rate_gives_the_valley_and_a_flat_noisy_one_does_not():
+    stopped = torch.logspace(-7, math.log10(6e-3), 80)  # lr_find stops once the loss is 4x its lowest
+    rising = (torch.log10(stopped) + 4.0) ** 2 + 1.0  # lowest at 1e-4, over 2.5x that at 2e-3
+    lr, (x, y) = frozen_head_rate(stopped, rising, NBTRAIN["base_lr"])
+    assert lr == pytest.approx(valley(stopped, rising)[0]) and lr < 1e-4 and x == lr
+    assert frozen_head_rate(stopped[:60], rising[:60], NBTRAIN["base_lr"])[0] < 1e-4  # stopped before 2e-3
+    lrs = torch.logspace(-7, 1, 100)
+    # Batches of 8 with flipped labels: flat within noise, its minimum at the first rate, rising only late.
+    gen = torch.Generator().manual_seed(0)
+    flat = 0.7 + 0.05 * torch.randn(100, generator=gen) + torch.where(lrs > 3e-2, torch.log10(lrs / 3e-2), 0.0)
+    flat[0] = 0.5
+    assert frozen_head_rate(lrs, flat, NBTRAIN["base_lr"])[0] == NBTRAIN["base_lr"]
+    assert minimum(lrs, flat)[0] < 1e-7  # where fastai's minimum rule would send it
 
 
 def test_following_lr_find_gives_the_defaults_rates_on_far_data(dls):
