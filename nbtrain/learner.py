@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import OneCycleLR
@@ -34,7 +33,7 @@ from .datablock import MaskBlock
 from .environment import default_device, in_notebook, mixed_precision, release_device_memory
 from .image import PILImage
 from .locations import output_dir
-from .lr_suggestions import frozen_head_rate, valley
+from .lr_suggestions import frozen_head_rate, on_curve, valley
 from .metrics import metric_name
 from .models import VisionModel, arch_name, channels_last_friendly, create_vision_model
 from .plots import image_grid
@@ -112,7 +111,7 @@ class Recorder:
         ax.set_xlabel("learning rate")
         ax.set_ylabel("loss (smoothed)")
         if suggestion is not None:
-            points = {"valley": (suggestion, _on_curve(suggestion, self.lr_find_lrs, self.lr_find_losses)),
+            points = {"valley": (suggestion, on_curve(suggestion, self.lr_find_lrs, self.lr_find_losses)),
                       **(points or {})}
         if points:
             for (name, (lr, loss)), colour in zip(points.items(), ["r", "g", "b", "m", "c", "y"] * 4):
@@ -838,8 +837,8 @@ class Learner:
         trains exactly as it would have without this call. Returns fastai's `SuggestedLRs`, one
         field per function of `suggest_funcs` (`valley`, `slide`, `minimum`, `steep`, or one's own
         with their signature). With the body frozen and the default recipe, `valley` is for
-        `fine_tune(base_lr=...)`: the recipe's `base_lr` where the loss still falls at that rate, else
-        fastai's `minimum` (`lr_suggestions.frozen_head_rate`; the head's own valley trains worse).
+        `fine_tune(base_lr=...)`: the recipe's `base_lr` unless the loss is already climbing there,
+        else the valley (`lr_suggestions.frozen_head_rate`; the head's own valley trains worse).
         """
         funcs = tuple(suggest_funcs) if isinstance(suggest_funcs, (list, tuple)) else (suggest_funcs,)
         result_type = suggested_lrs(funcs)  # before training: a bad function fails at once
@@ -1101,12 +1100,7 @@ def _suggestion(func: Callable, lrs: torch.Tensor, losses: torch.Tensor, num_it:
     if isinstance(out, (tuple, list)) and len(out) == 2 and isinstance(out[1], (tuple, list)):
         return float(out[0]), (float(out[1][0]), float(out[1][1]))
     lr = float(out)
-    return lr, (lr, _on_curve(lr, lrs, losses))
-
-
-def _on_curve(lr: float, lrs: Sequence[float] | torch.Tensor, losses: Sequence[float] | torch.Tensor) -> float:
-    """The curve's loss at `lr`, to mark a suggestion on the plot."""
-    return float(np.interp(math.log(lr), np.log(np.asarray(lrs, dtype=float)), np.asarray(losses, dtype=float)))
+    return lr, (lr, on_curve(lr, lrs, losses))
 
 
 def _show(fig) -> None:

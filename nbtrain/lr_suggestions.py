@@ -19,6 +19,12 @@ def _curve(lrs: Sequence[float] | torch.Tensor, losses: Sequence[float] | torch.
     return torch.as_tensor(lrs, dtype=torch.float64), torch.as_tensor(losses, dtype=torch.float64)
 
 
+def on_curve(lr: float, lrs: Sequence[float] | torch.Tensor, losses: Sequence[float] | torch.Tensor) -> float:
+    """The curve's loss at `lr` (interpolated in log lr), to mark a suggestion on the plot."""
+    lrs, losses = _curve(lrs, losses)
+    return float(np.interp(np.log10(lr), np.log10(lrs.numpy()), losses.numpy()))
+
+
 def valley(lrs: Sequence[float] | torch.Tensor, losses: Sequence[float] | torch.Tensor, num_it: int | None = None) -> Suggestion:
     """The middle of the longest steadily descending stretch of the curve (fastai's default)."""
     lrs, losses = _curve(lrs, losses)
@@ -50,7 +56,7 @@ def slide(lrs: Sequence[float] | torch.Tensor, losses: Sequence[float] | torch.T
         local_min_lr = float(lrs[l_idx])
         r_idx, l_idx = r_idx - 1, l_idx - 1
     lr = local_min_lr * adjust_value
-    return lr, (lr, float(np.interp(np.log10(lr), np.log10(lrs.numpy()), losses.numpy())))
+    return lr, (lr, on_curve(lr, lrs, losses))
 
 
 def minimum(lrs: Sequence[float] | torch.Tensor, losses: Sequence[float] | torch.Tensor, num_it: int | None = None) -> Suggestion:
@@ -70,18 +76,16 @@ def steep(lrs: Sequence[float] | torch.Tensor, losses: Sequence[float] | torch.T
     return float(lrs[idx]), (float(lrs[idx]), float(losses[idx]))
 
 
-
-
 def frozen_head_rate(lrs: Sequence[float] | torch.Tensor, losses: Sequence[float] | torch.Tensor,
                      base_lr: float) -> Suggestion:
     """fine_tune's `base_lr` read from a frozen head's curve: `base_lr` (the recipe's rate) unless,
     past the lowest loss, the loss there has climbed halfway to where the finder stopped, or the
-    finder stopped before it; then `valley`. A frozen head's valley sits at a third to a half of the recipe's
-    rate on every data set measured, and fine_tune following it trained worse than the recipe. The
-    test is on the rise, not on where the minimum lies: a noisy, flat curve has its minimum anywhere."""
+    finder stopped before it; then `valley`. A frozen head's valley sits at a third to a half of the
+    recipe's rate on every data set measured, and fine_tune following it trained worse than the
+    recipe. The test is on the rise, not on where the minimum lies: a noisy, flat curve has its
+    minimum anywhere."""
     lrs, losses = _curve(lrs, losses)
-    log_lrs = np.log10(lrs.numpy())
-    at_base = float(np.interp(np.log10(base_lr), log_lrs, losses.numpy()))
+    at_base = on_curve(base_lr, lrs, losses)
     lowest = int(losses.argmin())
     low, high = float(losses[lowest]), float(losses[lowest:].max())
     if base_lr > float(lrs[-1]) or (base_lr > float(lrs[lowest]) and at_base > low + 0.5 * (high - low)):
