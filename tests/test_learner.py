@@ -58,7 +58,7 @@ def test_fit_records_losses_and_prints_the_epoch_table(tiny_learner, capsys):
 @pytest.mark.slow
 def test_transfer_learning_on_real_digits_reaches_95_percent(mnist_1k):
     # Digits are far from ImageNet photos: the pretrained body must move, so it trains unfrozen
-    # (fine_tune's body rate, base_lr/100, gets ~84% here; measured in the note on issue 2).
+    # (fastai's fine_tune rates, the body at base_lr/100, reached about 84% on these digits).
     torch.manual_seed(0)
     dls = ImageDataLoaders.from_folder(mnist_1k.path, item_tfms=Resize(64), bs=32, seed=0)
     learn = vision_learner(dls, "mobilenet_v2", metrics=nbtrain.accuracy)
