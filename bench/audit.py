@@ -27,7 +27,7 @@ Planted into each (the truth recorded as each file is written):
   tinted and 112 px, among the photos); label (the flipped digits).
 Each method scores the same files: nbtrain's `audit` (with a learner: mobilenet_v2 fine-tuned on the
 digits; for the photos, its ImageNet body with a new head, untrained; outliers in the pretrained
-body's features), cleanvision's
+body's features and first-block texture), cleanvision's
 Imagelab on the file list, and cleanlab's Datalab given the same learner's probabilities and features.
 
 Columns: P, R, F1 of the flagged set against the planted set of that type (for copies, a planted

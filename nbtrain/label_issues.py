@@ -300,28 +300,61 @@ def find_label_issues(learn_or_dls: Learner | DataLoaders, arch: str | Callable 
 # Near-duplicates
 
 
-def image_embeddings(learn: Learner, dl: DataLoader, body: nn.Module | None = None) -> torch.Tensor:
-    """The penultimate features of every item of `dl` (the body's output, average-pooled), in dataset
-    order, unit length, on the CPU; a file that cannot be decoded gets a row of NaN. `body` replaces
-    the learner's own body (e.g. the same architecture as pretrained)."""
-    model = learn.model
-    if body is None and not isinstance(model, VisionModel):
+def _body_of(learn: Learner, body: nn.Module | None) -> nn.Module:
+    if body is None and not isinstance(learn.model, VisionModel):
         raise TypeError("Embeddings need a model with a body and a head, as vision_learner makes.")
     if body is None:
-        body = model.body
-    else:
-        body = body.to(next(model.parameters()).device).eval()
+        return learn.model.body
+    return body.to(next(learn.model.parameters()).device).eval()
 
-    def features(x: torch.Tensor) -> torch.Tensor:
-        f = body(x).float()
-        return nn.functional.normalize(f.mean(dim=(2, 3)) if f.ndim == 4 else f.flatten(1), dim=1)
 
-    feats, _, idx = learn.outputs(dl, forward=features)
+def _pooled(f: torch.Tensor) -> torch.Tensor:
+    f = f.float()
+    return nn.functional.normalize(f.mean(dim=(2, 3)) if f.ndim == 4 else f.flatten(1), dim=1)
+
+
+def _in_dataset_order(learn: Learner, dl: DataLoader, forward: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    feats, _, idx = learn.outputs(dl, forward=forward)
     if not len(feats):
         return torch.empty(0, 0)
     out = torch.full((len(dl.dataset), feats.shape[1]), float("nan"))
     out[idx] = feats.cpu()
     return out
+
+
+def image_embeddings(learn: Learner, dl: DataLoader, body: nn.Module | None = None) -> torch.Tensor:
+    """The penultimate features of every item of `dl` (the body's output, average-pooled), in dataset
+    order, unit length, on the CPU; a file that cannot be decoded gets a row of NaN. `body` replaces
+    the learner's own body (e.g. the same architecture as pretrained)."""
+    body = _body_of(learn, body)
+    return _in_dataset_order(learn, dl, lambda x: _pooled(body(x)))
+
+
+def image_features_and_texture(learn: Learner, dl: DataLoader,
+                               body: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`image_embeddings` and, from the same pass, each image's texture: the spread (standard deviation
+    over the image) of each channel of the body's second module, the first block after the stem of
+    the mobilenets, efficientnets and convnexts. Edges and flat areas show there before the body has
+    turned them into what the picture shows, so a drawing among photos differs in it even where the
+    last layer sees "a thing". Texture is None for a body that is not a sequence of modules."""
+    body = _body_of(learn, body)
+    mods = list(body.children()) if isinstance(body, nn.Sequential) else []
+    if len(mods) < 3:
+        return image_embeddings(learn, dl, body), None
+    width: list[int] = []
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        for i, m in enumerate(mods):
+            x = m(x)
+            if i == 1:
+                spread = x.float().std(dim=(2, 3), correction=0) if x.ndim == 4 else x.float().flatten(1)
+        width[:] = [spread.shape[1]]
+        return torch.cat([_pooled(x), spread], dim=1)
+
+    both = _in_dataset_order(learn, dl, forward)
+    if not both.numel():
+        return both, None
+    return both[:, :-width[0]], both[:, -width[0]:]
 
 
 def nearest_neighbours(emb: torch.Tensor, chunk_bytes: int = 64 * 1024**2,
