@@ -392,11 +392,15 @@ class _MixHandler(Callback):
         return torch.distributions.Beta(a, a)
 
     def before_train(self) -> None:
-        self.old_loss_func, self.learn.loss_func = self.learn.loss_func, self.loss_func
+        if self.old_loss_func is None:  # not still swapped in from a training part that was cut short
+            self.old_loss_func, self.learn.loss_func = self.learn.loss_func, self.loss_func
 
     def after_train(self) -> None:
         if self.old_loss_func is not None:
             self.learn.loss_func, self.old_loss_func = self.old_loss_func, None
+
+    def after_cancel_train(self) -> None:
+        self.after_train()
 
     def after_cancel_fit(self) -> None:
         self.after_train()

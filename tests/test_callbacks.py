@@ -312,6 +312,28 @@ def test_mixing_trains_the_loss_falls_and_validation_is_untouched(mnist_small, t
     assert all(torch.equal(a, b) for a, b in zip(before.ys, after.ys))  # class indices: the loss is mixed instead
 
 
+class StopTrainingPartAt(Callback):
+    """Ends each epoch's training part after `n` batches (CancelTrainException: no after_train)."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def after_batch(self) -> None:
+        if self.learn.training and self.learn.iter + 1 >= self.n:
+            raise nbtrain.CancelTrainException()
+
+
+@pytest.mark.parametrize("mix", [MixUp, CutMix])
+def test_mixing_survives_a_training_part_cut_short_and_puts_the_loss_back(mnist_small, tmp_path, mix):
+    """A training part ended by CancelTrainException skips after_train: the next epoch must not take
+    the mixing loss for the learner's own (it would then call itself)."""
+    learn = make_learner(mnist_small, tmp_path, model_fn=small_cnn)
+    plain_loss = learn.loss_func
+    learn.fit(3, 1e-3, cbs=[mix(), StopTrainingPartAt(2)])
+    assert len(learn.recorder.values) == 3 and np.isfinite(learn.recorder.losses).all()
+    assert learn.loss_func is plain_loss
+
+
 def test_cutmix_pastes_a_rectangle_and_leaves_the_rest_of_the_image(mnist_small, tmp_path):
     learn = make_learner(mnist_small, tmp_path)
     before, after = Batches(-100), Batches(100)
