@@ -456,20 +456,22 @@ class ImageClassifierCleaner:
         return self.vocab[int(row.pred_idx)]
 
     def _caption(self, row) -> str:
+        # Class names are folder names, which may hold "<" or "&": escaped like the reason.
+        labels = html.escape(", ".join(row.labels))
         pair = getattr(row, "pair", None)
         if isinstance(pair, str) and pair:
-            return f"<small><b>{pair}</b><br>{row.split}: {', '.join(row.labels)}</small>"
+            return f"<small><b>{html.escape(pair)}</b><br>{row.split}: {labels}</small>"
         reason = getattr(row, "reason", None)
         head = f"<small><b>{html.escape(reason)}</b></small><br>" if isinstance(reason, str) and reason else ""
         if not row.readable:
             return head + "<b style='color:#b00'>unreadable file</b>"
         if self.multi_label:
-            pred = ", ".join(self.vocab[i] for i in sorted(row.pred_set)) or "(none)"
-            return (f"{head}<small>labels: {', '.join(row.labels)}<br>predicted: {pred}<br>"
+            pred = html.escape(", ".join(self.vocab[i] for i in sorted(row.pred_set)) or "(none)")
+            return (f"{head}<small>labels: {labels}<br>predicted: {pred}<br>"
                     f"loss {row.loss:.3f}</small>")
         pred = self.vocab[row.pred_idx]
         colour = "#070" if pred in row.labels else "#b00"
-        return (f"{head}<small>label <b>{', '.join(row.labels)}</b>, predicted <b style='color:{colour}'>{pred}</b> "
+        return (f"{head}<small>label <b>{labels}</b>, predicted <b style='color:{colour}'>{html.escape(pred)}</b> "
                 f"({row.prob:.2f})<br>loss {row.loss:.3f}</small>")
 
     # -- choices -----------------------------------------------------------------------------------

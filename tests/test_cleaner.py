@@ -538,3 +538,17 @@ def test_int_labels_in_class_folders_relabel_by_moving(tmp_path):
     assert moved.exists() and not three.exists()
     ds = cleaner.learn.dls.train_ds if moved in cleaner.learn.dls.train_ds.items else cleaner.learn.dls.valid_ds
     assert ds.labels[ds.items.index(moved)] == 7  # the dataset's own label value, not the text "7"
+
+
+def test_a_class_named_with_html_characters_shows_as_text(mnist_copy):
+    """Class names are folder names: "R&B <live>" is shown as written, not read as HTML."""
+    odd = "R&B <live>"
+    (mnist_copy / "train" / "7").rename(mnist_copy / "train" / odd)
+    (mnist_copy / "valid" / "7").rename(mnist_copy / "valid" / odd)
+    torch.manual_seed(0)
+    dls = ImageDataLoaders.from_folder(mnist_copy, item_tfms=Resize(16), bs=16, seed=0)
+    learn = Learner(dls, tiny_cnn(dls.c))
+    cleaner = ImageClassifierCleaner(learn, frontend="plain", max_n=3)
+    cleaner.dd_cats.value = odd
+    caption = cleaner.cells[0].caption.value
+    assert "label <b>R&amp;B &lt;live&gt;</b>" in caption and "<live>" not in caption
