@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image, ImageFilter
 
 from nbtrain import ImageDataLoaders, Resize, audit, vision_learner
@@ -309,7 +310,7 @@ def test_a_group_of_drawings_among_photos_is_ranked_first_by_its_texture(tmp_pat
     """Six tinted digits spread over the classes of 80 photo quarters are each other's nearest images,
     and the last layer sees them little farther from the photos than the most isolated quarters; the
     first block's texture puts all six first. Without it, three of them are."""
-    from nbtrain.label_issues import image_features_and_texture
+    from nbtrain.label_issues import image_embeddings, image_features_and_texture
     from nbtrain.samples import _foolbox_photos, _mnist_arrays
 
     root = tmp_path / "photos"
@@ -336,8 +337,9 @@ def test_a_group_of_drawings_among_photos_is_ranked_first_by_its_texture(tmp_pat
     rows = table[table["issue"] == "outlier"].sort_values("score", ascending=False)
     assert set(rows["path"].head(6)) == strays, rows.head(8)[["path", "score"]]
     assert rows["reason"].str.contains("texture").all()
-    _, texture = image_features_and_texture(learn, dls.train.plain())
+    feats, texture = image_features_and_texture(learn, dls.train.plain())
     assert texture is not None and texture.shape == (len(dls.train.dataset), 16)  # mobilenet_v2's first block
+    assert torch.allclose(feats, image_embeddings(learn, dls.train.plain()), atol=1e-5)  # the same pass's features
 
 
 @pytest.mark.parametrize("n", [200, 1000])
