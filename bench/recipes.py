@@ -32,7 +32,8 @@ Recipes, each `vision_learner(dls, "mobilenet_v2", pretrained=True)` then `fine_
            then run this script with ../venv-fastai/bin/python.
   sweep    each `--configs` entry: lr (fine_tune's base_lr; "find": lr_find's valley), mult (lr_mult), freeze (freeze_epochs;
            the unfrozen epochs are then epochs + 1 - freeze, so every run has the same epoch budget),
-           ls (label smoothing), far (the recipe's far_base_lr), near (its near_lr_mult), foc (fit_one_cycle(epochs, lr) on the frozen learner instead: the head only,
+           plus (the unfrozen epochs are epochs + plus: plus=0 with freeze=0 is fine_tune(epochs, freeze_epochs=0),
+           the whole network from the start in less time than the default), ls (label smoothing), far (the recipe's far_base_lr), near (its near_lr_mult), foc (fit_one_cycle(epochs, lr) on the frozen learner instead: the head only,
            as `learn.fit_one_cycle(n)` right after vision_learner trains; its rows are left out of "best").
            "best" is the lowest mean error among the fine_tune rows of the cell.
 
@@ -167,7 +168,7 @@ DATASETS = {"photos": photos, "faces": faces, "digits": digits, "mnist": mnist}
 def parse_config(spec: str) -> dict:
     """'lr=1e-2,mult=3,freeze=0,ls=0.1' -> fine_tune's keyword arguments (and 'ls')."""
     names = {"lr": "base_lr", "mult": "lr_mult", "freeze": "freeze_epochs", "ls": "ls", "recipe": "recipe",
-             "foc": "foc", "far": "far", "near": "near"}
+             "foc": "foc", "far": "far", "near": "near", "plus": "plus"}
     out = {}
     for part in filter(None, spec.split(",")):
         key, _, value = part.partition("=")
@@ -180,7 +181,7 @@ def parse_config(spec: str) -> dict:
         elif key == "recipe" or value == "find":
             out[names[key]] = value
         else:
-            out[names[key]] = int(value) if key == "freeze" else float(value)
+            out[names[key]] = int(value) if key in ("freeze", "plus") else float(value)
     return out
 
 
@@ -206,13 +207,13 @@ def run_nbtrain(data: Data, epochs: int, config: dict, seed: int, args) -> tuple
     dls = nbtrain.ImageDataLoaders.from_folder(data.path, item_tfms=nbtrain.Resize(data.size),
                                                batch_tfms=nbtrain.aug_transforms(do_flip=data.do_flip),
                                                bs=data.bs, seed=seed)
-    kwargs = {k: v for k, v in config.items() if k not in ("ls", "foc", "far", "near")}
+    kwargs = {k: v for k, v in config.items() if k not in ("ls", "foc", "far", "near", "plus")}
     recipe = {name: config[key] for key, name in (("far", "far_base_lr"), ("near", "near_lr_mult")) if key in config}
     recipe = recipe or None
     loss = nn.CrossEntropyLoss(label_smoothing=config["ls"]) if "ls" in config else None
     freeze = kwargs.get("freeze_epochs")
-    if freeze is not None:
-        epochs = epochs + 1 - freeze  # the same epoch budget as fine_tune(epochs)
+    if freeze is not None:  # the same epoch budget as fine_tune(epochs), unless plus says otherwise
+        epochs = epochs + config.get("plus", 1 - freeze)
     start = time.perf_counter()
     with quiet(False):
         learn = nbtrain.vision_learner(dls, "mobilenet_v2", metrics=nbtrain.error_rate, loss_func=loss, recipe=recipe)
