@@ -60,8 +60,8 @@ MODEL_THRESHOLD_NOTES: dict[str, str] = {
 OUTLIER_K = 10
 # The texture score's share of the outlier score. The last layer's features place six digits among
 # photos no farther from the photos than the most isolated photo crops (first six in 3 of 20 draws);
-# with a quarter of the first block's texture score, in 17 of 20. Half flagged clean MNIST digits,
-# whose stroke widths spread the texture more than their shapes.
+# with a quarter of the first block's texture score, in 17 of 20. A half flagged up to 54 clean digits
+# of MNIST-5k, whose stroke widths spread the texture more than their shapes do the last layer.
 OUTLIER_TEXTURE_WEIGHT = 0.25
 
 

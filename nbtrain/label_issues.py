@@ -337,8 +337,8 @@ def image_features_and_texture(learn: Learner, dl: DataLoader,
     the mobilenets, efficientnets and convnexts. Edges and flat areas show there before the body has
     turned them into what the picture shows, so a drawing among photos differs in it even where the
     last layer sees "a thing". Texture is None for a body that is not a sequence of modules."""
-    body = _body_of(learn, body)
-    mods = list(body.children()) if isinstance(body, nn.Sequential) else []
+    resolved = _body_of(learn, body)
+    mods = list(resolved.children()) if isinstance(resolved, nn.Sequential) else []
     if len(mods) < 3:
         return image_embeddings(learn, dl, body), None
     width: list[int] = []

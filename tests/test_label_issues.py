@@ -227,3 +227,22 @@ def test_planted_copies_are_found_and_a_cross_split_copy_is_leakage(mnist_copy):
     cleaner.apply()
     assert not leak[1].exists() and leak[0].exists()
     assert leak[1] not in learn.dls.valid_ds.items
+
+
+def test_texture_is_the_spread_of_the_bodys_second_module_and_none_for_a_short_body(mnist_small):
+    from nbtrain import ImageDataLoaders, Learner, Resize
+    from nbtrain.label_issues import image_embeddings, image_features_and_texture
+    from nbtrain.models import VisionModel, create_head
+
+    dls = ImageDataLoaders.from_folder(mnist_small, item_tfms=Resize(16), bs=16, seed=0)
+    torch.manual_seed(0)
+    body = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(16, 32, 3, padding=1))
+    learn = Learner(dls, VisionModel(body, create_head(32, dls.c)))
+    dl = dls.train.plain()
+    feats, texture = image_features_and_texture(learn, dl)
+    assert torch.allclose(feats, image_embeddings(learn, dl), atol=1e-6)
+    spread, _, idx = learn.outputs(dl, forward=lambda x: body[1](body[0](x)).std(dim=(2, 3), correction=0))
+    assert texture.shape == (len(dl.dataset), 16) and torch.allclose(texture[idx], spread.cpu(), atol=1e-6)
+    short = Learner(dls, VisionModel(torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3), torch.nn.ReLU()), create_head(32, dls.c)))
+    feats2, none = image_features_and_texture(short, dl)
+    assert none is None and feats2.shape == (len(dl.dataset), 32)
