@@ -319,10 +319,26 @@ class ImageClassifierCleaner:
         self.dd_view.value = "duplicates"
         return self.duplicates
 
-    def show_issues(self, table: pd.DataFrame, issue: str | None = None) -> None:
+    def show_issues(self, table: pd.DataFrame, issue: str | None = None, top: int | None = None) -> None:
         """Offer a view per issue type of the audit table `table` in the View menu, and show `issue`
-        (by default the type with the most flagged images)."""
-        self.issues = check_issue_table(table)
+        (by default the type with the most flagged images).
+
+        `top` shows the `top` highest-scoring images of `issue` whether flagged or not: outliers are a
+        ranking, and a group of strays (drawings among photos) can rank first while each scores under
+        the threshold. `table` itself is left as it is."""
+        table = check_issue_table(table)
+        if top is not None:
+            if issue is None or isinstance(top, bool) or not isinstance(top, int) or top < 1:
+                raise ValueError(f"top= is how many of one issue type's highest scores to show, with issue= "
+                                 f"naming it, e.g. show_issues(table, 'outlier', top=20); got issue={issue!r}, "
+                                 f"top={top!r}.")
+            rows = table["issue"] == issue
+            if not rows.any():
+                raise ValueError(f"The table has no rows of issue {issue!r}; its types are "
+                                 f"{sorted(table['issue'].unique())}.")
+            table = table.copy()
+            table.loc[table[rows].nlargest(top, "score").index, "flagged"] = True
+        self.issues = table
         options = self._view_options()
         self.dd_view.options = options
         views = [v for _, v in options if v.startswith("issue:")]

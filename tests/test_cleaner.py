@@ -552,3 +552,23 @@ def test_a_class_named_with_html_characters_shows_as_text(mnist_copy):
     cleaner.dd_cats.value = odd
     caption = cleaner.cells[0].caption.value
     assert "label <b>R&amp;B &lt;live&gt;</b>" in caption and "<live>" not in caption
+
+
+def test_top_shows_the_highest_scores_of_an_issue_that_flags_none_and_leaves_the_table(learn):
+    """Outliers are a ranking: strays can rank first and still score under the threshold."""
+    import pandas as pd
+
+    items = learn.dls.train_ds.items[:6]
+    table = pd.DataFrame({"path": [Path(p).resolve() for p in items], "split": "train", "issue": "outlier",
+                          "score": [3.0, 9.0, 1.0, 7.0, 8.0, 2.0], "flagged": False,
+                          "reason": [f"score {i}" for i in range(6)], "threshold": 23.0})
+    cleaner = ImageClassifierCleaner(learn, frontend="plain", max_n=4)
+    with pytest.raises(ValueError, match="No flagged images of issue 'outlier'"):
+        cleaner.show_issues(table, issue="outlier")
+    cleaner.show_issues(table, issue="outlier", top=3)
+    assert cleaner.dd_view.value == "issue:outlier" and "outlier (3)" in [lab for lab, _ in cleaner.dd_view.options]
+    assert cleaner.fns == [items[1], items[4], items[3]]
+    assert not table["flagged"].any()
+    for bad in (dict(top=0, issue="outlier"), dict(top=3), dict(top=3, issue="blurry")):
+        with pytest.raises(ValueError, match="top=|no rows of issue"):
+            cleaner.show_issues(table, **bad)
