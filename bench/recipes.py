@@ -32,7 +32,7 @@ Recipes, each `vision_learner(dls, "mobilenet_v2", pretrained=True)` then `fine_
            then run this script with ../venv-fastai/bin/python.
   sweep    each `--configs` entry: lr (fine_tune's base_lr; "find": lr_find's valley), mult (lr_mult), freeze (freeze_epochs;
            the unfrozen epochs are then epochs + 1 - freeze, so every run has the same epoch budget),
-           plus (the unfrozen epochs are epochs + plus: plus=0 with freeze=0 is fine_tune(epochs, freeze_epochs=0),
+           plus (the unfrozen epochs are epochs + plus, with or without freeze: plus=0 with freeze=0 is fine_tune(epochs, freeze_epochs=0),
            the whole network from the start in less time than the default), ls (label smoothing), far (the recipe's far_base_lr), near (its near_lr_mult), foc (fit_one_cycle(epochs, lr) on the frozen learner instead: the head only,
            as `learn.fit_one_cycle(n)` right after vision_learner trains; its rows are left out of "best").
            "best" is the lowest mean error among the fine_tune rows of the cell.
@@ -212,8 +212,10 @@ def run_nbtrain(data: Data, epochs: int, config: dict, seed: int, args) -> tuple
     recipe = recipe or None
     loss = nn.CrossEntropyLoss(label_smoothing=config["ls"]) if "ls" in config else None
     freeze = kwargs.get("freeze_epochs")
-    if freeze is not None:  # the same epoch budget as fine_tune(epochs), unless plus says otherwise
-        epochs = epochs + config.get("plus", 1 - freeze)
+    if "plus" in config:
+        epochs += config["plus"]
+    elif freeze is not None:  # the same epoch budget as fine_tune(epochs)
+        epochs += 1 - freeze
     start = time.perf_counter()
     with quiet(False):
         learn = nbtrain.vision_learner(dls, "mobilenet_v2", metrics=nbtrain.error_rate, loss_func=loss, recipe=recipe)

@@ -323,9 +323,9 @@ class ImageClassifierCleaner:
         """Offer a view per issue type of the audit table `table` in the View menu, and show `issue`
         (by default the type with the most flagged images).
 
-        `top` shows the `top` highest-scoring images of `issue` whether flagged or not: outliers are a
-        ranking, and a group of strays (drawings among photos) can rank first while each scores under
-        the threshold. `table` itself is left as it is."""
+        `top` adds the `top` highest-scoring images of `issue` to its flagged ones, flagged or not:
+        outliers are a ranking, and a group of strays (drawings among photos) can rank first while each
+        scores under the threshold. `table` itself is left as it is."""
         table = check_issue_table(table)
         if top is not None:
             if issue is None or isinstance(top, bool) or not isinstance(top, int) or top < 1:

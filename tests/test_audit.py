@@ -309,7 +309,7 @@ def test_outliers_found_even_when_they_cluster_together(tmp_path):
 def test_a_group_of_drawings_among_photos_is_ranked_first_by_its_texture(tmp_path):
     """Six tinted digits spread over the classes of 80 photo quarters are each other's nearest images,
     and the last layer sees them little farther from the photos than the most isolated quarters; the
-    first block's texture puts all six first. Without it, three of them are."""
+    first block's texture puts all six first. Without it, five of them are (measured)."""
     from nbtrain.label_issues import image_embeddings, image_features_and_texture
     from nbtrain.samples import _foolbox_photos, _mnist_arrays
 
