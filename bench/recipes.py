@@ -33,7 +33,8 @@ Recipes, each `vision_learner(dls, "mobilenet_v2", pretrained=True)` then `fine_
   sweep    each `--configs` entry: lr (fine_tune's base_lr; "find": lr_find's valley), mult (lr_mult), freeze (freeze_epochs;
            the unfrozen epochs are then epochs + 1 - freeze, so every run has the same epoch budget),
            plus (the unfrozen epochs are epochs + plus, with or without freeze: plus=0 with freeze=0 is fine_tune(epochs, freeze_epochs=0),
-           the whole network from the start in less time than the default), ls (label smoothing), far (the recipe's far_base_lr), near (its near_lr_mult), foc (fit_one_cycle(epochs, lr) on the frozen learner instead: the head only,
+           the whole network from the start in less time than the default), pct and div (the unfrozen stage's
+           pct_start and div), ls (label smoothing), far (the recipe's far_base_lr), near (its near_lr_mult), foc (fit_one_cycle(epochs, lr) on the frozen learner instead: the head only,
            as `learn.fit_one_cycle(n)` right after vision_learner trains; its rows are left out of "best").
            "best" is the lowest mean error among the fine_tune rows of the cell.
 
@@ -168,7 +169,7 @@ DATASETS = {"photos": photos, "faces": faces, "digits": digits, "mnist": mnist}
 def parse_config(spec: str) -> dict:
     """'lr=1e-2,mult=3,freeze=0,ls=0.1' -> fine_tune's keyword arguments (and 'ls')."""
     names = {"lr": "base_lr", "mult": "lr_mult", "freeze": "freeze_epochs", "ls": "ls", "recipe": "recipe",
-             "foc": "foc", "far": "far", "near": "near", "plus": "plus"}
+             "foc": "foc", "far": "far", "near": "near", "plus": "plus", "pct": "pct_start", "div": "div"}
     out = {}
     for part in filter(None, spec.split(",")):
         key, _, value = part.partition("=")
