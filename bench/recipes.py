@@ -314,8 +314,7 @@ def print_cell(title: str, summary: list[dict]) -> str:
         ok_fa = "fastai" not in get or d["err"] <= get["fastai"]["err"] + 1e-9
         # The band against every row, and against the rows that took no more time than the default
         # (5% slack for timing noise): the whole-network-first row buys its lead with an extra epoch.
-        in_time = [s for s in fine_tunes if s["wall"] <= 1.05 * d["wall"]] or [d]
-        best_in_time = min(in_time, key=lambda s: s["err"])
+        best_in_time = min((s for s in fine_tunes if s["wall"] <= 1.05 * d["wall"]), key=lambda s: s["err"])
         verdicts = ["within" if d["err"] <= max(1.25 * b["err"], b["err"] + 0.5) + 1e-9 else "OUTSIDE"
                     for b in (best, best_in_time)]
         lines.append(f"| {title:24s} | {'-> default vs fastai, best':26s} | "
