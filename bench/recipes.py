@@ -34,7 +34,7 @@ Recipes, each `vision_learner(dls, "mobilenet_v2", pretrained=True)` then `fine_
            the unfrozen epochs are then epochs + 1 - freeze, so every run has the same epoch budget),
            plus (the unfrozen epochs are epochs + plus, with or without freeze: plus=0 with freeze=0 is fine_tune(epochs, freeze_epochs=0),
            the whole network from the start in less time than the default), pct and div (the unfrozen stage's
-           pct_start and div), ls (label smoothing), far (the recipe's far_base_lr), near (its near_lr_mult), foc (fit_one_cycle(epochs, lr) on the frozen learner instead: the head only,
+           pct_start and div), any key of nbtrain.recipe by its own name (near_error=0.15), ls (label smoothing), far (the recipe's far_base_lr), near (its near_lr_mult), foc (fit_one_cycle(epochs, lr) on the frozen learner instead: the head only,
            as `learn.fit_one_cycle(n)` right after vision_learner trains; its rows are left out of "best").
            "best" is the lowest mean error among the fine_tune rows of the cell.
 
@@ -171,11 +171,16 @@ def parse_config(spec: str) -> dict:
     """'lr=1e-2,mult=3,freeze=0,ls=0.1' -> fine_tune's keyword arguments (and 'ls')."""
     names = {"lr": "base_lr", "mult": "lr_mult", "freeze": "freeze_epochs", "ls": "ls", "recipe": "recipe",
              "foc": "foc", "far": "far", "near": "near", "plus": "plus", "pct": "pct_start", "div": "div"}
+    from nbtrain.recipe import NBTRAIN
+
     out = {}
     for part in filter(None, spec.split(",")):
         key, _, value = part.partition("=")
+        if key in NBTRAIN and key not in names:  # any other recipe value by its own name
+            out.setdefault("values", {})[key] = float(value)
+            continue
         if key not in names:
-            raise SystemExit(f"unknown key {key!r} in {spec!r}: use {', '.join(names)}")
+            raise SystemExit(f"unknown key {key!r} in {spec!r}: use {', '.join(names)} or a key of nbtrain.recipe")
         if key in ("far", "near"):  # the recipe's far_base_lr or near_lr_mult (vision_learner(recipe={...}))
             out[key] = float(value)
         elif key == "foc":  # fit_one_cycle(epochs, lr_max=lr) on the frozen learner instead of fine_tune
@@ -209,8 +214,9 @@ def run_nbtrain(data: Data, epochs: int, config: dict, seed: int, args) -> tuple
     dls = nbtrain.ImageDataLoaders.from_folder(data.path, item_tfms=nbtrain.Resize(data.size),
                                                batch_tfms=nbtrain.aug_transforms(do_flip=data.do_flip),
                                                bs=data.bs, seed=seed)
-    kwargs = {k: v for k, v in config.items() if k not in ("ls", "foc", "far", "near", "plus")}
+    kwargs = {k: v for k, v in config.items() if k not in ("ls", "foc", "far", "near", "plus", "values")}
     recipe = {name: config[key] for key, name in (("far", "far_base_lr"), ("near", "near_lr_mult")) if key in config}
+    recipe.update(config.get("values", {}))
     recipe = recipe or None
     loss = nn.CrossEntropyLoss(label_smoothing=config["ls"]) if "ls" in config else None
     freeze = kwargs.get("freeze_epochs")
