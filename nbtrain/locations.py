@@ -3,18 +3,38 @@
 The one home of these paths. It imports nothing heavy (no torch), so the file operations that
 depend on it stay light.
 """
+
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 
 KAGGLE_INPUT = Path("/kaggle/input")
 KAGGLE_WORKING = Path("/kaggle/working")
+# What a saved Kaggle version keeps of /kaggle/working: 20 GB, and about 500 files listed as output.
+KAGGLE_OUTPUT_BYTES = 20 * 1000**3
+KAGGLE_OUTPUT_FILES = 500
+
+
+def is_loopback(host: str) -> bool:
+    """True for this machine's own addresses, which a proxy from the environment cannot reach."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def is_kaggle() -> bool:
     """True inside a Kaggle kernel; Kaggle sets KAGGLE_KERNEL_RUN_TYPE in every notebook."""
     return "KAGGLE_KERNEL_RUN_TYPE" in os.environ or "KAGGLE_URL_BASE" in os.environ
+
+
+def is_colab() -> bool:
+    """True inside a Google Colab runtime, which sets COLAB_RELEASE_TAG (older ones COLAB_GPU)."""
+    return "COLAB_RELEASE_TAG" in os.environ or "COLAB_GPU" in os.environ
 
 
 def is_read_only_location(path: Path | str, kaggle_input: Path = KAGGLE_INPUT) -> bool:
@@ -51,8 +71,12 @@ def working_dir(kaggle_working: Path = KAGGLE_WORKING) -> Path:
     return kaggle_working if kaggle_working.is_dir() else Path.cwd()
 
 
-def output_dir(data_path: Path | str | None, model_dir: str = "models", kaggle_input: Path = KAGGLE_INPUT,
-               kaggle_working: Path = KAGGLE_WORKING) -> Path:
+def output_dir(
+    data_path: Path | str | None,
+    model_dir: str = "models",
+    kaggle_input: Path = KAGGLE_INPUT,
+    kaggle_working: Path = KAGGLE_WORKING,
+) -> Path:
     """Where models, logs and exports go for a dataset at `data_path`.
 
     Next to the data, as fastai does, unless the data cannot be written (Kaggle's /kaggle/input):
@@ -67,6 +91,7 @@ def output_dir(data_path: Path | str | None, model_dir: str = "models", kaggle_i
 
 # ---------------------------------------------------------------------------------------------
 # Where nbtrain keeps data
+
 
 def nbtrain_home() -> Path:
     """The cache root: `$NBTRAIN_HOME`, or `~/.nbtrain`."""
