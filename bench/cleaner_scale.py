@@ -12,6 +12,7 @@ repeated with a one-pixel shift so every file is distinct. The model is mobilene
 fastai's measured run. "bare pass" is one plain PyTorch inference pass over the same files (PIL
 decode, resize, forward) with the same batch size and workers: the least any cleaner must spend.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -160,7 +161,7 @@ def duplicate_search(n: int, dim: int = 1280) -> None:
     import torch
 
     from nbtrain.environment import default_device
-    from nbtrain.label_issues import nearest_neighbours
+    from nbtrain.neighbours import nearest_neighbours
 
     emb = torch.nn.functional.normalize(torch.randn(n, dim, generator=torch.Generator().manual_seed(0)), dim=1)
     device = default_device()
@@ -181,8 +182,13 @@ def duplicate_search(n: int, dim: int = 1280) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1000,10000,50000")
-    ap.add_argument("--duplicates", type=int, default=0, metavar="N",
-                    help="only time the near-duplicate search over N images (e.g. 50000), before and now")
+    ap.add_argument(
+        "--duplicates",
+        type=int,
+        default=0,
+        metavar="N",
+        help="only time the near-duplicate search over N images (e.g. 50000), before and now",
+    )
     ap.add_argument("--data", default=None, help="where to write the images (default: a temp folder)")
     ap.add_argument("--fastai", action="store_true", help="also time fastai's cleaner (in its own process)")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
@@ -207,18 +213,21 @@ def main() -> None:
             res.update(_child(n, data, "fastai"))
         rows.append(res)
     print(f"\nmobilenet_v2, 64 px, max_n=30, {os.cpu_count()} CPU cores; peak RSS of each run's own process")
-    head = (f"{'images':>8}{'bare pass s':>13}{'bare RSS MB':>13}{'build s':>10}{'build/bare':>12}{'page s':>9}"
-            f"{'peak RSS MB':>13}")
+    head = (
+        f"{'images':>8}{'bare pass s':>13}{'bare RSS MB':>13}{'build s':>10}{'build/bare':>12}{'page s':>9}"
+        f"{'peak RSS MB':>13}"
+    )
     if args.fastai:
         head += f"{'fastai build s':>16}{'fastai RSS MB':>15}"
     print(head)
     for r in rows:
-        line = (f"{r['n']:>8}{r['bare_s']:>13.2f}{r['bare_peak_rss_mb']:>13.0f}{r['build_s']:>10.2f}"
-                f"{r['build_s'] / r['bare_s']:>12.2f}"
-                f"{r['page_s']:>9.3f}{r['peak_rss_mb']:>13.0f}")
+        line = (
+            f"{r['n']:>8}{r['bare_s']:>13.2f}{r['bare_peak_rss_mb']:>13.0f}{r['build_s']:>10.2f}"
+            f"{r['build_s'] / r['bare_s']:>12.2f}"
+            f"{r['page_s']:>9.3f}{r['peak_rss_mb']:>13.0f}"
+        )
         if args.fastai:
-            line += (f"{r.get('fastai_build_s', float('nan')):>16.2f}"
-                     f"{r.get('fastai_peak_rss_mb', float('nan')):>15.0f}")
+            line += f"{r.get('fastai_build_s', float('nan')):>16.2f}{r.get('fastai_peak_rss_mb', float('nan')):>15.0f}"
         print(line)
 
 

@@ -2,11 +2,12 @@
 
 fastai is a bench-only dependency (`pip install fastai`); nbtrain never imports it.
 """
+
 from __future__ import annotations
 
 import shutil
 
-from nbtrain.models import _offline_candidates, checkpoint_dir
+from nbtrain.models import checkpoint_dir, offline_candidates
 
 MOBILENET_FILE = "mobilenet_v2-b0353104.pth"
 
@@ -31,7 +32,7 @@ def _weights_in_hub_cache() -> None:
     cache = checkpoint_dir()
     if (cache / MOBILENET_FILE).exists():
         return
-    found = _offline_candidates(MOBILENET_FILE)
+    found = offline_candidates(MOBILENET_FILE)
     if found:
         cache.mkdir(parents=True, exist_ok=True)
         shutil.copy(found[0], cache / MOBILENET_FILE)

@@ -2,7 +2,7 @@
 
 Three parts:
 
-1. Every case of tests/badzoo.py (truncated, empty, non-image, odd-mode, bomb, EXIF-rotated, odd names,
+1. Every case of testkit/badzoo.py (truncated, empty, non-image, odd-mode, bomb, EXIF-rotated, odd names,
    symlink loops and escapes, unsafe labels) planted in a fresh dataset and fed to each entry point it can
    enter: `ImageDataLoaders.from_folder` (bad_files="error" and "skip"), `verify_images`, `learn.predict`,
    the cleaner's thumbnails, and `fileops.apply_actions` (delete and relabel). Every file under the trial's
@@ -19,6 +19,7 @@ Three parts:
 
 Exits 1 if any outcome differs from the decided one (badzoo.EXPECTED) or any file is lost.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,10 +32,10 @@ from collections import Counter
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE.parent))  # nbtrain and testkit from this checkout
 os.environ.setdefault("NBTRAIN_NUM_WORKERS", "0")
 
-import badzoo  # noqa: E402
+from testkit import badzoo  # noqa: E402
 
 
 def zoo_table(compact: bool = False) -> bool:
@@ -64,8 +65,10 @@ def zoo_table(compact: bool = False) -> bool:
             outcome = r.outcome if r.outcome == r.expected else f"**{r.outcome}** (decided: {r.expected})"
             cells[r.entry] = outcome
             if not compact:
-                print(f"| {case.name} | {r.entry} | {outcome} | {'✓' if good else '✗'} | "
-                      f"{r.files_before} → {r.files_after} | {lost if lost == 0 else f'**{lost}**'} |")
+                print(
+                    f"| {case.name} | {r.entry} | {outcome} | {'✓' if good else '✗'} | "
+                    f"{r.files_before} → {r.files_after} | {lost if lost == 0 else f'**{lost}**'} |"
+                )
         if compact:
             print(f"| {case.name} | " + " | ".join(cells.get(e, "–") for e in badzoo.ENTRIES) + f" | {lost_case} |")
     return ok
@@ -79,13 +82,19 @@ def save_trials(n: int) -> bool:
     found = Counter(t.found for t in trials)
     mid = sum(t.mid_save for t in trials)
     bad = [t for t in trials if t.found not in ("old", "new") or t.other_files or t.child != "killed"]
-    print("| trials | cut off mid-save | old checkpoint intact (same sha256) | complete new version | "
-          "torn or missing | partial files under the name | temp files left |")
+    print(
+        "| trials | cut off mid-save | old checkpoint intact (same sha256) | complete new version | "
+        "torn or missing | partial files under the name | temp files left |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|")
-    print(f"| {n} | {mid} | {found['old']} | {found['new']} | {n - found['old'] - found['new']} | "
-          f"{sum(bool(t.other_files) for t in trials)} | {trials[-1].temp_files if trials else 0} |")
-    print(f"\n{time.time() - start:.0f} s. A save killed mid-way leaves its hidden `.ckpt.pth.<pid>.*.tmp` file; the "
-          "next save removes it (its writer is dead), so at most one is ever left.")
+    print(
+        f"| {n} | {mid} | {found['old']} | {found['new']} | {n - found['old'] - found['new']} | "
+        f"{sum(bool(t.other_files) for t in trials)} | {trials[-1].temp_files if trials else 0} |"
+    )
+    print(
+        f"\n{time.time() - start:.0f} s. A save killed mid-way leaves its hidden `.ckpt.pth.<pid>.*.tmp` file; the "
+        "next save removes it (its writer is dead), so at most one is ever left."
+    )
     return not bad
 
 

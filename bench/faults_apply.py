@@ -14,6 +14,7 @@ expected final place (resume) or original place (undo).
 should not be there. An undo after the commit of an apply without trash cannot bring back the files
 that commit unlinked; it names them, and they are counted apart as "unlinked as asked".
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,9 +24,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # nbtrain and testkit from this checkout
 
-from fileops_child import crash_trial  # noqa: E402
+from testkit.fileops_child import crash_trial  # noqa: E402
 
 
 def main() -> None:
@@ -37,15 +38,25 @@ def main() -> None:
     results, start = [], time.time()
     with tempfile.TemporaryDirectory() as tmp:
         for t in range(args.trials):
-            results.append(crash_trial(Path(tmp) / f"trial{t}", seed=args.seed * 100_000 + t,
-                                       recovery="resume" if t % 2 == 0 else "undo", trash=t % 4 >= 2))
+            results.append(
+                crash_trial(
+                    Path(tmp) / f"trial{t}",
+                    seed=args.seed * 100_000 + t,
+                    recovery="resume" if t % 2 == 0 else "undo",
+                    trash=t % 4 >= 2,
+                )
+            )
     resumes = sum(r.recovery == "resume" for r in results)
-    print(f"| trials | resumes | undos | recoveries also killed | files checked | files lost | extra files "
-          f"| unlinked as asked |")
+    print(
+        "| trials | resumes | undos | recoveries also killed | files checked | files lost | extra files "
+        "| unlinked as asked |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-    print(f"| {len(results)} | {resumes} | {len(results) - resumes} | {sum(r.recovery_killed for r in results)} "
-          f"| {sum(r.checked for r in results)} | {sum(r.lost for r in results)} | {sum(r.extra for r in results)} "
-          f"| {sum(r.unrecoverable for r in results)} |")
+    print(
+        f"| {len(results)} | {resumes} | {len(results) - resumes} | {sum(r.recovery_killed for r in results)} "
+        f"| {sum(r.checked for r in results)} | {sum(r.lost for r in results)} | {sum(r.extra for r in results)} "
+        f"| {sum(r.unrecoverable for r in results)} |"
+    )
     phases = Counter(r.killed_during for r in results)
     print("\nWhere the apply was when killed: " + ", ".join(f"{phase}: {n}" for phase, n in phases.most_common()))
     print(f"{time.time() - start:.0f} s in all")

@@ -6,6 +6,7 @@ bad_files="skip")` at several sizes. Leaving the bad files out once took time qu
     python bench/from_lists.py              # 25k, 50k, 100k, 200k files
     python bench/from_lists.py --sizes 20000
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,8 +55,9 @@ def main() -> None:
             start = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                dls = ImageDataLoaders.from_lists(tmp, files[:n], labels[:n], valid_idx=valid_idx, bad_files="skip",
-                                                  device="cpu", num_workers=0)
+                dls = ImageDataLoaders.from_lists(
+                    tmp, files[:n], labels[:n], valid_idx=valid_idx, bad_files="skip", device="cpu", num_workers=0
+                )
             rows.append((n, time.perf_counter() - start, dls.train.n + dls.valid.n))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

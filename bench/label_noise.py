@@ -31,6 +31,7 @@ rows, the K fold models' averaged prediction); wall s the time of the method fro
 ranking (the out-of-fold rows share one run of `find_label_issues`). Means over seeds, with the
 spread (sd) of P@k.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -182,8 +183,11 @@ def run_cell(name: str, noise: float, seed: int, root: Path, args) -> list[Row]:
         k, pk, r100 = ranking_metrics(order, flipped)
         rows.append(Row(name, noise, seed, method, k, pk, r100, valid_error(table, truth, vocab), wall, extra))
         if args.detail:
-            print(f"  {name:6s} noise {noise:<4g} seed {seed}  {method:15s} k={k:4d}  P@k {pk:.3f}  R@100 {r100:.3f}"
-                  f"  valid err {rows[-1].valid_err:.4f}  {wall:7.1f} s  {extra}", flush=True)
+            print(
+                f"  {name:6s} noise {noise:<4g} seed {seed}  {method:15s} k={k:4d}  P@k {pk:.3f}  R@100 {r100:.3f}"
+                f"  valid err {rows[-1].valid_err:.4f}  {wall:7.1f} s  {extra}",
+                flush=True,
+            )
 
     if "oof" in args.methods:
         table, wall = out_of_fold(path, seed, args)
@@ -209,12 +213,16 @@ def smoothing_cell(name: str, noise: float, seed: int, root: Path, args) -> list
         table, wall = out_of_fold(path, seed, args, label_smoothing=ls)
         for method, key, ascending in (("oof loss", "loss", False), ("oof margin", "margin", True)):
             k, pk, r100 = ranking_metrics(ranked(table, key, ascending), flipped)
-            rows.append(Row(name, noise, seed, f"{method}, ls={ls:g}", k, pk, r100, valid_error(table, truth, vocab),
-                            wall))
+            rows.append(
+                Row(name, noise, seed, f"{method}, ls={ls:g}", k, pk, r100, valid_error(table, truth, vocab), wall)
+            )
             if args.detail:
                 r = rows[-1]
-                print(f"  {name:6s} noise {noise:<4g} seed {seed}  {r.method:20s} P@k {pk:.3f}  "
-                      f"valid err {r.valid_err:.4f}  {wall:7.1f} s", flush=True)
+                print(
+                    f"  {name:6s} noise {noise:<4g} seed {seed}  {r.method:20s} P@k {pk:.3f}  "
+                    f"valid err {r.valid_err:.4f}  {wall:7.1f} s",
+                    flush=True,
+                )
     return rows
 
 
@@ -223,24 +231,36 @@ def summary(rows: list[Row]) -> pd.DataFrame:
     first = ["in-sample loss"]
     order = {m: i for i, m in enumerate(dict.fromkeys([*first, *df["method"]]))}
     g = df.groupby(["dataset", "noise", "method"], sort=False)
-    out = g.agg(seeds=("seed", "nunique"), k=("k", "mean"), p_at_k=("p_at_k", "mean"), p_sd=("p_at_k", "std"),
-                r_at_100=("r_at_100", "mean"), valid_err=("valid_err", "mean"), wall_s=("wall_s", "mean")).reset_index()
+    out = g.agg(
+        seeds=("seed", "nunique"),
+        k=("k", "mean"),
+        p_at_k=("p_at_k", "mean"),
+        p_sd=("p_at_k", "std"),
+        r_at_100=("r_at_100", "mean"),
+        valid_err=("valid_err", "mean"),
+        wall_s=("wall_s", "mean"),
+    ).reset_index()
     out["_m"] = out["method"].map(order)
     return out.sort_values(["dataset", "noise", "_m"], kind="stable").drop(columns="_m").reset_index(drop=True)
 
 
 def print_table(out: pd.DataFrame, title: str) -> None:
     print(f"\n{title}")
-    head = (f"| {'dataset':7s} | {'noise':>5s} | {'method':20s} | {'seeds':>5s} | {'k':>5s} | {'P@k':>13s} | "
-            f"{'R@100':>5s} | {'valid err':>9s} | {'wall s':>7s} |")
+    head = (
+        f"| {'dataset':7s} | {'noise':>5s} | {'method':20s} | {'seeds':>5s} | {'k':>5s} | {'P@k':>13s} | "
+        f"{'R@100':>5s} | {'valid err':>9s} | {'wall s':>7s} |"
+    )
     print(head)
     print("|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|")
     for r in out.itertuples(index=False):
         sd = f" ± {r.p_sd:.3f}" if r.seeds > 1 and not np.isnan(r.p_sd) else ""
         pk = "n/a" if np.isnan(r.p_at_k) else f"{r.p_at_k:.3f}{sd}"
         r100 = "n/a" if np.isnan(r.r_at_100) else f"{r.r_at_100:.3f}"
-        print(f"| {r.dataset:7s} | {r.noise:5.2f} | {r.method:20s} | {r.seeds:5d} | {r.k:5.0f} | {pk:>13s} | "
-              f"{r100:>5s} | {r.valid_err:9.4f} | {r.wall_s:7.1f} |", flush=True)
+        print(
+            f"| {r.dataset:7s} | {r.noise:5.2f} | {r.method:20s} | {r.seeds:5d} | {r.k:5.0f} | {pk:>13s} | "
+            f"{r100:>5s} | {r.valid_err:9.4f} | {r.wall_s:7.1f} |",
+            flush=True,
+        )
 
 
 def load() -> str:
@@ -256,8 +276,9 @@ def floats(text: str) -> list[float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     p.add_argument("--datasets", default="mnist,digits", help="comma-separated: mnist, digits")
     p.add_argument("--noise", default="0.05,0.1,0.2", help="fractions of training labels flipped")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (data, flips, folds and training)")
@@ -276,12 +297,21 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--fold-size", type=int, default=None, help="image size of the fold models (0: the learner's)")
     g.add_argument("--base-lr", type=float, default=None)
     g.add_argument("--label-smoothing", type=float, default=None)
-    p.add_argument("--smoothing", action="store_true",
-                   help="instead of the methods: the fold recipe with label smoothing 0 and the default")
-    p.add_argument("--smoothing-values", default=None, help="label smoothing values for --smoothing (default 0,<default>)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch's CPU threads (default: torch's own). On a shared machine 1 can be several times "
-                        "faster than 2: OpenMP threads that wait for a busy core spin")
+    p.add_argument(
+        "--smoothing",
+        action="store_true",
+        help="instead of the methods: the fold recipe with label smoothing 0 and the default",
+    )
+    p.add_argument(
+        "--smoothing-values", default=None, help="label smoothing values for --smoothing (default 0,<default>)"
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch's CPU threads (default: torch's own). On a shared machine 1 can be several times "
+        "faster than 2: OpenMP threads that wait for a busy core spin",
+    )
     p.add_argument("--json", type=Path, default=None, help="also write every row to this file")
     p.add_argument("--keep", type=Path, default=None, help="write the datasets here and keep them")
     args = p.parse_args(argv)
@@ -300,9 +330,11 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
 
     root = args.keep or Path(tempfile.mkdtemp(prefix="label_noise-"))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
-          f"device {'cuda' if torch.cuda.is_available() else 'cpu'}, load average {load()}; data in {root}",
-          flush=True)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+        f"device {'cuda' if torch.cuda.is_available() else 'cpu'}, load average {load()}; data in {root}",
+        flush=True,
+    )
     rows: list[Row] = []
     start = time.perf_counter()
     try:
@@ -318,8 +350,10 @@ def main(argv: list[str] | None = None) -> None:
             shutil.rmtree(root, ignore_errors=True)
     if rows:
         title = "Label smoothing in the fold recipe" if args.smoothing else "Finding flipped labels"
-        print_table(summary(rows), f"{title} (means over seeds; total {time.perf_counter() - start:.0f} s, "
-                                   f"load average at the end {load()})")
+        print_table(
+            summary(rows),
+            f"{title} (means over seeds; total {time.perf_counter() - start:.0f} s, load average at the end {load()})",
+        )
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ fastai's values and fastai itself (no worse than either) and with the best (with
 points), then with the best of the rows that took no more wall time than the default in the same run
 ("at its time").
 """
+
 from __future__ import annotations
 
 import argparse
@@ -84,8 +85,9 @@ class Data:
 # The panel's datasets, as image files
 
 
-def _write(root: Path, images: list[Image.Image], labels: list[str], noise: float, seed: int,
-           valid_pct: float = 0.25) -> tuple[dict, set]:
+def _write(
+    root: Path, images: list[Image.Image], labels: list[str], noise: float, seed: int, valid_pct: float = 0.25
+) -> tuple[dict, set]:
     """Images into root/train/<label>/ and root/valid/<label>/; a fraction of the training labels moved."""
     rng = np.random.default_rng(seed)
     n = len(images)
@@ -152,7 +154,9 @@ def _from_sample(sample, size: int, bs: int) -> Data:
 def digits(root: Path, noise: float, seed: int, args) -> Data:
     from nbtrain.samples import make_digits_sample
 
-    return _from_sample(make_digits_sample(root / "digits", noise=noise, seed=seed, size=32), args.size or 32, args.bs or 32)
+    return _from_sample(
+        make_digits_sample(root / "digits", noise=noise, seed=seed, size=32), args.size or 32, args.bs or 32
+    )
 
 
 def mnist(root: Path, noise: float, seed: int, args) -> Data:
@@ -171,8 +175,19 @@ DATASETS = {"photos": photos, "faces": faces, "digits": digits, "mnist": mnist}
 
 def parse_config(spec: str) -> dict:
     """'lr=1e-2,mult=3,freeze=0,ls=0.1' -> fine_tune's keyword arguments (and 'ls')."""
-    names = {"lr": "base_lr", "mult": "lr_mult", "freeze": "freeze_epochs", "ls": "ls", "recipe": "recipe",
-             "foc": "foc", "far": "far", "near": "near", "plus": "plus", "pct": "pct_start", "div": "div"}
+    names = {
+        "lr": "base_lr",
+        "mult": "lr_mult",
+        "freeze": "freeze_epochs",
+        "ls": "ls",
+        "recipe": "recipe",
+        "foc": "foc",
+        "far": "far",
+        "near": "near",
+        "plus": "plus",
+        "pct": "pct_start",
+        "div": "div",
+    }
     from nbtrain.recipe import NBTRAIN
 
     out = {}
@@ -209,13 +224,18 @@ def true_error(probs: torch.Tensor, items, vocab, truth: dict) -> float:
 
 
 def run_nbtrain(data: Data, epochs: int, config: dict, seed: int, args) -> tuple[float, float, dict]:
-    import nbtrain
     from torch import nn
 
+    import nbtrain
+
     torch.manual_seed(seed)
-    dls = nbtrain.ImageDataLoaders.from_folder(data.path, item_tfms=nbtrain.Resize(data.size),
-                                               batch_tfms=nbtrain.aug_transforms(do_flip=data.do_flip),
-                                               bs=data.bs, seed=seed)
+    dls = nbtrain.ImageDataLoaders.from_folder(
+        data.path,
+        item_tfms=nbtrain.Resize(data.size),
+        batch_tfms=nbtrain.aug_transforms(do_flip=data.do_flip),
+        bs=data.bs,
+        seed=seed,
+    )
     kwargs = {k: v for k, v in config.items() if k not in ("ls", "foc", "far", "near", "plus", "values")}
     recipe = {name: config[key] for key, name in (("far", "far_base_lr"), ("near", "near_lr_mult")) if key in config}
     recipe.update(config.get("values", {}))
@@ -268,9 +288,14 @@ def run_fastai(data: Data, epochs: int, seed: int, args) -> tuple[float, float, 
     from torchvision.models import mobilenet_v2
 
     fv.set_seed(seed)
-    dls = fv.ImageDataLoaders.from_folder(data.path, item_tfms=fv.Resize(data.size),
-                                          batch_tfms=fv.aug_transforms(do_flip=data.do_flip), bs=data.bs, seed=seed,
-                                          num_workers=0)
+    dls = fv.ImageDataLoaders.from_folder(
+        data.path,
+        item_tfms=fv.Resize(data.size),
+        batch_tfms=fv.aug_transforms(do_flip=data.do_flip),
+        bs=data.bs,
+        seed=seed,
+        num_workers=0,
+    )
     learn = fv.vision_learner(dls, mobilenet_v2, metrics=fv.error_rate)
     with learn.no_bar(), learn.no_logging():
         start = time.perf_counter()
@@ -294,10 +319,18 @@ def cell_summary(rows: list[dict]) -> list[dict]:
         pk = [r["p_at_k"] for r in rs if "p_at_k" in r]
         sug = [r["suggestion"] for r in rs if "suggestion" in r]
         mults = sorted({r["lr_mult"] for r in rs if r.get("lr_mult") is not None})
-        out.append({"recipe": name, "err": errs.mean(), "sd": errs.std(ddof=1) if len(errs) > 1 else 0.0,
-                    "wall": float(np.mean([r["wall"] for r in rs])), "seeds": len(rs),
-                    "p_at_k": float(np.mean(pk)) if pk else None, "suggestion": float(np.median(sug)) if sug else None,
-                    "mults": mults})
+        out.append(
+            {
+                "recipe": name,
+                "err": errs.mean(),
+                "sd": errs.std(ddof=1) if len(errs) > 1 else 0.0,
+                "wall": float(np.mean([r["wall"] for r in rs])),
+                "seeds": len(rs),
+                "p_at_k": float(np.mean(pk)) if pk else None,
+                "suggestion": float(np.median(sug)) if sug else None,
+                "mults": mults,
+            }
+        )
     return out
 
 
@@ -315,8 +348,9 @@ def print_cell(title: str, summary: list[dict]) -> str:
         if s["mults"]:
             extra += f"  lr_mult {'/'.join(f'{m:g}' for m in s['mults'])}"
         mark = " *" if s is best else ""
-        lines.append(f"| {title:24s} | {s['recipe']:26s} | {s['err']:6.2f} ± {s['sd']:4.2f} | {s['wall']:7.1f} |"
-                     f"{mark}{extra}")
+        lines.append(
+            f"| {title:24s} | {s['recipe']:26s} | {s['err']:6.2f} ± {s['sd']:4.2f} | {s['wall']:7.1f} |{mark}{extra}"
+        )
     if "default" in get:
         d = get["default"]
         # fastai's defaults count both ways: its values through nbtrain, and fastai itself when installed.
@@ -325,12 +359,16 @@ def print_cell(title: str, summary: list[dict]) -> str:
         # The band against every row, and against the rows that took no more time than the default
         # (5% slack for timing noise): the whole-network-first row buys its lead with an extra epoch.
         best_in_time = min((s for s in fine_tunes if s["wall"] <= 1.05 * d["wall"]), key=lambda s: s["err"])
-        verdicts = ["within" if d["err"] <= max(1.25 * b["err"], b["err"] + 0.5) + 1e-9 else "OUTSIDE"
-                    for b in (best, best_in_time)]
-        lines.append(f"| {title:24s} | {'-> default vs fastai, best':26s} | "
-                     f"{'WORSE than ' + ' and '.join(worse_than) if worse_than else 'no worse'}, {verdicts[0]} "
-                     f"| at its time: {verdicts[1]} "
-                     f"(best {best_in_time['err']:.2f}, {best_in_time['recipe']})")
+        verdicts = [
+            "within" if d["err"] <= max(1.25 * b["err"], b["err"] + 0.5) + 1e-9 else "OUTSIDE"
+            for b in (best, best_in_time)
+        ]
+        lines.append(
+            f"| {title:24s} | {'-> default vs fastai, best':26s} | "
+            f"{'WORSE than ' + ' and '.join(worse_than) if worse_than else 'no worse'}, {verdicts[0]} "
+            f"| at its time: {verdicts[1]} "
+            f"(best {best_in_time['err']:.2f}, {best_in_time['recipe']})"
+        )
     text = "\n".join(lines)
     print(text, flush=True)
     return text
@@ -344,14 +382,16 @@ def load() -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     p.add_argument("--datasets", default="photos,faces,digits,mnist")
     p.add_argument("--noise", default="0,0.1")
     p.add_argument("--epochs", default="1,3", help="fine_tune(epochs) budgets")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--recipes", default="fastai,default,fastai-lib,sweep",
-                   help="comma list of fastai, default, fastai-lib, sweep")
+    p.add_argument(
+        "--recipes", default="fastai,default,fastai-lib,sweep", help="comma list of fastai, default, fastai-lib, sweep"
+    )
     p.add_argument("--configs", nargs="*", default=None, help=f"the sweep (default: {' '.join(SWEEP)})")
     p.add_argument("--n", type=int, default=2000, help="MNIST digits to write")
     p.add_argument("--per-photo", type=int, default=40, help="crops of each photo")

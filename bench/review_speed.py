@@ -24,6 +24,7 @@ widget code (it is not installed here: it would replace the shared torch): a Dro
 relabel is 2 clicks (open, pick); no pages (its first max_n images per class and set) and no view across
 classes, so reaching 50 wrong labels also takes a Category change (2 clicks) per class visited.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,17 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from tests.browser.conftest import (ACTIVE_PANEL, CHROMIUM, CHROMIUM_ARGS, VIEWPORT, open_notebook,  # noqa: E402
-                                    run_cell, start_jupyter_server, stop_jupyter_server, wait_for_kernel_idle)
+from tests.browser.conftest import (  # noqa: E402
+    ACTIVE_PANEL,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    VIEWPORT,
+    open_notebook,  # noqa: E402
+    run_cell,
+    start_jupyter_server,
+    stop_jupyter_server,
+    wait_for_kernel_idle,
+)
 
 CELL_TRAIN = """
 import json
@@ -159,7 +169,9 @@ class Person:
 
     def check_target(self, i: int) -> None:
         """The keys act on the card with the blue ring: it must be the one under the pointer."""
-        ring = self.page.eval_on_selector_all(self.cards_sel, "cs => cs.findIndex(c => c.classList.contains('is-cursor'))")
+        ring = self.page.eval_on_selector_all(
+            self.cards_sel, "cs => cs.findIndex(c => c.classList.contains('is-cursor'))"
+        )
         if ring != i:
             self.misses.append((i, ring))
 
@@ -205,12 +217,17 @@ def review(person: Person, truth: dict, strategy: str, want: int) -> dict:
     while len(corrected) < want:
         wait_for_kernel_idle(person.page, 60, stable=0.3)
         cards = person.cards()
-        wrong = [(i, c) for i, c in enumerate(cards) if truth[c["name"]]["flipped"]][: want - len(corrected)
-                                                                                     if strategy == "one-by-one" else None]
+        wrong = [(i, c) for i, c in enumerate(cards) if truth[c["name"]]["flipped"]][
+            : want - len(corrected) if strategy == "one-by-one" else None
+        ]
         bulk_ok = strategy == "bulk" and person.frontend in ("keys", "plain")
         if bulk_ok:
             fixed = sum(c["pred"] == truth[c["name"]]["true"] for _, c in wrong)
-            broken = [i for i, c in enumerate(cards) if not truth[c["name"]]["flipped"] and c["pred"] != truth[c["name"]]["given"]]
+            broken = [
+                i
+                for i, c in enumerate(cards)
+                if not truth[c["name"]]["flipped"] and c["pred"] != truth[c["name"]]["given"]
+            ]
             bulk_ok = fixed > len(broken) + 1
         if bulk_ok:
             person.accept_all()
@@ -241,7 +258,7 @@ def fastai_count(truth: dict, scores: list[tuple[str, str, float]], want: int, m
     """fastai's actions for the same task: per class (Category menu, 2 clicks), its max_n worst images of
     the training set, a Dropdown each (2 clicks per relabel or delete). `scores` = (name, given, loss)."""
     by_class: dict[str, list] = {}
-    for name, given, loss in sorted(scores, key=lambda r: -r[2]):
+    for name, given, _loss in sorted(scores, key=lambda r: -r[2]):
         by_class.setdefault(given, []).append(name)
     clicks, done, classes = 0, 0, 0
     for k, cls in enumerate(sorted(by_class)):  # the Category menu in order; it opens on the first class
@@ -252,8 +269,17 @@ def fastai_count(truth: dict, scores: list[tuple[str, str, float]], want: int, m
         classes += 1
         clicks += 2 * len(wrong)
         done += len(wrong)
-    return {"frontend": "fastai (counted)", "strategy": "one-by-one", "corrected": done, "right": done,
-            "clicks": clicks, "keys": 0, "actions": clicks, "per_decision": clicks / max(1, done), "classes": classes}
+    return {
+        "frontend": "fastai (counted)",
+        "strategy": "one-by-one",
+        "corrected": done,
+        "right": done,
+        "clicks": clicks,
+        "keys": 0,
+        "actions": clicks,
+        "per_decision": clicks / max(1, done),
+        "classes": classes,
+    }
 
 
 def main() -> int:
@@ -279,15 +305,23 @@ def main() -> int:
             sample_args = dict(n=args.n, noise=args.noise, seed=0)
             sample = make_mnist_sample(server.root / "digits", **sample_args)
             labels = sample.labels
-            truth = {Path(f).name: {"flipped": bool(fl), "true": str(t), "given": str(g)}
-                     for f, fl, t, g in zip(labels["fname"], labels["flipped"], labels["true_label"], labels["label"])}
+            truth = {
+                Path(f).name: {"flipped": bool(fl), "true": str(t), "given": str(g)}
+                for f, fl, t, g in zip(labels["fname"], labels["flipped"], labels["true_label"], labels["label"])
+            }
             with sync_playwright() as pw:
                 browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
                 for frontend in args.frontend:
                     for strategy in args.strategy:
                         name = f"review-{frontend}-{strategy}.ipynb"
-                        server.write_notebook(name, [CELL_TRAIN.format(sample=sample_args),
-                                                     CELL_CLEANER.format(max_n=args.max_n, frontend=frontend), CELL_DUMP])
+                        server.write_notebook(
+                            name,
+                            [
+                                CELL_TRAIN.format(sample=sample_args),
+                                CELL_CLEANER.format(max_n=args.max_n, frontend=frontend),
+                                CELL_DUMP,
+                            ],
+                        )
                         page = browser.new_context(viewport=dict(VIEWPORT)).new_page()
                         open_notebook(page, server, name)
                         tab = page.locator(".jp-SideBar.jp-mod-left .lm-TabBar-tab.lm-mod-current")
@@ -308,19 +342,33 @@ def main() -> int:
                         choices = json.loads((server.root / "choices.json").read_text())
                         right = sum(choices.get(n) == truth[n]["true"] for n in out["corrected"])
                         actions = person.clicks + person.keys
-                        results.append({
-                            "frontend": frontend, "strategy": strategy, "corrected": len(out["corrected"]),
-                            "right": right, "clicks": person.clicks, "keys": person.keys, "actions": actions,
-                            "per_decision": actions / max(1, len(out["corrected"])),
-                            "task_switches": len(task_switches),
-                            "switch_ms_median": statistics.median(person.switch_ms),
-                            "switch_ms_max": max(person.switch_ms), "seconds": took,
-                            "switch_ms": [round(x) for x in person.switch_ms],
-                            "kernel_build_decode_ms": person.round_trip_ms,
-                            "misses": person.misses, "log": person.log,
-                            "history": json.loads((server.root / "history.json").read_text()), "extra": {n: c for n, c in choices.items() if n not in out["corrected"]},
-                            "wrong": [(n, choices.get(n), truth[n]) for n in out["corrected"]
-                                      if choices.get(n) != truth[n]["true"]]})
+                        results.append(
+                            {
+                                "frontend": frontend,
+                                "strategy": strategy,
+                                "corrected": len(out["corrected"]),
+                                "right": right,
+                                "clicks": person.clicks,
+                                "keys": person.keys,
+                                "actions": actions,
+                                "per_decision": actions / max(1, len(out["corrected"])),
+                                "task_switches": len(task_switches),
+                                "switch_ms_median": statistics.median(person.switch_ms),
+                                "switch_ms_max": max(person.switch_ms),
+                                "seconds": took,
+                                "switch_ms": [round(x) for x in person.switch_ms],
+                                "kernel_build_decode_ms": person.round_trip_ms,
+                                "misses": person.misses,
+                                "log": person.log,
+                                "history": json.loads((server.root / "history.json").read_text()),
+                                "extra": {n: c for n, c in choices.items() if n not in out["corrected"]},
+                                "wrong": [
+                                    (n, choices.get(n), truth[n])
+                                    for n in out["corrected"]
+                                    if choices.get(n) != truth[n]["true"]
+                                ],
+                            }
+                        )
                         print(json.dumps(results[-1]), flush=True)
                         page.context.close()
                 browser.close()
@@ -328,14 +376,22 @@ def main() -> int:
             print(json.dumps(results[-1]), flush=True)
         finally:
             stop_jupyter_server(server)
-    print(f"\nmax_n={args.max_n}, {args.n} digits, {args.noise:.0%} of training labels flipped, "
-          f"{args.want} wrong labels to correct")
-    print(f"{'front end':10} {'strategy':11} {'fixed':>5} {'right':>5} {'clicks':>6} {'keys':>5} "
-          f"{'per label':>9} {'switch ms med/max':>18}")
+    print(
+        f"\nmax_n={args.max_n}, {args.n} digits, {args.noise:.0%} of training labels flipped, "
+        f"{args.want} wrong labels to correct"
+    )
+    print(
+        f"{'front end':10} {'strategy':11} {'fixed':>5} {'right':>5} {'clicks':>6} {'keys':>5} "
+        f"{'per label':>9} {'switch ms med/max':>18}"
+    )
     for r in results:
-        ms = f"{r['switch_ms_median']:8.0f} / {r['switch_ms_max']:5.0f}" if "switch_ms_max" in r else "       (no pages)"
-        print(f"{r['frontend']:10} {r['strategy']:11} {r['corrected']:5d} {r['right']:5d} {r['clicks']:6d} "
-              f"{r['keys']:5d} {r['per_decision']:9.2f} {ms}")
+        ms = (
+            f"{r['switch_ms_median']:8.0f} / {r['switch_ms_max']:5.0f}" if "switch_ms_max" in r else "       (no pages)"
+        )
+        print(
+            f"{r['frontend']:10} {r['strategy']:11} {r['corrected']:5d} {r['right']:5d} {r['clicks']:6d} "
+            f"{r['keys']:5d} {r['per_decision']:9.2f} {ms}"
+        )
     return 0
 
 

@@ -16,6 +16,7 @@ same network and head on random tensors of the same shape, already on the device
 epoch trains the head alone, which costs less than a full step, so "time / schedule limit" also
 compares with bare steps in that schedule (one frozen epoch, then `--epochs` unfrozen ones).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,15 +31,23 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import nbtrain  # noqa: E402
-from nbtrain.samples import make_mnist_sample  # noqa: E402
-from nbtrain.models import create_vision_model  # noqa: E402
-
 from fastai_setup import fastai_vision  # noqa: E402
 
+import nbtrain  # noqa: E402
+from nbtrain.models import create_vision_model  # noqa: E402
+from nbtrain.samples import make_mnist_sample  # noqa: E402
 
-def bare_limit(arch: str, size: int, bs: int, steps: int, device: torch.device, amp: torch.dtype | None,
-               channels_last: bool, frozen: bool = False) -> float:
+
+def bare_limit(
+    arch: str,
+    size: int,
+    bs: int,
+    steps: int,
+    device: torch.device,
+    amp: torch.dtype | None,
+    channels_last: bool,
+    frozen: bool = False,
+) -> float:
     """Images per second of bare train steps on random tensors: the most any library can reach."""
     model, _ = create_vision_model(arch, 10, pretrained=False)
     if frozen:  # fine_tune's first epoch: no gradients for the body
@@ -84,14 +93,16 @@ def true_error(probs: torch.Tensor, items, truth: dict[str, int], root: Path) ->
 
 
 def run_nbtrain(path: Path, arch: str, size: int, bs: int, epochs: int, truth: dict, precision: str) -> dict:
-    dls = nbtrain.ImageDataLoaders.from_folder(path, item_tfms=nbtrain.Resize(size),
-                                               batch_tfms=nbtrain.aug_transforms(), bs=bs, seed=0)
+    dls = nbtrain.ImageDataLoaders.from_folder(
+        path, item_tfms=nbtrain.Resize(size), batch_tfms=nbtrain.aug_transforms(), bs=bs, seed=0
+    )
     try:
         learn = nbtrain.vision_learner(dls, arch, metrics=nbtrain.error_rate, channels_last=precision.endswith("_cl"))
     except nbtrain.WeightsUnavailableError:
         print(f"No offline {arch} weights: timing it from random weights (the speed is the same).")
-        learn = nbtrain.vision_learner(dls, arch, metrics=nbtrain.error_rate, channels_last=precision.endswith("_cl"),
-                                       pretrained=False)
+        learn = nbtrain.vision_learner(
+            dls, arch, metrics=nbtrain.error_rate, channels_last=precision.endswith("_cl"), pretrained=False
+        )
         learn.freeze()
     if precision.startswith("fp32"):
         learn.to_fp32()
@@ -100,8 +111,11 @@ def run_nbtrain(path: Path, arch: str, size: int, bs: int, epochs: int, truth: d
     wall = time.perf_counter() - start
     probs, _ = learn.get_preds(ds_idx=1)
     n_images = (epochs + 1) * len(dls.train) * bs
-    return {"images/s": n_images / wall, "wall_s": wall,
-            "valid_error_true": true_error(probs, dls.valid_ds.items, truth, path)}
+    return {
+        "images/s": n_images / wall,
+        "wall_s": wall,
+        "valid_error_true": true_error(probs, dls.valid_ds.items, truth, path),
+    }
 
 
 def run_fastai(path: Path, size: int, bs: int, epochs: int, truth: dict) -> dict | None:
@@ -110,8 +124,14 @@ def run_fastai(path: Path, size: int, bs: int, epochs: int, truth: dict) -> dict
         return None
     from torchvision.models import mobilenet_v2
 
-    dls = fv.ImageDataLoaders.from_folder(path, item_tfms=fv.Resize(size), batch_tfms=fv.aug_transforms(), bs=bs,
-                                          seed=0, num_workers=nbtrain.environment.default_num_workers())
+    dls = fv.ImageDataLoaders.from_folder(
+        path,
+        item_tfms=fv.Resize(size),
+        batch_tfms=fv.aug_transforms(),
+        bs=bs,
+        seed=0,
+        num_workers=nbtrain.environment.default_num_workers(),
+    )
     learn = fv.vision_learner(dls, mobilenet_v2, metrics=fv.error_rate)
     with learn.no_bar():
         start = time.perf_counter()
@@ -151,23 +171,42 @@ def main() -> None:
         schedule = (1 + args.epochs) / (1 / frozen + args.epochs / limit)
         res = run_nbtrain(sample.path, args.arch, args.size, args.bs, args.epochs, truth, precision)
         rows.append((f"bare PyTorch step ({precision})", limit, None, None, None))
-        rows.append((f"bare, fine_tune's schedule", schedule, None, None, None))
-        rows.append((f"nbtrain ({precision})", res["images/s"], res["valid_error_true"], limit / res["images/s"],
-                     schedule / res["images/s"]))
+        rows.append(("bare, fine_tune's schedule", schedule, None, None, None))
+        rows.append(
+            (
+                f"nbtrain ({precision})",
+                res["images/s"],
+                res["valid_error_true"],
+                limit / res["images/s"],
+                schedule / res["images/s"],
+            )
+        )
         if args.arch == "mobilenet_v2" and not args.no_fastai and precision == args.precisions.split(",")[0]:
             fa = run_fastai(sample.path, args.size, args.bs, args.epochs, truth)
             if fa is None:
                 print("fastai is not installed: pip install fastai to compare with it.")
             else:
-                rows.append(("fastai", fa["images/s"], fa["valid_error_true"], limit / fa["images/s"],
-                             schedule / fa["images/s"]))
+                rows.append(
+                    (
+                        "fastai",
+                        fa["images/s"],
+                        fa["valid_error_true"],
+                        limit / fa["images/s"],
+                        schedule / fa["images/s"],
+                    )
+                )
 
-    print(f"\ndevice: {device}, torch {torch.__version__}, {os.cpu_count()} CPU cores; {args.arch} {args.size}px "
-          f"bs {args.bs}, fine_tune({args.epochs}), MNIST-5k with {args.noise:.0%} of training labels flipped")
+    print(
+        f"\ndevice: {device}, torch {torch.__version__}, {os.cpu_count()} CPU cores; {args.arch} {args.size}px "
+        f"bs {args.bs}, fine_tune({args.epochs}), MNIST-5k with {args.noise:.0%} of training labels flipped"
+    )
     print(f"{'run':<34}{'images/s':>10}{'valid err (true)':>18}{'time / limit':>14}{'time / schedule limit':>23}")
     for name, ips, err, ratio, sched_ratio in rows:
-        print(f"{name:<34}{ips:>10.1f}{'' if err is None else f'{err:.4f}':>18}"
-              f"{'' if ratio is None else f'{ratio:.2f}x':>14}{'' if sched_ratio is None else f'{sched_ratio:.2f}x':>23}")
+        print(
+            f"{name:<34}{ips:>10.1f}{'' if err is None else f'{err:.4f}':>18}"
+            f"{'' if ratio is None else f'{ratio:.2f}x':>14}{'' if sched_ratio is None else f'{sched_ratio:.2f}x':>23}"
+        )
+
 
 if __name__ == "__main__":
     main()

@@ -16,6 +16,7 @@ which would turn a 2 into something else). Then, on the same weights:
 
 Columns: error on the validation set (1,000 images) for each, and the seconds each prediction took.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,17 @@ from torch import nn  # noqa: E402
 def small_cnn(c: int) -> nn.Module:
     def block(i: int, o: int) -> nn.Module:
         return nn.Sequential(nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU())
-    return nn.Sequential(block(3, 32), nn.MaxPool2d(2), block(32, 64), nn.MaxPool2d(2), block(64, 128),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, c))
+
+    return nn.Sequential(
+        block(3, 32),
+        nn.MaxPool2d(2),
+        block(32, 64),
+        nn.MaxPool2d(2),
+        block(64, 128),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(128, c),
+    )
 
 
 def error(preds: torch.Tensor, targs: torch.Tensor) -> float:
@@ -49,15 +59,23 @@ def run(root: Path, seed: int, epochs: int) -> dict:
 
     path = make_mnist_sample(root / "mnist5k", n=5000, noise=0.0, seed=0, size=28).path
     torch.manual_seed(seed)
-    dls = ImageDataLoaders.from_folder(path, item_tfms=RandomResizedCrop(28, min_scale=0.75),
-                                       batch_tfms=aug_transforms(do_flip=False, max_rotate=10, max_zoom=1.1),
-                                       bs=64, seed=seed)
+    dls = ImageDataLoaders.from_folder(
+        path,
+        item_tfms=RandomResizedCrop(28, min_scale=0.75),
+        batch_tfms=aug_transforms(do_flip=False, max_rotate=10, max_zoom=1.1),
+        bs=64,
+        seed=seed,
+    )
     learn = Learner(dls, small_cnn(dls.c))
     start = time.perf_counter()
     learn.fit_one_cycle(epochs, 5e-3)
     row = {"seed": seed, "train s": time.perf_counter() - start}
-    for name, call in [("plain", lambda: learn.get_preds()), ("tta", lambda: learn.tta(n=4, beta=0.25)),
-                       ("tta max", lambda: learn.tta(n=4, use_max=True)), ("aug only", lambda: learn.tta(n=4, beta=0))]:
+    for name, call in [
+        ("plain", lambda: learn.get_preds()),
+        ("tta", lambda: learn.tta(n=4, beta=0.25)),
+        ("tta max", lambda: learn.tta(n=4, use_max=True)),
+        ("aug only", lambda: learn.tta(n=4, beta=0)),
+    ]:
         torch.manual_seed(seed)
         start = time.perf_counter()
         preds, targs = call()
@@ -80,14 +98,26 @@ def main() -> None:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     df = pd.DataFrame(rows)
-    cols = ["seed", "plain err", "tta err", "tta max err", "aug only err", "plain s", "tta s", "tta max s",
-            "aug only s", "train s"]
+    cols = [
+        "seed",
+        "plain err",
+        "tta err",
+        "tta max err",
+        "aug only err",
+        "plain s",
+        "tta s",
+        "tta max s",
+        "aug only s",
+        "train s",
+    ]
     df = df[cols]
     mean = df.drop(columns="seed").mean().to_frame().T
     mean.insert(0, "seed", "mean")
     table = pd.concat([df, mean], ignore_index=True)
-    print(f"\nMNIST-5k (4,000 train / 1,000 valid, 28 px), small CNN from scratch, {args.epochs} epochs, "
-          f"torch threads {torch.get_num_threads()}")
+    print(
+        f"\nMNIST-5k (4,000 train / 1,000 valid, 28 px), small CNN from scratch, {args.epochs} epochs, "
+        f"torch threads {torch.get_num_threads()}"
+    )
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}" if v < 1 else f"{v:.1f}"))
 
 

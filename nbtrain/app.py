@@ -4,13 +4,15 @@ The fastai book's chapter-2 app as one widget: thumbnails with the top classes a
 probabilities as bars. Plain ipywidgets 8, so it runs wherever the cleaner runs (JupyterLab,
 Notebook 7, VS Code, Colab, Kaggle), with no front-end build and nothing fetched from the network.
 """
+
 from __future__ import annotations
 
 import html
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import ipywidgets as W
 import torch
@@ -73,13 +75,21 @@ class ImageClassifierApp:
         self.folder = W.Text(placeholder="a folder of images", description="Folder", layout=W.Layout(width="420px"))
         self.folder_button = W.Button(description="Classify folder")
         self.status = W.HTML()
-        self.grid = W.GridBox([], layout=W.Layout(
-            grid_template_columns=f"repeat(auto-fill, minmax({size + 120}px, 1fr))", width="100%"))
+        self.grid = W.GridBox(
+            [], layout=W.Layout(grid_template_columns=f"repeat(auto-fill, minmax({size + 120}px, 1fr))", width="100%")
+        )
         self.upload.observe(self._on_upload, names="value")
         self.folder_button.on_click(lambda _: self.show_folder(self.folder.value))
-        self.widget = W.VBox([W.HBox([self.upload, self.folder, self.folder_button],
-                                     layout=W.Layout(align_items="center", grid_gap="12px")),
-                              self.status, self.grid])
+        self.widget = W.VBox(
+            [
+                W.HBox(
+                    [self.upload, self.folder, self.folder_button],
+                    layout=W.Layout(align_items="center", grid_gap="12px"),
+                ),
+                self.status,
+                self.grid,
+            ]
+        )
 
     # -- predictions -----------------------------------------------------------------------------
 
@@ -93,8 +103,11 @@ class ImageClassifierApp:
 
     def classify(self, items: Sequence[Any], names: Sequence[str] | None = None) -> list[Prediction]:
         """Predict each item (anything `PILImage.create` takes), show them, and return the results."""
-        names = list(names) if names is not None else [
-            Path(x).name if isinstance(x, (str, Path)) else f"image {i + 1}" for i, x in enumerate(items)]
+        names = (
+            list(names)
+            if names is not None
+            else [Path(x).name if isinstance(x, (str, Path)) else f"image {i + 1}" for i, x in enumerate(items)]
+        )
         pairs = [self._predict(n, x) for n, x in zip(names, items)]
         self._show(pairs)
         return self.results
@@ -103,15 +116,19 @@ class ImageClassifierApp:
         """Classify the images of `folder` (and its sub-folders), the first `max_n` in name order."""
         path = Path(str(folder).strip()).expanduser()
         if not str(folder).strip() or not path.is_dir():
-            self.status.value = (f"<span style='color:#b00'>No folder at {html.escape(str(path))}: type the path of "
-                                 "a folder of images.</span>")
+            self.status.value = (
+                f"<span style='color:#b00'>No folder at {html.escape(str(path))}: type the path of "
+                "a folder of images.</span>"
+            )
             return []
         files = get_image_files(path)
         if not files:
-            self.status.value = (f"<span style='color:#b00'>No images in {html.escape(str(path))} (looked for "
-                                 f"{', '.join(sorted(IMAGE_EXTENSIONS))}).</span>")
+            self.status.value = (
+                f"<span style='color:#b00'>No images in {html.escape(str(path))} (looked for "
+                f"{', '.join(sorted(IMAGE_EXTENSIONS))}).</span>"
+            )
             return []
-        shown = files[:self.max_n]
+        shown = files[: self.max_n]
         out = self.classify(shown, [str(f.relative_to(path)) for f in shown])
         if len(files) > len(shown):
             self.status.value += f" Showing the first {len(shown)} of {len(files)} images."
@@ -135,10 +152,12 @@ class ImageClassifierApp:
             weight = "bold" if cls in chosen else "normal"
             rows.append(
                 f"<div style='display:flex;align-items:center;gap:6px;font-size:12px'>"
-                f"<span style='width:90px;overflow:hidden;text-overflow:ellipsis;font-weight:{weight}'>{html.escape(cls)}</span>"
+                f"<span style='width:90px;overflow:hidden;text-overflow:ellipsis;font-weight:{weight}'>"
+                f"{html.escape(cls)}</span>"
                 f"<span style='flex:1;background:#eee;height:10px;min-width:60px'>"
                 f"<span style='display:block;height:10px;width:{100 * p:.1f}%;background:{colour}'></span></span>"
-                f"<span style='width:44px;text-align:right'>{100 * p:.1f}%</span></div>")
+                f"<span style='width:44px;text-align:right'>{100 * p:.1f}%</span></div>"
+            )
         label = ", ".join(pred.label) if isinstance(pred.label, list) else pred.label
         head = f"<div class='nbtrain-prediction'>Prediction: <b>{html.escape(str(label) or '(none)')}</b></div>"
         return head + "".join(rows)
@@ -146,12 +165,22 @@ class ImageClassifierApp:
     def _card(self, pred: Prediction, img: Image.Image | None) -> W.Widget:
         parts: list[W.Widget] = []
         if img is not None:
-            parts.append(W.Image(value=_thumbnail(img, self.size), format="jpeg",
-                                 layout=W.Layout(height=f"{self.size}px", width="auto", object_fit="contain")))
-        parts.append(W.HTML(f"<div style='font-size:11px;color:#555'>{html.escape(pred.name)}</div>"
-                            + self._bars(pred), layout=W.Layout(width="100%")))
-        return W.VBox(parts, layout=W.Layout(border="1px solid #ddd", padding="4px", margin="2px",
-                                             align_items="center"))
+            parts.append(
+                W.Image(
+                    value=_thumbnail(img, self.size),
+                    format="jpeg",
+                    layout=W.Layout(height=f"{self.size}px", width="auto", object_fit="contain"),
+                )
+            )
+        parts.append(
+            W.HTML(
+                f"<div style='font-size:11px;color:#555'>{html.escape(pred.name)}</div>" + self._bars(pred),
+                layout=W.Layout(width="100%"),
+            )
+        )
+        return W.VBox(
+            parts, layout=W.Layout(border="1px solid #ddd", padding="4px", margin="2px", align_items="center")
+        )
 
     def _show(self, pairs: list[tuple[Prediction, Image.Image | None]]) -> None:
         self.results = [p for p, _ in pairs]

@@ -3,7 +3,8 @@ copies (and copies across train and valid), image properties, and a class-balanc
 
 `audit(path)` needs no model: image properties and copies found from the files alone. `audit(learn)`
 adds what a model sees: label issues (out-of-fold, or the model's own loss for the fast way), outliers
-(local density and class contrast in the pretrained body's features), near copies by those features, and per-class error.
+(local density and class contrast in the pretrained body's features), near copies by those features, and
+per-class error.
 
 The table has one row per (image, issue type) for every image scored, flagged or not, so a person can
 see how near a threshold an image came; `table[table.flagged]` is what to review. Columns: `path`
@@ -13,6 +14,7 @@ and `other` (for copies: the file this one copies, the one to keep). Of each gro
 is left unflagged, so deleting every flagged copy keeps one of each picture.
 `table.attrs["balance"]` is the class-balance summary (a `BalanceSummary`; its `.table` is a DataFrame).
 """
+
 from __future__ import annotations
 
 import math
@@ -24,14 +26,37 @@ import pandas as pd
 import torch
 
 from .data import DataLoaders, get_image_files
-from .image_properties import (HASH_BITS, THRESHOLD_NOTES, THRESHOLDS, exact_groups, hash_neighbours, measure_images,
-                               property_issues, thresholds_with)
-from .label_issues import find_label_issues, image_features_and_texture, nearest_neighbours
+from .embeddings import image_features_and_texture
+from .image_downloads import image_sources
+from .image_properties import (
+    HASH_BITS,
+    THRESHOLD_NOTES,
+    THRESHOLDS,
+    exact_groups,
+    hash_neighbours,
+    measure_images,
+    property_issues,
+    thresholds_with,
+)
+from .label_issues import find_label_issues
 from .learner import Learner
 from .models import VisionModel, pretrained_body
-from .scores import outlier_scores
+from .neighbours import nearest_neighbours, outlier_scores
 
-COLUMNS = ["path", "split", "issue", "score", "flagged", "reason", "threshold", "label", "prediction", "other"]
+# `source`: the web address an image was downloaded from, where a `download_images` manifest says.
+COLUMNS = [
+    "path",
+    "split",
+    "issue",
+    "score",
+    "flagged",
+    "reason",
+    "threshold",
+    "label",
+    "prediction",
+    "other",
+    "source",
+]
 
 # The outlier threshold holds from this many images up and rises by the slope per e-fold fewer.
 OUTLIER_FULL_N = 1000
@@ -45,23 +70,16 @@ MODEL_THRESHOLDS: dict[str, float] = {
 }
 MODEL_THRESHOLD_NOTES: dict[str, str] = {
     "label": "normalised margin (p[given] - max p[other] + 1) / 2 below this: another class is more likely "
-             "than the given one",
-    "outlier": "the larger of the local outlier factor and the distance to the nearest images, in the pretrained "
-               "body's features, plus twice the class contrast (distance to its class over distance to the "
-               "others), each in robust standard deviations (MADs) above the median, plus a quarter of the same "
-               "score in the texture of the body's first block (OUTLIER_TEXTURE_WEIGHT); above this from "
-               f"{OUTLIER_FULL_N:,} images up and {OUTLIER_SMALL_SLOPE:g} more per e-fold fewer (outlier_threshold), "
-               "as a small set's local outlier factors have a longer tail. Measured (bench/audit.py): clean "
-               "draws of 100 to 1,000 MNIST digits with three photos planted, and MNIST-5k, all at F1 1.0; on "
-               "eight clean draws of 100 digits one flag in all, and none from 200 up. Six tinted digits among 94 "
-               "photos are ranked first in 17 of 20 draws, but score below it: ranked, not flagged",
+    "than the given one",
+    "outlier": "the larger of the local outlier factor and the distance to the nearest images, plus twice the "
+    "class contrast and a quarter of the texture score, each in robust standard deviations above the "
+    f"median; above this from {OUTLIER_FULL_N:,} images up, and higher for smaller sets "
+    "(outlier_threshold), whose clean images' outlier factors have a longer tail",
     "near_duplicate_similarity": "cosine similarity of the model's features at or above this: as find_duplicates",
 }
 OUTLIER_K = 10
-# The texture score's share of the outlier score. The last layer's features place six digits among
-# photos no farther from the photos than the most isolated photo crops (first six in 3 of 20 draws);
-# with a quarter of the first block's texture score, in 17 of 20. A half flagged up to 54 clean digits
-# of MNIST-5k, whose stroke widths spread the texture more than their shapes do the last layer.
+# The texture score's share of the outlier score: enough to rank drawings among photos first, little
+# enough that stroke widths do not flag clean digits.
 OUTLIER_TEXTURE_WEIGHT = 0.25
 
 
@@ -85,7 +103,7 @@ class BalanceSummary:
 
     table: pd.DataFrame
 
-    def __deepcopy__(self, memo: dict) -> "BalanceSummary":
+    def __deepcopy__(self, memo: dict) -> BalanceSummary:
         return self
 
     def __repr__(self) -> str:
@@ -150,8 +168,51 @@ def _keeper_first(members: list[int], items: _Items) -> list[int]:
     return sorted(members, key=lambda i: (items.splits[i] == "valid", str(items.paths[i])))
 
 
-def _copy_rows(items: _Items, stats: pd.DataFrame, t: dict[str, float],
-               emb: torch.Tensor | None, use_hash: bool = True) -> list[dict]:
+def _copy_rows(
+    items: _Items, stats: pd.DataFrame, t: dict[str, float], emb: torch.Tensor | None, use_hash: bool = True
+) -> list[dict]:
+    """Exact copies, near copies (by perceptual hash and/or the model's features) and the copies that
+    leak between train and valid."""
+    rows, grouped = _exact_copy_rows(items, stats)
+    for (a, b), (score, why, thr) in sorted(_near_pairs(stats, t, emb, use_hash).items(), key=lambda kv: -kv[1][0]):
+        if a in grouped and b in grouped:
+            continue  # already exact copies
+        keep, copy = _keeper_first([a, b], items)
+        rows.append(
+            dict(
+                idx=copy,
+                issue="near_duplicate",
+                score=score,
+                flagged=True,
+                threshold=thr,
+                other=items.paths[keep],
+                reason=f"near copy of {items.paths[keep].name}: {why}",
+            )
+        )
+        rows += _leak(items, copy, keep, score, thr, "near copy of", f": {why}")
+    return rows
+
+
+def _leak(items: _Items, copy: int, keep: int, score: float, thr: float, what: str, why: str = "") -> list[dict]:
+    """A leakage row when `copy` and `keep` sit on two sides of the validation split: "`what` <split>
+    file <name>`why`"."""
+    if items.splits[copy] == items.splits[keep] or "valid" not in (items.splits[copy], items.splits[keep]):
+        return []
+    return [
+        dict(
+            idx=copy,
+            issue="leakage",
+            score=score,
+            flagged=True,
+            threshold=thr,
+            other=items.paths[keep],
+            reason=f"{what} {items.splits[keep]} file {items.paths[keep].name}{why}",
+        )
+    ]
+
+
+def _exact_copy_rows(items: _Items, stats: pd.DataFrame) -> tuple[list[dict], set[int]]:
+    """A row per file of each group of identical files (the kept one unflagged), and the files grouped."""
     rows: list[dict] = []
     grouped: set[int] = set()
     for members, kind in exact_groups(stats):
@@ -160,17 +221,30 @@ def _copy_rows(items: _Items, stats: pd.DataFrame, t: dict[str, float],
         grouped.update(order)
         for i in order:
             flagged = i != keep
-            rows.append(dict(idx=i, issue="exact_duplicate", score=1.0, flagged=flagged, threshold=math.nan,
-                             other=items.paths[keep] if flagged else items.paths[order[1]],
-                             reason=(f"same {kind} as {items.paths[keep].name}" if flagged else
-                                     f"kept copy; same {kind} as {len(order) - 1} other file(s)")))
+            rows.append(
+                dict(
+                    idx=i,
+                    issue="exact_duplicate",
+                    score=1.0,
+                    flagged=flagged,
+                    threshold=math.nan,
+                    other=items.paths[keep] if flagged else items.paths[order[1]],
+                    reason=(
+                        f"same {kind} as {items.paths[keep].name}"
+                        if flagged
+                        else f"kept copy; same {kind} as {len(order) - 1} other file(s)"
+                    ),
+                )
+            )
         for i in order[1:]:
-            if items.splits[i] != items.splits[keep] and "valid" in (items.splits[i], items.splits[keep]):
-                rows.append(dict(idx=i, issue="leakage", score=1.0, flagged=True, threshold=math.nan,
-                                 other=items.paths[keep],
-                                 reason=f"same {kind} as {items.splits[keep]} file {items.paths[keep].name}"))
+            rows += _leak(items, i, keep, 1.0, math.nan, f"same {kind} as")
+    return rows, grouped
 
-    # Near copies: by perceptual hash, and/or by the model's features.
+
+def _near_pairs(
+    stats: pd.DataFrame, t: dict[str, float], emb: torch.Tensor | None, use_hash: bool
+) -> dict[tuple[int, int], tuple[float, str, float]]:
+    """Each near pair (i < j) with its best (score, why, threshold), by hash and/or features."""
     pairs: dict[tuple[int, int], tuple[float, str, float]] = {}
     ok = (stats["error"] == "").to_numpy()
     if use_hash:
@@ -182,9 +256,15 @@ def _copy_rows(items: _Items, stats: pd.DataFrame, t: dict[str, float],
         j = int(nb[i])
         key = (min(i, j), max(i, j))
         score = 1 - bits[i] / HASH_BITS
-        pairs[key] = max(pairs.get(key, (-1.0, "", 0.0)), (score, f"perceptual hashes differ in {bits[i]} of {HASH_BITS} bits "
-                                                                  f"(<= {limit:g}, near_duplicate_bits threshold)",
-                                                           limit))
+        pairs[key] = max(
+            pairs.get(key, (-1.0, "", 0.0)),
+            (
+                score,
+                f"perceptual hashes differ in {bits[i]} of {HASH_BITS} bits "
+                f"(<= {limit:g}, near_duplicate_bits threshold)",
+                limit,
+            ),
+        )
     if emb is not None and len(emb) > 1:
         sim, arg = nearest_neighbours(emb)
         thr = t["near_duplicate_similarity"]
@@ -193,19 +273,8 @@ def _copy_rows(items: _Items, stats: pd.DataFrame, t: dict[str, float],
             key = (min(i, j), max(i, j))
             s = float(sim[i])
             if s > pairs.get(key, (-1.0,))[0]:
-                pairs[key] = (s, f"feature similarity {s:.3f} (>= {thr:.2f}, near_duplicate_similarity threshold)",
-                              thr)
-    for (a, b), (score, why, thr) in sorted(pairs.items(), key=lambda kv: -kv[1][0]):
-        if a in grouped and b in grouped:
-            continue  # already exact copies
-        keep, copy = _keeper_first([a, b], items)
-        rows.append(dict(idx=copy, issue="near_duplicate", score=score, flagged=True, threshold=thr,
-                         other=items.paths[keep], reason=f"near copy of {items.paths[keep].name}: {why}"))
-        if items.splits[copy] != items.splits[keep] and "valid" in (items.splits[copy], items.splits[keep]):
-            rows.append(dict(idx=copy, issue="leakage", score=score, flagged=True, threshold=thr,
-                             other=items.paths[keep],
-                             reason=f"near copy of {items.splits[keep]} file {items.paths[keep].name}: {why}"))
-    return rows
+                pairs[key] = (s, f"feature similarity {s:.3f} (>= {thr:.2f}, near_duplicate_similarity threshold)", thr)
+    return pairs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,9 +282,12 @@ def _copy_rows(items: _Items, stats: pd.DataFrame, t: dict[str, float],
 
 
 def _embeddings(learn: Learner, body: torch.nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Features and texture (label_issues.image_features_and_texture) of train then valid."""
-    parts = [image_features_and_texture(learn, dl.plain(), body=body)
-             for dl in (learn.dls.train, learn.dls.valid) if len(dl.dataset)]
+    """Features and texture (embeddings.image_features_and_texture) of train then valid."""
+    parts = [
+        image_features_and_texture(learn, dl.plain(), body=body)
+        for dl in (learn.dls.train, learn.dls.valid)
+        if len(dl.dataset)
+    ]
     parts = [p for p in parts if p[0].numel()]
     if not parts:
         return torch.empty(0, 0), None
@@ -223,7 +295,9 @@ def _embeddings(learn: Learner, body: torch.nn.Module | None = None) -> tuple[to
     return torch.cat([p[0] for p in parts]), texture
 
 
-def _label_probs(learn: Learner, items: _Items, method: str, with_bar: bool, oof_kwargs: dict) -> tuple[np.ndarray, str]:
+def _label_probs(
+    learn: Learner, items: _Items, method: str, with_bar: bool, oof_kwargs: dict
+) -> tuple[np.ndarray, str]:
     """Probabilities per item (rows in `items` order, NaN for unreadable files) and how they were had."""
     if method == "oof":
         table = find_label_issues(learn, with_bar=with_bar, **oof_kwargs)
@@ -233,8 +307,10 @@ def _label_probs(learn: Learner, items: _Items, method: str, with_bar: bool, oof
     if method == "loss":
         parts = [learn.get_preds(dl=dl.plain())[0] for dl in (learn.dls.train, learn.dls.valid) if len(dl.dataset)]
         return torch.cat(parts).numpy(), "the model's own"
-    raise ValueError(f"label_method must be 'oof' (out-of-fold models, slower, finds more) or 'loss' (the "
-                     f"trained model's own loss, fast), not {method!r}.")
+    raise ValueError(
+        f"label_method must be 'oof' (out-of-fold models, slower, finds more) or 'loss' (the "
+        f"trained model's own loss, fast), not {method!r}."
+    )
 
 
 def _label_rows(items: _Items, probs: np.ndarray, how: str, t: dict[str, float]) -> tuple[list[dict], np.ndarray]:
@@ -254,17 +330,33 @@ def _label_rows(items: _Items, probs: np.ndarray, how: str, t: dict[str, float])
         if not ok[i]:
             continue
         flagged = bool(margin[i] < thr)
-        rows.append(dict(idx=i, issue="label", score=float(-math.log(max(given[i], 1e-12))), flagged=flagged,
-                         threshold=thr, prediction=items.vocab[pred[i]],
-                         reason=(f"{how} p('{items.vocab[pred[i]]}') {p[i, pred[i]]:.2f}, p(given '{items.labels[i]}') "
-                                 f"{given[i]:.2f}; margin {margin[i]:.2f} {'<' if flagged else '>='} {thr:.2f} "
-                                 "(label threshold)")))
+        rows.append(
+            dict(
+                idx=i,
+                issue="label",
+                score=float(-math.log(max(given[i], 1e-12))),
+                flagged=flagged,
+                threshold=thr,
+                prediction=items.vocab[pred[i]],
+                reason=(
+                    f"{how} p('{items.vocab[pred[i]]}') {p[i, pred[i]]:.2f}, p(given '{items.labels[i]}') "
+                    f"{given[i]:.2f}; margin {margin[i]:.2f} {'<' if flagged else '>='} {thr:.2f} "
+                    "(label threshold)"
+                ),
+            )
+        )
     return rows, np.where(ok, pred, -1)
 
 
-def _outlier_rows(items: _Items, feats: torch.Tensor, texture: torch.Tensor | None, t: dict[str, float],
-                  explained: dict[int, str], source: str) -> list[dict]:
-    """Outlier scores (scores.outlier_scores: local outlier factor plus class contrast) as rows, in the
+def _outlier_rows(
+    items: _Items,
+    feats: torch.Tensor,
+    texture: torch.Tensor | None,
+    t: dict[str, float],
+    explained: dict[int, str],
+    source: str,
+) -> list[dict]:
+    """Outlier scores (neighbours.outlier_scores: local outlier factor plus class contrast) as rows, in the
     features plus OUTLIER_TEXTURE_WEIGHT times the same score in the texture. An image already flagged
     for a property (uniform, dark, odd size...) is not flagged again as an outlier: that property says
     why it is unlike the rest."""
@@ -276,18 +368,32 @@ def _outlier_rows(items: _Items, feats: torch.Tensor, texture: torch.Tensor | No
     z = z + OUTLIER_TEXTURE_WEIGHT * np.nan_to_num(zt)
     scored = np.flatnonzero(~np.isnan(lof))
     thr = outlier_threshold(t["outlier"], len(scored))
-    which = (f"outlier threshold {t['outlier']:g}, raised for {len(scored)} images" if thr > t["outlier"]
-             else "outlier threshold")
+    which = (
+        f"outlier threshold {t['outlier']:g}, raised for {len(scored)} images"
+        if thr > t["outlier"]
+        else "outlier threshold"
+    )
     rows = []
     for i in scored:
         flagged = bool(z[i] > thr) and i not in explained
         note = f"; flagged as {explained[i]} instead" if z[i] > thr and i in explained else ""
         tex = f", texture {zt[i]:.1f} (x{OUTLIER_TEXTURE_WEIGHT:g})" if texture is not None else ""
-        rows.append(dict(idx=int(i), issue="outlier", score=float(z[i]), flagged=flagged, threshold=thr,
-                         reason=(f"in {source} features: local outlier factor {lof[i]:.2f} and mean cosine "
-                                 f"distance {knn[i]:.2f} to its {k} nearest images, distance to its class '{items.labels[i]}' over distance to the others "
-                                 f"{contrast[i]:.2f}{tex}; score {z[i]:.1f} {'>' if z[i] > thr else '<='} {thr:.3g} "
-                                 f"({which}){note}")))
+        rows.append(
+            dict(
+                idx=int(i),
+                issue="outlier",
+                score=float(z[i]),
+                flagged=flagged,
+                threshold=thr,
+                reason=(
+                    f"in {source} features: local outlier factor {lof[i]:.2f} and mean cosine "
+                    f"distance {knn[i]:.2f} to its {k} nearest images, distance to its class '{items.labels[i]}' "
+                    "over distance to the others "
+                    f"{contrast[i]:.2f}{tex}; score {z[i]:.1f} {'>' if z[i] > thr else '<='} {thr:.3g} "
+                    f"({which}){note}"
+                ),
+            )
+        )
     return rows
 
 
@@ -321,9 +427,16 @@ def _balance(items: _Items, pred: np.ndarray | None) -> BalanceSummary:
 # ---------------------------------------------------------------------------------------------
 
 
-def audit(learn_or_path_or_dls: Learner | DataLoaders | str | Path, label_method: str = "oof",
-          thresholds: dict[str, float] | None = None, near_duplicates: str = "hash", n_workers: int | None = None,
-          with_bar: bool = True, outlier_features: str = "pretrained", **oof_kwargs) -> pd.DataFrame:
+def audit(
+    learn_or_path_or_dls: Learner | DataLoaders | str | Path,
+    label_method: str = "oof",
+    thresholds: dict[str, float] | None = None,
+    near_duplicates: str = "hash",
+    n_workers: int | None = None,
+    with_bar: bool = True,
+    outlier_features: str = "pretrained",
+    **oof_kwargs,
+) -> pd.DataFrame:
     """Every problem of an image dataset, in one table (see the module's notes for the columns).
 
     Args:
@@ -345,31 +458,13 @@ def audit(learn_or_path_or_dls: Learner | DataLoaders | str | Path, label_method
             after fine-tuning on digits has taught the body to see only digits; "trained" uses the
             learner's own body. Without the pretrained weights on this machine, the learner's own.
     """
-    t = thresholds_with(thresholds, {**THRESHOLDS, **MODEL_THRESHOLDS},
-                        notes="THRESHOLD_NOTES in nbtrain.image_properties and nbtrain.audit")
-    learn = None
-    if isinstance(learn_or_path_or_dls, Learner):
-        learn = learn_or_path_or_dls
-        if learn.dls.multi_label:
-            raise ValueError("audit's label and outlier checks are for single-label data; for multi-label data "
-                             "audit the DataLoaders (audit(learn.dls)) and rank labels with the cleaner.")
-        items = _from_dls(learn.dls)
-    elif isinstance(learn_or_path_or_dls, DataLoaders):
-        items = _from_dls(learn_or_path_or_dls)
-    elif isinstance(learn_or_path_or_dls, (str, Path)):
-        items = _from_folder(Path(learn_or_path_or_dls))
-    else:
-        raise TypeError(f"audit needs a Learner, DataLoaders or the path of a folder of images, not "
-                        f"{type(learn_or_path_or_dls).__name__}.")
-    if near_duplicates not in ("hash", "features", "both"):
-        raise ValueError(f"near_duplicates must be 'hash', 'features' or 'both', not {near_duplicates!r}.")
-    if near_duplicates != "hash" and learn is None:
-        raise ValueError("near_duplicates='features' needs a model's features: pass a Learner, or use 'hash'.")
-    if outlier_features not in ("pretrained", "trained"):
-        raise ValueError(f"outlier_features must be 'pretrained' or 'trained', not {outlier_features!r}.")
-    if label_method not in ("oof", "loss"):
-        raise ValueError(f"label_method must be 'oof' (out-of-fold models, slower, finds more) or 'loss' (the "
-                         f"trained model's own loss, fast), not {label_method!r}.")
+    t = thresholds_with(
+        thresholds,
+        {**THRESHOLDS, **MODEL_THRESHOLDS},
+        notes="THRESHOLD_NOTES in nbtrain.image_properties and nbtrain.audit",
+    )
+    items, learn = _items_and_learner(learn_or_path_or_dls)
+    _check_choices(near_duplicates, outlier_features, label_method, learn is not None)
 
     stats = measure_images(items.paths, n_workers=n_workers)
     props = property_issues(stats, {k: v for k, v in t.items() if k in THRESHOLDS})
@@ -390,22 +485,69 @@ def audit(learn_or_path_or_dls: Learner | DataLoaders | str | Path, label_method
             # Outliers in the pretrained body's features: fine-tuning pulls every image, a stray
             # photo among digits too, into the clusters of the classes it was taught.
             body = pretrained_body(learn.model) if outlier_features == "pretrained" else None
-            (of, otex), source = (_embeddings(learn, body=body), "the pretrained body's") if body is not None else \
-                ((feats, texture), "the trained model's")
+            (of, otex), source = (
+                (_embeddings(learn, body=body), "the pretrained body's")
+                if body is not None
+                else ((feats, texture), "the trained model's")
+            )
             rows += _outlier_rows(items, of, otex, t, explained, source)
         probs, how = _label_probs(learn, items, label_method, with_bar, oof_kwargs)
         label_rows, pred = _label_rows(items, probs, how, t)
         rows += label_rows
-    rows += _copy_rows(items, stats, t, emb if near_duplicates != "hash" else None,
-                       use_hash=near_duplicates != "features")
+    rows += _copy_rows(
+        items, stats, t, emb if near_duplicates != "hash" else None, use_hash=near_duplicates != "features"
+    )
 
-    extra = pd.DataFrame(rows, columns=["idx", "issue", "score", "flagged", "threshold", "reason", "prediction",
-                                        "other"])
+    return _one_table(items, props, rows, pred)
+
+
+def _check_choices(near_duplicates: str, outlier_features: str, label_method: str, has_learner: bool) -> None:
+    if near_duplicates not in ("hash", "features", "both"):
+        raise ValueError(f"near_duplicates must be 'hash', 'features' or 'both', not {near_duplicates!r}.")
+    if near_duplicates != "hash" and not has_learner:
+        raise ValueError("near_duplicates='features' needs a model's features: pass a Learner, or use 'hash'.")
+    if outlier_features not in ("pretrained", "trained"):
+        raise ValueError(f"outlier_features must be 'pretrained' or 'trained', not {outlier_features!r}.")
+    if label_method not in ("oof", "loss"):
+        raise ValueError(
+            f"label_method must be 'oof' (out-of-fold models, slower, finds more) or 'loss' (the "
+            f"trained model's own loss, fast), not {label_method!r}."
+        )
+
+
+def _items_and_learner(source: Learner | DataLoaders | str | Path) -> tuple[_Items, Learner | None]:
+    """The images to audit, and the learner when one was given."""
+    learn = None
+    if isinstance(source, Learner):
+        learn = source
+        if learn.dls.multi_label:
+            raise ValueError(
+                "audit's label and outlier checks are for single-label data; for multi-label data "
+                "audit the DataLoaders (audit(learn.dls)) and rank labels with the cleaner."
+            )
+        items = _from_dls(learn.dls)
+    elif isinstance(source, DataLoaders):
+        items = _from_dls(source)
+    elif isinstance(source, (str, Path)):
+        items = _from_folder(Path(source))
+    else:
+        raise TypeError(
+            f"audit needs a Learner, DataLoaders or the path of a folder of images, not {type(source).__name__}."
+        )
+    return items, learn
+
+
+def _one_table(items: _Items, props: pd.DataFrame, rows: list[dict], pred: np.ndarray | None) -> pd.DataFrame:
+    """The property rows and the other checks' rows as one table, in `COLUMNS`, sorted by issue and score."""
+    extra = pd.DataFrame(
+        rows, columns=["idx", "issue", "score", "flagged", "threshold", "reason", "prediction", "other"]
+    )
     table = pd.concat([props.drop(columns=["path"]), extra], ignore_index=True)
     idx = table["idx"].to_numpy()
     table.insert(0, "path", [items.paths[i] for i in idx])
     table.insert(1, "split", [items.splits[i] for i in idx])
     table["label"] = [items.labels[i] for i in idx]
+    table["source"] = table["path"].map(image_sources(items.paths))
     if pred is not None:
         table["prediction"] = [items.vocab[pred[i]] if pred[i] >= 0 else None for i in idx]
     table = table.drop(columns=["idx"])[COLUMNS]

@@ -7,10 +7,12 @@ included. torchvision's `transforms.v2` draws one set of parameters per call, wh
 image of a batch the same rotation; so the geometric batch augmentation is one per-image projective
 matrix and one `grid_sample` here.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable, NoReturn, Sequence
+from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 import torch
 import torch.nn.functional as F
@@ -54,16 +56,22 @@ class Resize:
 
     deterministic = True
 
-    def __init__(self, size: int | Sequence[int], method: str = "crop", pad_mode: str = "reflection",
-                 resamples: object = None):
+    def __init__(
+        self, size: int | Sequence[int], method: str = "crop", pad_mode: str = "reflection", resamples: object = None
+    ):
         if resamples is not None:
-            raise ValueError("Resize's resamples= cannot be honoured: nbtrain resizes with antialiased bilinear "
-                             "filtering. Leave it out.")
+            raise ValueError(
+                "Resize's resamples= cannot be honoured: nbtrain resizes with antialiased bilinear "
+                "filtering. Leave it out."
+            )
         if method not in ("crop", "squish", "pad"):
-            raise ValueError(f"Resize method must be 'crop', 'squish' or 'pad' (ResizeMethod.Crop, .Squish, .Pad), "
-                             f"not {method!r}.")
+            raise ValueError(
+                f"Resize method must be 'crop', 'squish' or 'pad' (ResizeMethod.Crop, .Squish, .Pad), not {method!r}."
+            )
         if pad_mode not in _PIL_PAD:
-            raise ValueError(f"pad_mode must be 'zeros', 'border' or 'reflection' (PadMode.Zeros, ...), not {pad_mode!r}.")
+            raise ValueError(
+                f"pad_mode must be 'zeros', 'border' or 'reflection' (PadMode.Zeros, ...), not {pad_mode!r}."
+            )
         self.size, self.method, self.pad_mode = _pair(size), method, pad_mode
 
     def __call__(self, img: Image.Image, train: bool = False) -> Image.Image:
@@ -99,12 +107,21 @@ class RandomResizedCrop:
 
     deterministic = False
 
-    def __init__(self, size: int | Sequence[int], min_scale: float = 0.35, ratio: tuple[float, float] = (3 / 4, 4 / 3),
-                 resamples: object = None, val_xtra: float | None = None, max_scale: float = 1.0):
+    def __init__(
+        self,
+        size: int | Sequence[int],
+        min_scale: float = 0.35,
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        resamples: object = None,
+        val_xtra: float | None = None,
+        max_scale: float = 1.0,
+    ):
         if resamples is not None or val_xtra is not None:
-            raise ValueError("RandomResizedCrop's resamples= and val_xtra= cannot be honoured: nbtrain resizes with "
-                             "antialiased bilinear filtering and centre-crops the validation images to `size`. "
-                             "Leave them out.")
+            raise ValueError(
+                "RandomResizedCrop's resamples= and val_xtra= cannot be honoured: nbtrain resizes with "
+                "antialiased bilinear filtering and centre-crops the validation images to `size`. "
+                "Leave them out."
+            )
         if not 0 < min_scale <= max_scale <= 1:
             raise ValueError(f"RandomResizedCrop needs 0 < min_scale <= max_scale <= 1; got {min_scale}, {max_scale}.")
         self.size, self.min_scale, self.max_scale, self.ratio = _pair(size), min_scale, max_scale, ratio
@@ -157,17 +174,30 @@ class AffineWarp(BatchTransform):
     images centre-cropped to a square when `min_scale < 1`, as fastai's `RandomResizedCropGPU`.
     """
 
-    def __init__(self, do_flip: bool = True, flip_vert: bool = False, max_rotate: float = 10.0,
-                 min_zoom: float = 1.0, max_zoom: float = 1.1, max_warp: float = 0.2, p_affine: float = 0.75,
-                 size: int | Sequence[int] | None = None, min_scale: float = 1.0, mode: str = "bilinear",
-                 pad_mode: str = "reflection", align_corners: bool = True, batch: bool = False):
+    def __init__(
+        self,
+        do_flip: bool = True,
+        flip_vert: bool = False,
+        max_rotate: float = 10.0,
+        min_zoom: float = 1.0,
+        max_zoom: float = 1.1,
+        max_warp: float = 0.2,
+        p_affine: float = 0.75,
+        size: int | Sequence[int] | None = None,
+        min_scale: float = 1.0,
+        mode: str = "bilinear",
+        pad_mode: str = "reflection",
+        align_corners: bool = True,
+        batch: bool = False,
+    ):
         if mode not in _MODES:
             raise ValueError(f"mode must be one of {_MODES}, not {mode!r}.")
         if pad_mode not in _PIL_PAD:
             raise ValueError(f"pad_mode must be 'zeros', 'border' or 'reflection', not {pad_mode!r}.")
         if not 0 < min_scale <= 1:
-            raise ValueError(f"min_scale is the smallest fraction of the image a random crop keeps, in (0, 1]; "
-                             f"got {min_scale}.")
+            raise ValueError(
+                f"min_scale is the smallest fraction of the image a random crop keeps, in (0, 1]; got {min_scale}."
+            )
         self.do_flip, self.flip_vert = do_flip, flip_vert
         self.max_rotate, self.min_zoom, self.max_zoom = max_rotate, min_zoom, max_zoom
         self.max_warp, self.p_affine = max_warp, p_affine
@@ -237,14 +267,21 @@ class AffineWarp(BatchTransform):
         if self.min_scale < 1:  # the centre square, as the random crops are square
             side = min(h, w)
             top, left = (h - side) // 2, (w - side) // 2
-            x = x[..., top:top + side, left:left + side]
-        return F.interpolate(x, size=self.size, mode=self.mode, align_corners=None if self.mode == "nearest"
-                             else self.align_corners, antialias=self.mode != "nearest").clamp_(0, 1)
+            x = x[..., top : top + side, left : left + side]
+        return F.interpolate(
+            x,
+            size=self.size,
+            mode=self.mode,
+            align_corners=None if self.mode == "nearest" else self.align_corners,
+            antialias=self.mode != "nearest",
+        ).clamp_(0, 1)
 
     def __repr__(self) -> str:
         extra = f", size={self.size}, min_scale={self.min_scale}" if self.size else ""
-        return (f"AffineWarp(do_flip={self.do_flip}, flip_vert={self.flip_vert}, max_rotate={self.max_rotate}, "
-                f"zoom=({self.min_zoom}, {self.max_zoom}), max_warp={self.max_warp}, p_affine={self.p_affine}{extra})")
+        return (
+            f"AffineWarp(do_flip={self.do_flip}, flip_vert={self.flip_vert}, max_rotate={self.max_rotate}, "
+            f"zoom=({self.min_zoom}, {self.max_zoom}), max_warp={self.max_warp}, p_affine={self.p_affine}{extra})"
+        )
 
 
 class Lighting(BatchTransform):
@@ -270,11 +307,25 @@ class Lighting(BatchTransform):
         return f"Lighting(max_lighting={self.max_lighting}, p={self.p})"
 
 
-def aug_transforms(mult: float = 1.0, do_flip: bool = True, flip_vert: bool = False, max_rotate: float = 10.0,
-                   min_zoom: float = 1.0, max_zoom: float = 1.1, max_lighting: float = 0.2, max_warp: float = 0.2,
-                   p_affine: float = 0.75, p_lighting: float = 0.75, xtra_tfms: Sequence | None = None,
-                   size: int | Sequence[int] | None = None, mode: str = "bilinear", pad_mode: str = "reflection",
-                   align_corners: bool = True, batch: bool = False, min_scale: float = 1.0) -> list:
+def aug_transforms(
+    mult: float = 1.0,
+    do_flip: bool = True,
+    flip_vert: bool = False,
+    max_rotate: float = 10.0,
+    min_zoom: float = 1.0,
+    max_zoom: float = 1.1,
+    max_lighting: float = 0.2,
+    max_warp: float = 0.2,
+    p_affine: float = 0.75,
+    p_lighting: float = 0.75,
+    xtra_tfms: Sequence | None = None,
+    size: int | Sequence[int] | None = None,
+    mode: str = "bilinear",
+    pad_mode: str = "reflection",
+    align_corners: bool = True,
+    batch: bool = False,
+    min_scale: float = 1.0,
+) -> list:
     """fastai's default data augmentation: flips, rotation, zoom, perspective warp, brightness and contrast.
 
     As fastai's: `mult` scales the rotation, lighting and warp; `size` resizes every batch (a random
@@ -282,25 +333,45 @@ def aug_transforms(mult: float = 1.0, do_flip: bool = True, flip_vert: bool = Fa
     batch one draw; `xtra_tfms` (callables on a float batch) run after the others, on the training set.
     """
     if min_scale != 1 and size is None:
-        raise ValueError(f"min_scale={min_scale} sets how small a random crop may be, and a crop needs a size to "
-                         "be resized to: pass size= too (e.g. aug_transforms(size=224, min_scale=0.75)).")
+        raise ValueError(
+            f"min_scale={min_scale} sets how small a random crop may be, and a crop needs a size to "
+            "be resized to: pass size= too (e.g. aug_transforms(size=224, min_scale=0.75))."
+        )
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {_MODES}, not {mode!r}.")
     max_rotate, max_lighting, max_warp = max_rotate * mult, max_lighting * mult, max_warp * mult
     if max_lighting >= 1:
-        raise ValueError(f"max_lighting * mult = {max_lighting:g}, but it must stay below 1 (contrast would reach 0): "
-                         "lower mult or max_lighting.")
+        raise ValueError(
+            f"max_lighting * mult = {max_lighting:g}, but it must stay below 1 (contrast would reach 0): "
+            "lower mult or max_lighting."
+        )
     tfms: list = []
     if do_flip or flip_vert or max_rotate or max_zoom > 1 or min_zoom < 1 or max_warp or size is not None:
-        tfms.append(AffineWarp(do_flip, flip_vert, max_rotate, min_zoom, max_zoom, max_warp, p_affine, size=size,
-                               min_scale=min_scale, mode=mode, pad_mode=pad_mode, align_corners=align_corners,
-                               batch=batch))
+        tfms.append(
+            AffineWarp(
+                do_flip,
+                flip_vert,
+                max_rotate,
+                min_zoom,
+                max_zoom,
+                max_warp,
+                p_affine,
+                size=size,
+                min_scale=min_scale,
+                mode=mode,
+                pad_mode=pad_mode,
+                align_corners=align_corners,
+                batch=batch,
+            )
+        )
     if max_lighting:
         tfms.append(Lighting(max_lighting, p_lighting, batch=batch))
     for t in xtra_tfms or []:
         if not callable(t):
-            raise TypeError(f"xtra_tfms holds {t!r}, which is not callable: give functions (or BatchTransforms) "
-                            "that take a float batch (B, C, H, W) and return one.")
+            raise TypeError(
+                f"xtra_tfms holds {t!r}, which is not callable: give functions (or BatchTransforms) "
+                "that take a float batch (B, C, H, W) and return one."
+            )
         tfms.append(t)
     return tfms
 
@@ -349,9 +420,11 @@ def _not_in_nbtrain(name: str, instead: str) -> Callable:
     return unsupported
 
 
-_SEE_AUGMENTATION = ("nbtrain's batches are plain tensors, and its augmentation is applied by the loaders. To see "
-                     "what it does to an image, use dls.train.show_batch(unique=True); to change it, pass "
-                     "batch_tfms=aug_transforms(...) (max_rotate, max_zoom, max_warp, ...).")
+_SEE_AUGMENTATION = (
+    "nbtrain's batches are plain tensors, and its augmentation is applied by the loaders. To see "
+    "what it does to an image, use dls.train.show_batch(unique=True); to change it, pass "
+    "batch_tfms=aug_transforms(...) (max_rotate, max_zoom, max_warp, ...)."
+)
 TensorImage = _not_in_nbtrain("TensorImage", _SEE_AUGMENTATION)
 setup_aug_tfms = _not_in_nbtrain("setup_aug_tfms", _SEE_AUGMENTATION)
 Pipeline = _not_in_nbtrain("Pipeline", _SEE_AUGMENTATION)

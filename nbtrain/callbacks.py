@@ -1,7 +1,8 @@
 """Callbacks: code that runs at named points of the learner's one training loop, as fastai's do.
 
 A callback subclasses `Callback` and defines any of the event methods in `EVENTS` (no arguments);
-it reads and changes the learner through `self.learn`. One batch runs:
+it reads and changes the learner through `self.learn`. A method named like an event that is none
+(`after_epcoh`) is refused when the callback is added. One batch runs:
 
     before_batch -> forward -> after_pred -> loss -> after_loss -> before_backward -> backward
     -> after_backward -> before_step -> step -> after_step -> zero_grad -> after_batch
@@ -11,16 +12,19 @@ the batch (no step, no zero_grad) and runs `after_cancel_batch`; `CancelFitExcep
 after `after_cancel_fit`; `after_fit` always runs. Under DDP, stop from `after_epoch`: the learner
 makes every process stop after the same epoch.
 """
+
 from __future__ import annotations
 
 import copy
 import csv
+import difflib
 import math
 import operator
 import os
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -33,10 +37,28 @@ if TYPE_CHECKING:
     from .learner import Learner
 
 EVENTS = (
-    "before_fit", "before_epoch", "before_train", "before_batch", "after_pred", "after_loss", "before_backward",
-    "after_backward", "before_step", "after_step", "after_cancel_step", "after_cancel_batch", "after_batch",
-    "after_cancel_train", "after_train", "before_validate", "after_cancel_validate", "after_validate",
-    "after_cancel_epoch", "after_epoch", "after_cancel_fit", "after_fit",
+    "before_fit",
+    "before_epoch",
+    "before_train",
+    "before_batch",
+    "after_pred",
+    "after_loss",
+    "before_backward",
+    "after_backward",
+    "before_step",
+    "after_step",
+    "after_cancel_step",
+    "after_cancel_batch",
+    "after_batch",
+    "after_cancel_train",
+    "after_train",
+    "before_validate",
+    "after_cancel_validate",
+    "after_validate",
+    "after_cancel_epoch",
+    "after_epoch",
+    "after_cancel_fit",
+    "after_fit",
 )
 
 
@@ -64,11 +86,39 @@ class CancelStepException(Exception):
     """Skip this batch's optimizer step (the gradients are still zeroed)."""
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """The user stopped training (Ctrl-C, or the notebook's interrupt button).
+
+    It ends the whole call (both stages of `fine_tune`, every fold of `find_label_issues`); the learner
+    keeps the weights it had reached. A notebook shows its one line rather than a traceback.
+    """
+
+    def _render_traceback_(self) -> list[str]:  # IPython shows this instead of the traceback
+        return [f"{type(self).__name__}: {self}"]
+
+
+def check_event_names(cb: Callback) -> None:
+    """Refuse a method named like an event that is none (a misspelt `after_epcoh` would never run)."""
+    for name in dir(cb):
+        if name.startswith(("before_", "after_")) and name not in EVENTS and callable(getattr(cb, name, None)):
+            close = difflib.get_close_matches(name, EVENTS, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise AttributeError(
+                f"{type(cb).__name__}.{name} is named like an event of the training loop but is not "
+                f"one, so it would never run: {hint}The events are {', '.join(EVENTS)}."
+            )
+
+
 class Callback:
-    """Base class: override the events you need. `order` sorts callbacks (lower runs first)."""
+    """Base class: override the events you need. `order` sorts callbacks (lower runs first).
+
+    `lr_find` trains briefly and then puts the learner back: callbacks that keep a record of epochs or
+    write files (trackers, loggers, plots) set `skip_in_lr_find`, and sit out its fit.
+    """
 
     order: int = 0
-    learn: "Learner"
+    skip_in_lr_find: bool = False
+    learn: Learner
 
     @property
     def name(self) -> str:
@@ -82,6 +132,49 @@ class Callback:
         state = dict(self.__dict__)
         state.pop("learn", None)
         return state
+
+
+class Events:
+    """Each event's callback methods, in the callbacks' order, taken once from callbacks already sorted
+    (the learner makes a new one when its callbacks change): an event is a walk over a ready list."""
+
+    def __init__(self, cbs: Sequence[Callback]):
+        self.handlers = {e: [fn for cb in cbs if (fn := getattr(cb, e, None)) is not None] for e in EVENTS}
+
+    def __call__(self, name: str) -> None:
+        for fn in self.handlers[name]:
+            fn()
+
+    def run(self, f: Callable[[], object], stage: str, cancel: type[Exception], after: str = "done") -> object:
+        """before_<stage>, `f()`, after_<stage>, as fastai's `_with_events`; returns what `f` returns.
+
+        A `cancel` raised in them skips the rest and runs after_cancel_<stage> (and returns None).
+        `after` says when after_<stage> runs: "done" only when the stage ran to its end (train,
+        validate, step), "always" after a cancel too (epoch, batch), "finally" even after an error (fit).
+        """
+        before_name, after_name, cancel_name = _STAGE_EVENTS[stage]
+        out = None
+        try:
+            try:
+                self(before_name)
+                out = f()
+                if after == "done":
+                    self(after_name)
+            except cancel:
+                out = None
+                self(cancel_name)
+            if after == "always":
+                self(after_name)
+        finally:
+            if after == "finally":
+                self(after_name)
+        return out
+
+
+_STAGE_EVENTS = {
+    s: (f"before_{s}", f"after_{s}", f"after_cancel_{s}")
+    for s in ("fit", "epoch", "train", "validate", "batch", "step")
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,9 +195,15 @@ class TrackerCallback(Callback):
     """
 
     order = 60
+    skip_in_lr_find = True
 
-    def __init__(self, monitor: str = "valid_loss", comp: Callable | None = None, min_delta: float = 0.0,
-                 reset_on_fit: bool = True):
+    def __init__(
+        self,
+        monitor: str = "valid_loss",
+        comp: Callable | None = None,
+        min_delta: float = 0.0,
+        reset_on_fit: bool = True,
+    ):
         if comp is None:
             comp = np.less if ("loss" in monitor or "error" in monitor) else np.greater
         self.monitor, self.comp, self.reset_on_fit = monitor, comp, reset_on_fit
@@ -118,9 +217,11 @@ class TrackerCallback(Callback):
     def before_fit(self) -> None:
         names = self.learn.recorder.metric_names
         if self.monitor not in names:
-            raise ValueError(f"{type(self).__name__} monitors {self.monitor!r}, which is not a column of the epoch "
-                             f"table. Columns: {names}. Pass monitor= one of them (a metric's column exists "
-                             "when the metric is in the learner's metrics=).")
+            raise ValueError(
+                f"{type(self).__name__} monitors {self.monitor!r}, which is not a column of the epoch "
+                f"table. Columns: {names}. Pass monitor= one of them (a metric's column exists "
+                "when the metric is in the learner's metrics=)."
+            )
         if self.best is None or self.reset_on_fit:
             self.best = self._initial_best()
         self.epochs_seen = 0
@@ -150,9 +251,16 @@ class SaveModelCallback(TrackerCallback):
 
     order = TrackerCallback.order + 1
 
-    def __init__(self, monitor: str = "valid_loss", comp: Callable | None = None, min_delta: float = 0.0,
-                 fname: str = "model", every_epoch: bool | int = False, with_opt: bool = False,
-                 reset_on_fit: bool = True):
+    def __init__(
+        self,
+        monitor: str = "valid_loss",
+        comp: Callable | None = None,
+        min_delta: float = 0.0,
+        fname: str = "model",
+        every_epoch: bool | int = False,
+        with_opt: bool = False,
+        reset_on_fit: bool = True,
+    ):
         super().__init__(monitor, comp, min_delta, reset_on_fit)
         self.fname, self.every_epoch, self.with_opt = fname, every_epoch, with_opt
         self.last_saved_path: Path | None = None
@@ -195,10 +303,18 @@ class EarlyStoppingCallback(TrackerCallback):
 
     order = TrackerCallback.order + 3
 
-    def __init__(self, monitor: str = "valid_loss", comp: Callable | None = None, min_delta: float = 0.0,
-                 patience: int = 1, reset_on_fit: bool = True):
+    def __init__(
+        self,
+        monitor: str = "valid_loss",
+        comp: Callable | None = None,
+        min_delta: float = 0.0,
+        patience: int = 1,
+        reset_on_fit: bool = True,
+    ):
         if patience < 1:
-            raise ValueError(f"patience must be 1 or more (epochs without improvement before stopping), not {patience}.")
+            raise ValueError(
+                f"patience must be 1 or more (epochs without improvement before stopping), not {patience}."
+            )
         super().__init__(monitor, comp, min_delta, reset_on_fit)
         self.patience = patience
         self.stopped_epoch: int | None = None
@@ -231,6 +347,7 @@ class ShowGraphCallback(Callback):
     nothing, so a script that uses it runs unchanged."""
 
     order = 65
+    skip_in_lr_find = True
 
     def before_fit(self) -> None:
         self.active = in_notebook() and is_main()
@@ -246,13 +363,13 @@ class ShowGraphCallback(Callback):
         from IPython.display import display
 
         rec = self.learn.recorder
-        losses = rec.losses[self.start_loss:]
+        losses = rec.losses[self.start_loss :]
         self.valid_x.append(len(losses))
-        valid = [row[1] for row in rec.values[self.start_value:]]
+        valid = [row[1] for row in rec.values[self.start_value :]]
         per_epoch = max(1, self.valid_x[0])
         fig, ax = plt.subplots(figsize=(6, 3.5))
         ax.plot(range(len(losses)), losses, label="train")
-        ax.plot(self.valid_x[:len(valid)], valid, "o-", label="valid")
+        ax.plot(self.valid_x[: len(valid)], valid, "o-", label="valid")
         ax.set_xlim(0, max(len(losses), self.learn.n_epoch * per_epoch))
         ax.set_xlabel("batch")
         ax.set_ylabel("loss")
@@ -278,6 +395,7 @@ class CSVLogger(Callback):
     """
 
     order = 60
+    skip_in_lr_find = True
 
     def __init__(self, fname: str | Path = "history.csv", append: bool = False):
         self.fname, self.append = Path(fname), append

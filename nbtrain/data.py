@@ -8,6 +8,7 @@ and the run goes on. `get_preds` gives such a file a row of NaN, so the cleaner 
 Symlinked folders inside the dataset are not followed (they can loop, or lead out of it): one
 warning names them. A link with an image's name that leads nowhere counts as a bad file.
 """
+
 from __future__ import annotations
 
 import copy
@@ -16,10 +17,11 @@ import os
 import random
 import re
 import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -30,10 +32,10 @@ from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
 from .augmentation import BatchTransform, Normalize, Resize
-from .environment import available_memory, default_device, default_num_workers
-from .plots import image_grid
+from .environment import available_memory, check_device, default_device, default_num_workers, guard_workers, worker_plan
 from .image import DataError, load_image
 from .paths import PathList
+from .plots import image_grid
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
 # Files that operating systems and tools leave in folders; never worth a complaint.
@@ -72,17 +74,27 @@ def get_image_files(path: Path | str, recurse: bool = True, folders: Sequence[st
 
 
 def _non_image_files(path: Path) -> list[Path]:
-    return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() not in IMAGE_EXTENSIONS
-                  and not any(part.startswith(".") or part in _JUNK_NAMES for part in p.relative_to(path).parts)
-                  and p.suffix.lower() not in {".csv", ".txt", ".json", ".md", ".pth", ".jsonl"})
+    return sorted(
+        p
+        for p in path.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() not in IMAGE_EXTENSIONS
+        and not any(part.startswith(".") or part in _JUNK_NAMES for part in p.relative_to(path).parts)
+        and p.suffix.lower() not in {".csv", ".txt", ".json", ".md", ".pth", ".jsonl"}
+    )
 
 
 def _unfollowed_links(path: Path) -> list[Path]:
     """Symlinks under `path` that `get_image_files` neither follows nor lists: links to folders, and
     links without an image's name that lead nowhere."""
-    return sorted(p for p in path.rglob("*") if p.is_symlink() and not p.is_file()
-                  and (p.is_dir() or p.suffix.lower() not in IMAGE_EXTENSIONS)
-                  and not any(part.startswith(".") or part in _JUNK_NAMES for part in p.relative_to(path).parts))
+    return sorted(
+        p
+        for p in path.rglob("*")
+        if p.is_symlink()
+        and not p.is_file()
+        and (p.is_dir() or p.suffix.lower() not in IMAGE_EXTENSIONS)
+        and not any(part.startswith(".") or part in _JUNK_NAMES for part in p.relative_to(path).parts)
+    )
 
 
 def _check_header(fn: Path) -> str | None:
@@ -113,13 +125,15 @@ def _check_full(fn: Path) -> str | None:
         return f"cannot be decoded ({type(e).__name__}: {e})"
 
 
-def verify_images(fns: Sequence[Path | str], n_workers: int = 4) -> PathList:
+def verify_images(fns: Sequence[Path | str], n_workers: int = 4, decode: bool = True) -> PathList:
     """The files among `fns` that cannot be opened and fully decoded, as fastai's `verify_images`.
 
     Remove them with `failed.map(Path.unlink)`, or `for f in verify_images(fns): f.unlink()`.
+    `decode=True` decodes every file's pixels, which finds files that open but are truncated (a
+    cut-off download); `decode=False` reads only the headers: faster, but misses those.
     """
     fns = [Path(f) for f in fns]
-    reasons = _map_files(_check_full, fns, n_workers)
+    reasons = _map_files(_check_full if decode else _check_header, fns, n_workers)
     return PathList(f for f, r in zip(fns, reasons) if r is not None)
 
 
@@ -128,11 +142,12 @@ def _bad_headers(fns: Sequence[Path]) -> dict[Path, str]:
     return {f: r for f, r in zip(fns, reasons) if r is not None}
 
 
-def _map_files(check: Callable[[Path], str | None], fns: Sequence[Path], n_workers: int = 4,
-               chunk: int = 256) -> list[str | None]:
+def _map_files(
+    check: Callable[[Path], str | None], fns: Sequence[Path], n_workers: int = 4, chunk: int = 256
+) -> list[str | None]:
     """`check` of every file, in order, on a few threads. Files go in chunks: one future per file
     costs about 2 KB, 86 MB for 50,000 files, which malloc then keeps."""
-    chunks = [fns[i:i + chunk] for i in range(0, len(fns), chunk)]
+    chunks = [fns[i : i + chunk] for i in range(0, len(fns), chunk)]
     with ThreadPoolExecutor(max(1, n_workers)) as pool:
         return [r for part in pool.map(lambda c: [check(f) for f in c], chunks) for r in part]
 
@@ -167,10 +182,12 @@ def make_vocab(labels: Sequence, multi_label: bool = False) -> CategoryMap:
     """The sorted distinct labels: by value when they are all numbers or all bools (as fastai's
     `CategoryMap`, so 2 comes before 10), as text otherwise."""
     seen = {lab for labs in labels for lab in labs} if multi_label else set(labels)
-    if seen and (all(isinstance(v, bool) for v in seen) or
-                 all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in seen)):
+    if seen and (
+        all(isinstance(v, bool) for v in seen)
+        or all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in seen)
+    ):
         return CategoryMap(sorted(seen))
-    return CategoryMap(sorted((str(v) for v in seen)))
+    return CategoryMap(sorted(str(v) for v in seen))
 
 
 def _vocab_labels(labels: Sequence, vocab: Sequence, multi_label: bool) -> list:
@@ -190,8 +207,15 @@ class ImageDataset(Dataset):
     their final size, so later epochs skip the decoding.
     """
 
-    def __init__(self, items: Sequence[Path], labels: Sequence, vocab: Sequence[str], multi_label: bool = False,
-                 item_tfms: Sequence | None = None, train: bool = False):
+    def __init__(
+        self,
+        items: Sequence[Path],
+        labels: Sequence,
+        vocab: Sequence[str],
+        multi_label: bool = False,
+        item_tfms: Sequence | None = None,
+        train: bool = False,
+    ):
         self.items = [Path(p) for p in items]
         self.vocab = CategoryMap(vocab)
         self.labels = _vocab_labels(labels, self.vocab, multi_label)
@@ -200,10 +224,12 @@ class ImageDataset(Dataset):
         self.train = train
         index = self.vocab.o2i()
         unknown = {lab for labs in self.labels for lab in labs} if multi_label else set(self.labels)
-        unknown = sorted((str(lab) for lab in unknown - set(index)))
+        unknown = sorted(str(lab) for lab in unknown - set(index))
         if unknown:
-            raise DataError(f"Label(s) {unknown[:10]} are not in the vocabulary {list(self.vocab)[:20]}. Add them to "
-                            "vocab=, or leave out the images that have them.")
+            raise DataError(
+                f"Label(s) {unknown[:10]} are not in the vocabulary {list(self.vocab)[:20]}. Add them to "
+                "vocab=, or leave out the images that have them."
+            )
         if multi_label:
             targets = torch.zeros(len(self.items), len(self.vocab))
             for i, labs in enumerate(self.labels):
@@ -276,33 +302,45 @@ class ImageDataset(Dataset):
         """Leave these items out from now on: their files could not be decoded."""
         self.bad.update(int(i) for i in indices)
 
-    def subset(self, idx: Sequence[int] | np.ndarray, train: bool | None = None) -> "ImageDataset":
+    def subset(self, idx: Sequence[int] | np.ndarray, train: bool | None = None) -> ImageDataset:
         """Items `idx` as a dataset of their own, sharing this one's decoded images where it can."""
         idx = np.asarray(idx, dtype=np.int64)
         train = self.train if train is None else train
-        sub = ImageDataset([self.items[i] for i in idx], [self.labels[i] for i in idx], self.vocab, self.multi_label,
-                           self.item_tfms, train=train)
+        sub = ImageDataset(
+            [self.items[i] for i in idx],
+            [self.labels[i] for i in idx],
+            self.vocab,
+            self.multi_label,
+            self.item_tfms,
+            train=train,
+        )
         sub.bad = {j for j, i in enumerate(idx.tolist()) if i in self.bad}
         if self.cache is not None and self.cached is not None and sub.deterministic:
             t = torch.as_tensor(idx)
             sub.cache, sub.cached = self.cache[t], self.cached[t].clone()
         return sub
 
-    def with_item_tfms(self, item_tfms: Sequence, train: bool | None = None) -> "ImageDataset":
+    def with_item_tfms(self, item_tfms: Sequence, train: bool | None = None) -> ImageDataset:
         """The same files and labels through other item transforms (no decoded images carried over),
         in training form (random transforms random) when `train`; this one's form by default."""
-        new = ImageDataset(self.items, self.labels, self.vocab, self.multi_label, item_tfms,
-                           train=self.train if train is None else train)
+        new = ImageDataset(
+            self.items,
+            self.labels,
+            self.vocab,
+            self.multi_label,
+            item_tfms,
+            train=self.train if train is None else train,
+        )
         new.bad = set(self.bad)
         return new
 
-    def without_cache(self) -> "ImageDataset":
+    def without_cache(self) -> ImageDataset:
         """A copy that holds no decoded images (to send to other processes cheaply)."""
         new = copy.copy(self)
         new.cache, new.cached, new.bad = None, None, set(self.bad)
         return new
 
-    def deterministic_view(self) -> "ImageDataset":
+    def deterministic_view(self) -> ImageDataset:
         """This dataset as predictions see it: random item transforms become their validation form
         (a centre crop at the training size, as fastai's validation does). Bad files are shared."""
         if self.deterministic:
@@ -321,8 +359,10 @@ def _collate(samples: list) -> tuple[torch.Tensor | None, torch.Tensor, list]:
     shapes = {tuple(img.shape) for img, _ in good}
     if len(shapes) > 1:
         (c1, h1, w1), (c2, h2, w2) = sorted(shapes)[:2]
-        raise DataError(f"Images in one batch have different sizes ({h1}x{w1} and {h2}x{w2}): "
-                        "add item_tfms=Resize(224) (or another size) when you build the loaders.")
+        raise DataError(
+            f"Images in one batch have different sizes ({h1}x{w1} and {h2}x{w2}): "
+            "add item_tfms=Resize(224) (or another size) when you build the loaders."
+        )
     return torch.stack([img for img, _ in good]), torch.tensor([i for _, i in good]), bad
 
 
@@ -332,6 +372,16 @@ def _cache_budget() -> int:
         return int(os.environ["NBTRAIN_CACHE_BYTES"])
     share = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     return min(int(available_memory() * 0.3), 8 * 1024**3) // share
+
+
+def _batch_bytes(ds: ImageDataset, batches: list[list[int]]) -> int:
+    """About how many bytes one decoded batch takes, from the first image that decodes."""
+    for i in batches[0] if batches else []:
+        try:
+            return ds.decode(i).numel() * max(len(b) for b in batches)
+        except Exception:  # a broken file: try the next
+            continue
+    return 0
 
 
 class Batch(NamedTuple):
@@ -352,15 +402,25 @@ class DataLoader:
     (30% of what is free, at most 8 GB), they are kept, and later passes only index that tensor.
     """
 
-    def __init__(self, dataset: ImageDataset, bs: int = 64, shuffle: bool = False, drop_last: bool = False,
-                 batch_tfms: Sequence[BatchTransform] | None = None, normalize: Normalize | None = None,
-                 device: torch.device | str | None = None, num_workers: int | None = None, seed: int | None = None,
-                 augment: bool | None = None, cache: bool = True):
+    def __init__(
+        self,
+        dataset: ImageDataset,
+        bs: int = 64,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        batch_tfms: Sequence[BatchTransform] | None = None,
+        normalize: Normalize | None = None,
+        device: torch.device | str | None = None,
+        num_workers: int | None = None,
+        seed: int | None = None,
+        augment: bool | None = None,
+        cache: bool = True,
+    ):
         self.dataset, self.bs, self.shuffle, self.drop_last = dataset, bs, shuffle, drop_last
         self.batch_tfms = list(batch_tfms or [])
         self.augment = bool(self.batch_tfms) if augment is None else augment
         self.normalize = normalize
-        self.device = torch.device(device) if device is not None else default_device()
+        self.device = check_device(torch.device(device)) if device is not None else default_device()
         self.num_workers = default_num_workers() if num_workers is None else num_workers
         self.seed, self.cache = seed, cache
         self.memory_format = torch.contiguous_format
@@ -371,23 +431,33 @@ class DataLoader:
         self._stand_in: tuple[torch.Tensor, torch.Tensor] | None = None
         self._pinned: list | None = None
 
-    def new(self, **kwargs) -> "DataLoader":
+    def new(self, **kwargs) -> DataLoader:
         """A loader over the same dataset (and cache) with some settings changed."""
-        args = dict(dataset=self.dataset, bs=self.bs, shuffle=self.shuffle, drop_last=self.drop_last,
-                    batch_tfms=self.batch_tfms, normalize=self.normalize, device=self.device,
-                    num_workers=self.num_workers, seed=self.seed, augment=self.augment, cache=self.cache)
+        args = dict(
+            dataset=self.dataset,
+            bs=self.bs,
+            shuffle=self.shuffle,
+            drop_last=self.drop_last,
+            batch_tfms=self.batch_tfms,
+            normalize=self.normalize,
+            device=self.device,
+            num_workers=self.num_workers,
+            seed=self.seed,
+            augment=self.augment,
+            cache=self.cache,
+        )
         args.update(kwargs)
         dl = DataLoader(**args)
         dl.memory_format = self.memory_format
         return dl
 
-    def plain(self, **kwargs) -> "DataLoader":
+    def plain(self, **kwargs) -> DataLoader:
         """A loader over every item in dataset order, without augmentation and with random item
         transforms in their validation form: the one predictions use, so two passes agree."""
         kwargs.setdefault("dataset", self.dataset.deterministic_view())
         return self.new(shuffle=False, drop_last=False, augment=False, **kwargs)
 
-    def sharded(self, rank: int, world: int) -> "DataLoader":
+    def sharded(self, rank: int, world: int) -> DataLoader:
         """Process `rank`'s part of every batch, out of `world` processes that build the same batches.
 
         The part shares this loader's shuffling generator, so it advances as it would in one process.
@@ -442,7 +512,7 @@ class DataLoader:
     def _full_batches(self) -> list[list[int]]:
         order = self._order().tolist()
         stop = len(order) - len(order) % self.bs if self.drop_last else len(order)
-        return [order[i:i + self.bs] for i in range(0, stop, self.bs)]
+        return [order[i : i + self.bs] for i in range(0, stop, self.bs)]
 
     def _share(self, batch: list[int]) -> list[int]:
         """This process's part of a batch that every process built alike. A batch too short to give each
@@ -462,8 +532,11 @@ class DataLoader:
             self.dataset.mark_bad([i])
             if i not in self._warned:
                 self._warned.add(i)
-                warnings.warn(f"Skipping {self.dataset.items[i]}: it cannot be decoded ({reason}). "
-                              "Delete the file, or find all such files with verify_images().", stacklevel=3)
+                warnings.warn(
+                    f"Skipping {self.dataset.items[i]}: it cannot be decoded ({reason}). "
+                    "Delete the file, or find all such files with verify_images().",
+                    stacklevel=3,
+                )
 
     def _raw_batches(self, fill_cache: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor, bool]]:
         """(uint8 images, dataset indices, stand-in) for this process's part of each batch."""
@@ -482,14 +555,22 @@ class DataLoader:
         # Starting a worker process costs more than decoding a few hundred small images.
         n_items = sum(len(b) for b in to_decode)
         workers = self.num_workers if n_items >= 500 else 0
+        workers = worker_plan(workers, lambda: _batch_bytes(ds, to_decode), prefetch=4)
         # torch seeds the workers' random item transforms with a draw from the global generator. Without
         # such transforms no seed is needed, and skipping the draw keeps the global stream the same
         # whether a pass decodes or reads the cache: an earlier lr_find then changes nothing after it.
         seeds = torch.Generator().manual_seed(0) if ds.deterministic else None
-        loader = TorchDataLoader(ds, batch_sampler=to_decode, num_workers=workers, collate_fn=_collate,
-                                 pin_memory=self.device.type == "cuda", generator=seeds,
-                                 persistent_workers=False, prefetch_factor=4 if workers else None)
-        for b, (imgs, idx, bad) in zip(full, loader):
+        loader = TorchDataLoader(
+            ds,
+            batch_sampler=to_decode,
+            num_workers=workers,
+            collate_fn=_collate,
+            pin_memory=self.device.type == "cuda",
+            generator=seeds,
+            persistent_workers=False,
+            prefetch_factor=4 if workers else None,
+        )
+        for b, (imgs, idx, bad) in zip(full, guard_workers(loader)):
             if bad:
                 self._note_bad(bad)
             if imgs is not None and fill_cache and self.cache:
@@ -536,7 +617,7 @@ class DataLoader:
         buf, event = slot
         if event is not None:
             event.synchronize()  # the copy from this buffer two batches ago is done
-        out = buf[:len(idx)]
+        out = buf[: len(idx)]
         torch.index_select(cache, 0, idx, out=out)
         x = out.to(self.device, non_blocking=True)
         slot[1] = torch.cuda.Event()
@@ -575,8 +656,14 @@ class DataLoader:
             return x, y
         raise DataError("This loader has no batch: the dataset is empty, or smaller than one batch with drop_last.")
 
-    def show_batch(self, max_n: int = 9, nrows: int | None = None, ncols: int | None = None,
-                   figsize: tuple[float, float] | None = None, unique: bool = False):
+    def show_batch(
+        self,
+        max_n: int = 9,
+        nrows: int | None = None,
+        ncols: int | None = None,
+        figsize: tuple[float, float] | None = None,
+        unique: bool = False,
+    ):
         """A grid of one batch of this loader with its labels, as the model sees it (augmented on the
         training loader). `unique` shows the first image `max_n` times, each with its own random
         transforms, to see what the augmentation does."""
@@ -588,8 +675,13 @@ class DataLoader:
             x, y = self.to_model_input(imgs), ds.targets[[0] * max_n]
         else:
             x, y = self.new(num_workers=0).one_batch()
-        return image_grid(self.decode(x[:max_n].float()).cpu(), [self.dataset.label_of(t) for t in y[:max_n].cpu()],
-                               nrows=nrows, ncols=ncols, figsize=figsize)
+        return image_grid(
+            self.decode(x[:max_n].float()).cpu(),
+            [self.dataset.label_of(t) for t in y[:max_n].cpu()],
+            nrows=nrows,
+            ncols=ncols,
+            figsize=figsize,
+        )
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Model input back to displayable images in [0, 1]."""
@@ -612,7 +704,7 @@ class TableSource:
     suff: str = ""
     csv_path: Path | None = None
 
-    def with_df(self, df: pd.DataFrame) -> "TableSource":
+    def with_df(self, df: pd.DataFrame) -> TableSource:
         """The same source after its table was rewritten."""
         return dataclasses.replace(self, df=df)
 
@@ -625,8 +717,14 @@ class DataLoaders:
     working folder, as fastai's, while their files stay under the source folder).
     """
 
-    def __init__(self, train: DataLoader, valid: DataLoader, path: Path | str = ".", table: TableSource | None = None,
-                 root: Path | str | None = None):
+    def __init__(
+        self,
+        train: DataLoader,
+        valid: DataLoader,
+        path: Path | str = ".",
+        table: TableSource | None = None,
+        root: Path | str | None = None,
+    ):
         self.train, self.valid, self.path, self.table = train, valid, Path(path), table
         self.root = Path(root) if root is not None else self.path
 
@@ -656,7 +754,7 @@ class DataLoaders:
         for dl in self.loaders:
             dl.normalize = normalize
 
-    def to(self, device: torch.device | str) -> "DataLoaders":
+    def to(self, device: torch.device | str) -> DataLoaders:
         for dl in self.loaders:
             dl.device = torch.device(device)
         return self
@@ -668,8 +766,9 @@ class DataLoaders:
     def one_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.train.one_batch()
 
-    def with_changes(self, moved: dict[Path, Path], gone: set[Path], relabelled: dict[Path, str],
-                     table: TableSource | None = None) -> "DataLoaders":
+    def with_changes(
+        self, moved: dict[Path, Path], gone: set[Path], relabelled: dict[Path, str], table: TableSource | None = None
+    ) -> DataLoaders:
         """These loaders after files were moved, deleted or relabelled (what the cleaner's apply did).
 
         The class list stays the same, so a trained model still fits; decoded images are dropped
@@ -693,19 +792,31 @@ class DataLoaders:
             loaders.append(dl.new(dataset=new_ds))
         return DataLoaders(*loaders, path=self.path, table=table if table is not None else self.table, root=self.root)
 
-    def without_caches(self) -> "DataLoaders":
+    def without_caches(self) -> DataLoaders:
         """These loaders without their decoded images (cheap to send to other processes)."""
         loaders = [dl.new(dataset=dl.dataset.without_cache()) for dl in self.loaders]
         return DataLoaders(*loaders, path=self.path, table=self.table, root=self.root)
 
     def test_dl(self, items: Sequence[Path | str], bs: int | None = None) -> DataLoader:
         """A loader over other image files, with the validation set's transforms and no labels."""
-        ds = ImageDataset(items, [[] if self.multi_label else self.vocab[0]] * len(items), self.vocab,
-                          self.multi_label, self.item_tfms, train=False)
+        ds = ImageDataset(
+            items,
+            [[] if self.multi_label else self.vocab[0]] * len(items),
+            self.vocab,
+            self.multi_label,
+            self.item_tfms,
+            train=False,
+        )
         return self.valid.plain(dataset=ds, bs=bs or self.valid.bs)
 
-    def show_batch(self, max_n: int = 9, nrows: int | None = None, ncols: int | None = None,
-                   figsize: tuple[float, float] | None = None, unique: bool = False):
+    def show_batch(
+        self,
+        max_n: int = 9,
+        nrows: int | None = None,
+        ncols: int | None = None,
+        figsize: tuple[float, float] | None = None,
+        unique: bool = False,
+    ):
         """A grid of one training batch with its labels (augmented, as the model sees it); see
         `DataLoader.show_batch`."""
         return self.train.show_batch(max_n=max_n, nrows=nrows, ncols=ncols, figsize=figsize, unique=unique)
@@ -714,8 +825,10 @@ class DataLoaders:
         return self.train.dataset.label_of(target)
 
     def __repr__(self) -> str:
-        return (f"DataLoaders(train={self.train.n} images, valid={self.valid.n} images, {self.c} classes: "
-                f"{self.vocab[:10]}{'...' if self.c > 10 else ''})")
+        return (
+            f"DataLoaders(train={self.train.n} images, valid={self.valid.n} images, {self.c} classes: "
+            f"{self.vocab[:10]}{'...' if self.c > 10 else ''})"
+        )
 
 
 def random_split(n: int, valid_pct: float, seed: int | None = None) -> tuple[list[int], list[int]]:
@@ -738,62 +851,89 @@ class ImageDataLoaders:
     """Constructors for `DataLoaders` from the usual dataset layouts, under fastai's names."""
 
     @staticmethod
-    def from_lists(path: Path | str, fnames: Sequence[Path | str], labels: Sequence, valid_idx: Sequence[int] | None = None,
-                   valid_pct: float | None = 0.2, seed: int | None = None, vocab: Sequence[str] | None = None,
-                   multi_label: bool = False, item_tfms=None, batch_tfms=None, bs: int = 64, val_bs: int | None = None,
-                   shuffle: bool = True, device=None, num_workers: int | None = None, bad_files: str = "error",
-                   table: TableSource | None = None, root: Path | str | None = None) -> DataLoaders:
+    def from_lists(
+        path: Path | str,
+        fnames: Sequence[Path | str],
+        labels: Sequence,
+        valid_idx: Sequence[int] | None = None,
+        valid_pct: float | None = 0.2,
+        seed: int | None = None,
+        vocab: Sequence[str] | None = None,
+        multi_label: bool = False,
+        item_tfms=None,
+        batch_tfms=None,
+        bs: int = 64,
+        val_bs: int | None = None,
+        shuffle: bool = True,
+        device=None,
+        num_workers: int | None = None,
+        bad_files: str = "error",
+        table: TableSource | None = None,
+        root: Path | str | None = None,
+    ) -> DataLoaders:
         """Loaders from parallel lists of files and labels (a label list per file for multi-label);
         `root` is the folder of the files when it is not `path` (see `DataLoaders`)."""
         path, fnames, labels = Path(path), [Path(f) for f in fnames], list(labels)
         if len(fnames) != len(labels):
             raise DataError(f"{len(fnames)} files but {len(labels)} labels: give one label per file.")
         if not fnames:
-            raise DataError(f"No image files found under {path}. Check the path, and that the images have an "
-                            f"image extension ({', '.join(sorted(IMAGE_EXTENSIONS))}).")
-        if bad_files not in ("error", "skip"):
-            raise DataError(f"bad_files must be 'error' or 'skip', not {bad_files!r}.")
-        bad = _bad_headers(fnames)
-        if bad and bad_files == "error":
-            lines = "\n  ".join(f"{f}: {r}" for f, r in list(bad.items())[:10])
-            more = f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ""
-            raise DataError(f"{len(bad)} file(s) are not usable images:\n  {lines}{more}\n"
-                            "Delete them (`for f in verify_images(get_image_files(path)): f.unlink()`), "
-                            "or pass bad_files='skip' to leave them out.")
-        if bad:
-            warnings.warn(f"Leaving out {len(bad)} file(s) that are not usable images:{_listing(list(bad))}", stacklevel=3)
-            keep = [i for i, f in enumerate(fnames) if f not in bad]
-            new_index = {old: new for new, old in enumerate(keep)}
-            fnames, labels = [fnames[i] for i in keep], [labels[i] for i in keep]
-            valid_idx = None if valid_idx is None else [new_index[i] for i in valid_idx if i in new_index]
+            raise DataError(
+                f"No image files found under {path}. Check the path, and that the images have an "
+                f"image extension ({', '.join(sorted(IMAGE_EXTENSIONS))})."
+            )
+        fnames, labels, valid_idx = _without_bad_files(fnames, labels, valid_idx, bad_files)
         vocab = make_vocab(labels, multi_label) if vocab is None else CategoryMap(vocab)
         if not multi_label and len(vocab) == 1:
-            raise DataError(f"Only one class ({vocab[0]!r}) found under {path}: a classifier needs at least two. "
-                            "Put each class's images in a folder named for the class.")
-        if valid_idx is None:
-            if valid_pct is None or not 0 < valid_pct < 1:
-                raise DataError(f"valid_pct must be between 0 and 1 (e.g. 0.2 for 20%), not {valid_pct!r}.")
-            train_idx, valid_idx = random_split(len(fnames), valid_pct, seed)
-            valid_idx = valid_idx or train_idx[:1]  # a tiny set still gets one image to validate on
-        vset = set(valid_idx)
-        t_idx = [i for i in range(len(fnames)) if i not in vset]
-        v_idx = sorted(vset)
-        if not t_idx:
-            raise DataError("The training set is empty: every image went to the validation set.")
+            raise DataError(
+                f"Only one class ({vocab[0]!r}) found under {path}: a classifier needs at least two. "
+                "Put each class's images in a folder named for the class."
+            )
+        t_idx, v_idx = _split_indices(len(fnames), valid_idx, valid_pct, seed)
         tfms = list(item_tfms) if isinstance(item_tfms, (list, tuple)) else ([item_tfms] if item_tfms else [])
-        train_ds = ImageDataset([fnames[i] for i in t_idx], [labels[i] for i in t_idx], vocab, multi_label, tfms, train=True)
-        valid_ds = ImageDataset([fnames[i] for i in v_idx], [labels[i] for i in v_idx], vocab, multi_label, tfms, train=False)
+        train_ds = ImageDataset(
+            [fnames[i] for i in t_idx], [labels[i] for i in t_idx], vocab, multi_label, tfms, train=True
+        )
+        valid_ds = ImageDataset(
+            [fnames[i] for i in v_idx], [labels[i] for i in v_idx], vocab, multi_label, tfms, train=False
+        )
         btfms = list(batch_tfms) if isinstance(batch_tfms, (list, tuple)) else ([batch_tfms] if batch_tfms else [])
-        train = DataLoader(train_ds, bs=bs, shuffle=shuffle, drop_last=shuffle and len(train_ds) > bs, batch_tfms=btfms,
-                           device=device, num_workers=num_workers, seed=seed)
-        valid = DataLoader(valid_ds, bs=val_bs or bs * 2, shuffle=False, batch_tfms=btfms, augment=False,
-                           device=device, num_workers=num_workers, seed=seed)
+        train = DataLoader(
+            train_ds,
+            bs=bs,
+            shuffle=shuffle,
+            drop_last=shuffle and len(train_ds) > bs,
+            batch_tfms=btfms,
+            device=device,
+            num_workers=num_workers,
+            seed=seed,
+        )
+        valid = DataLoader(
+            valid_ds,
+            bs=val_bs or bs * 2,
+            shuffle=False,
+            batch_tfms=btfms,
+            augment=False,
+            device=device,
+            num_workers=num_workers,
+            seed=seed,
+        )
         return DataLoaders(train, valid, path=path, table=table, root=root)
 
     @classmethod
-    def from_folder(cls, path: Path | str, train: str = "train", valid: str = "valid", valid_pct: float | None = None,
-                    seed: int | None = None, vocab: Sequence[str] | None = None, item_tfms=None, batch_tfms=None,
-                    bs: int = 64, ignore_non_images: bool = False, **kwargs) -> DataLoaders:
+    def from_folder(
+        cls,
+        path: Path | str,
+        train: str = "train",
+        valid: str = "valid",
+        valid_pct: float | None = None,
+        seed: int | None = None,
+        vocab: Sequence[str] | None = None,
+        item_tfms=None,
+        batch_tfms=None,
+        bs: int = 64,
+        ignore_non_images: bool = False,
+        **kwargs,
+    ) -> DataLoaders:
         """Loaders from class folders: the label of an image is the name of its parent folder.
 
         Without `valid_pct`, the split comes from the `train` and `valid` folders; with it, every
@@ -801,54 +941,73 @@ class ImageDataLoaders:
         """
         path = Path(path)
         if not path.is_dir():
-            raise DataError(f"{path} is not a folder. Give the folder that holds the class folders "
-                            f"(or the {train!r} and {valid!r} folders).")
+            raise DataError(
+                f"{path} is not a folder. Give the folder that holds the class folders "
+                f"(or the {train!r} and {valid!r} folders)."
+            )
         if valid_pct is not None and not 0 < valid_pct < 1:
             raise DataError(f"valid_pct must be between 0 and 1 (e.g. 0.2 for 20%), not {valid_pct!r}.")
         folders = None if valid_pct is not None else [train, valid]
         if not get_image_files(path):
-            raise DataError(f"No image files found under {path}: the folder is empty or holds no images "
-                            f"({', '.join(sorted(IMAGE_EXTENSIONS))}). Images go in one folder per class, "
-                            f"e.g. {path / train}/cat/1.jpg and {path / valid}/cat/2.jpg.")
+            raise DataError(
+                f"No image files found under {path}: the folder is empty or holds no images "
+                f"({', '.join(sorted(IMAGE_EXTENSIONS))}). Images go in one folder per class, "
+                f"e.g. {path / train}/cat/1.jpg and {path / valid}/cat/2.jpg."
+            )
         if folders is not None:
             missing = [f for f in folders if not (path / f).is_dir()]
             if missing:
                 found = sorted(p.name for p in path.iterdir() if p.is_dir() and not _is_hidden(p))
-                raise DataError(f"No {' or '.join(repr(m) for m in missing)} folder in {path} (found: {found}). "
-                                f"Pass valid_pct=0.2 to split the images at random, or name the folders "
-                                f"with train=... and valid=....")
-        roots = [path / f for f in folders] if folders else [path]
-        for root in roots:
-            links = _unfollowed_links(root)
-            if links:
-                warnings.warn(f"Not following {len(links)} symlink(s) under {root} (to folders, or looping); images "
-                              f"reached only through them are left out:{_listing(links)}\n"
-                              "Copy those images into the dataset, or build the loaders from the real folder.",
-                              stacklevel=2)
-            others = _non_image_files(root)
-            if others and not ignore_non_images:
-                raise DataError(f"{len(others)} file(s) under {root} are not images:{_listing(others)}\n"
-                                "Move them out of the dataset, or pass ignore_non_images=True.")
-            class_dirs = [d for d in root.iterdir() if d.is_dir() and not _is_hidden(d)] if folders else []
-            for d in sorted(class_dirs):
-                if not get_image_files(d):
-                    raise DataError(f"The class folder {d} has no images. Add images or remove the folder.")
+                raise DataError(
+                    f"No {' or '.join(repr(m) for m in missing)} folder in {path} (found: {found}). "
+                    f"Pass valid_pct=0.2 to split the images at random, or name the folders "
+                    f"with train=... and valid=...."
+                )
+        for root in [path / f for f in folders] if folders else [path]:
+            _check_class_root(root, ignore_non_images, class_folders=bool(folders))
         fnames = get_image_files(path, folders=folders)
         if not fnames:
-            raise DataError(f"No image files found under {path}. Images go in one folder per class, e.g. "
-                            f"{path / (train if folders else '')}/cat/1.jpg.")
+            raise DataError(
+                f"No image files found under {path}. Images go in one folder per class, e.g. "
+                f"{path / (train if folders else '')}/cat/1.jpg."
+            )
         labels = [f.parent.name for f in fnames]
         valid_idx = [i for i, f in enumerate(fnames) if (path / valid) in f.parents] if folders else None
         if folders and not valid_idx:
             raise DataError(f"The {valid!r} folder in {path} has no images. Put some in it, or pass valid_pct=0.2.")
-        return cls.from_lists(path, fnames, labels, valid_idx=valid_idx, valid_pct=valid_pct, seed=seed, vocab=vocab,
-                              item_tfms=item_tfms, batch_tfms=batch_tfms, bs=bs, **kwargs)
+        return cls.from_lists(
+            path,
+            fnames,
+            labels,
+            valid_idx=valid_idx,
+            valid_pct=valid_pct,
+            seed=seed,
+            vocab=vocab,
+            item_tfms=item_tfms,
+            batch_tfms=batch_tfms,
+            bs=bs,
+            **kwargs,
+        )
 
     @classmethod
-    def from_df(cls, df: pd.DataFrame, path: Path | str = ".", folder: str | None = None, suff: str = "",
-                fn_col: int | str = 0, label_col: int | str = 1, label_delim: str | None = None,
-                valid_col: int | str | None = None, valid_pct: float = 0.2, seed: int | None = None,
-                item_tfms=None, batch_tfms=None, bs: int = 64, csv_path: Path | None = None, **kwargs) -> DataLoaders:
+    def from_df(
+        cls,
+        df: pd.DataFrame,
+        path: Path | str = ".",
+        folder: str | None = None,
+        suff: str = "",
+        fn_col: int | str = 0,
+        label_col: int | str = 1,
+        label_delim: str | None = None,
+        valid_col: int | str | None = None,
+        valid_pct: float = 0.2,
+        seed: int | None = None,
+        item_tfms=None,
+        batch_tfms=None,
+        bs: int = 64,
+        csv_path: Path | None = None,
+        **kwargs,
+    ) -> DataLoaders:
         """Loaders from a table of file names and labels; `label_delim` makes it multi-label."""
         path = Path(path)
         cols = list(df.columns)
@@ -867,8 +1026,10 @@ class ImageDataLoaders:
         fnames = [base / f"{f}{suff}" for f in df[fn_name].astype(str)]
         missing = [f for f in fnames if not f.exists()]
         if missing:
-            raise DataError(f"{len(missing)} file(s) named in the table do not exist:{_listing(missing)}\n"
-                            f"Check path= ({path}), folder= and suff=, or remove those rows.")
+            raise DataError(
+                f"{len(missing)} file(s) named in the table do not exist:{_listing(missing)}\n"
+                f"Check path= ({path}), folder= and suff=, or remove those rows."
+            )
         raw = df[label_name]
         if label_delim is not None:
             labels = [[s for s in str(v).split(label_delim) if s] if pd.notna(v) else [] for v in raw]
@@ -881,13 +1042,30 @@ class ImageDataLoaders:
         if valid_col is not None:
             valid_idx = list(np.flatnonzero(df[col(valid_col, "valid_col")].astype(bool).to_numpy()))
         table = TableSource(df, fn_name, label_name, label_delim, base, suff, csv_path)
-        return cls.from_lists(path, fnames, labels, valid_idx=valid_idx, valid_pct=valid_pct, seed=seed,
-                              multi_label=label_delim is not None, item_tfms=item_tfms, batch_tfms=batch_tfms,
-                              bs=bs, table=table, **kwargs)
+        return cls.from_lists(
+            path,
+            fnames,
+            labels,
+            valid_idx=valid_idx,
+            valid_pct=valid_pct,
+            seed=seed,
+            multi_label=label_delim is not None,
+            item_tfms=item_tfms,
+            batch_tfms=batch_tfms,
+            bs=bs,
+            table=table,
+            **kwargs,
+        )
 
     @classmethod
-    def from_csv(cls, path: Path | str, csv_fname: str = "labels.csv", header: str | int | None = "infer",
-                 delimiter: str | None = None, **kwargs) -> DataLoaders:
+    def from_csv(
+        cls,
+        path: Path | str,
+        csv_fname: str = "labels.csv",
+        header: str | int | None = "infer",
+        delimiter: str | None = None,
+        **kwargs,
+    ) -> DataLoaders:
         """Loaders from a CSV file in `path`; the other arguments are `from_df`'s."""
         path = Path(path)
         csv_path = path / csv_fname
@@ -899,22 +1077,45 @@ class ImageDataLoaders:
         return cls.from_df(df, path=path, csv_path=csv_path, **kwargs)
 
     @classmethod
-    def from_name_func(cls, path: Path | str, fnames: Sequence[Path | str], label_func: Callable[[str], str],
-                       valid_pct: float = 0.2, seed: int | None = None, **kwargs) -> DataLoaders:
+    def from_name_func(
+        cls,
+        path: Path | str,
+        fnames: Sequence[Path | str],
+        label_func: Callable[[str], str],
+        valid_pct: float = 0.2,
+        seed: int | None = None,
+        **kwargs,
+    ) -> DataLoaders:
         """Loaders whose labels come from each file's name through `label_func`."""
         fnames = [Path(f) for f in fnames]
-        return cls.from_lists(path, fnames, [label_func(f.name) for f in fnames], valid_pct=valid_pct, seed=seed, **kwargs)
+        return cls.from_lists(
+            path, fnames, [label_func(f.name) for f in fnames], valid_pct=valid_pct, seed=seed, **kwargs
+        )
 
     @classmethod
-    def from_path_func(cls, path: Path | str, fnames: Sequence[Path | str], label_func: Callable[[Path], str],
-                       valid_pct: float = 0.2, seed: int | None = None, **kwargs) -> DataLoaders:
+    def from_path_func(
+        cls,
+        path: Path | str,
+        fnames: Sequence[Path | str],
+        label_func: Callable[[Path], str],
+        valid_pct: float = 0.2,
+        seed: int | None = None,
+        **kwargs,
+    ) -> DataLoaders:
         """Loaders whose labels come from each file's full path through `label_func`."""
         fnames = [Path(f) for f in fnames]
         return cls.from_lists(path, fnames, [label_func(f) for f in fnames], valid_pct=valid_pct, seed=seed, **kwargs)
 
     @classmethod
-    def from_name_re(cls, path: Path | str, fnames: Sequence[Path | str], pat: str, valid_pct: float = 0.2,
-                     seed: int | None = None, **kwargs) -> DataLoaders:
+    def from_name_re(
+        cls,
+        path: Path | str,
+        fnames: Sequence[Path | str],
+        pat: str,
+        valid_pct: float = 0.2,
+        seed: int | None = None,
+        **kwargs,
+    ) -> DataLoaders:
         """Loaders whose label is the first group of the regular expression `pat` in each file name,
         e.g. `r'^(.+)_\\d+\\.jpg$'` for Oxford-IIIT Pets."""
         regex = re.compile(pat)
@@ -927,8 +1128,10 @@ class ImageDataLoaders:
             else:
                 labels.append(m.group(1))
         if unmatched:
-            raise DataError(f"The pattern {pat!r} does not match {len(unmatched)} file name(s), or has no group:"
-                            f"{_listing(unmatched)}\nFix the pattern (its first group is the label) or leave those files out.")
+            raise DataError(
+                f"The pattern {pat!r} does not match {len(unmatched)} file name(s), or has no group:"
+                f"{_listing(unmatched)}\nFix the pattern (its first group is the label) or leave those files out."
+            )
         return cls.from_lists(path, fnames, labels, valid_pct=valid_pct, seed=seed, **kwargs)
 
     @classmethod
@@ -940,3 +1143,66 @@ class ImageDataLoaders:
         if unmatched:
             raise DataError(f"The pattern {pat!r} does not match {len(unmatched)} path(s):{_listing(unmatched)}")
         return cls.from_path_func(path, fnames, lambda f: regex.search(str(f)).group(1), **kwargs)
+
+
+def _without_bad_files(
+    fnames: list[Path], labels: list, valid_idx: Sequence[int] | None, bad_files: str
+) -> tuple[list[Path], list, list[int] | None]:
+    """The files whose headers read as images, with their labels and validation indices; the others
+    refused (bad_files="error") or left out with a warning ("skip")."""
+    if bad_files not in ("error", "skip"):
+        raise DataError(f"bad_files must be 'error' or 'skip', not {bad_files!r}.")
+    bad = _bad_headers(fnames)
+    if bad and bad_files == "error":
+        lines = "\n  ".join(f"{f}: {r}" for f, r in list(bad.items())[:10])
+        more = f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ""
+        raise DataError(
+            f"{len(bad)} file(s) are not usable images:\n  {lines}{more}\n"
+            "Delete them (`for f in verify_images(get_image_files(path)): f.unlink()`), "
+            "or pass bad_files='skip' to leave them out."
+        )
+    if not bad:
+        return fnames, labels, None if valid_idx is None else list(valid_idx)
+    warnings.warn(f"Leaving out {len(bad)} file(s) that are not usable images:{_listing(list(bad))}", stacklevel=4)
+    keep = [i for i, f in enumerate(fnames) if f not in bad]
+    new_index = {old: new for new, old in enumerate(keep)}
+    valid_idx = None if valid_idx is None else [new_index[i] for i in valid_idx if i in new_index]
+    return [fnames[i] for i in keep], [labels[i] for i in keep], valid_idx
+
+
+def _split_indices(
+    n: int, valid_idx: Sequence[int] | None, valid_pct: float | None, seed: int | None
+) -> tuple[list[int], list[int]]:
+    """(training, validation) indices: `valid_idx` when given, else a random `valid_pct`."""
+    if valid_idx is None:
+        if valid_pct is None or not 0 < valid_pct < 1:
+            raise DataError(f"valid_pct must be between 0 and 1 (e.g. 0.2 for 20%), not {valid_pct!r}.")
+        train_idx, valid_idx = random_split(n, valid_pct, seed)
+        valid_idx = valid_idx or train_idx[:1]  # a tiny set still gets one image to validate on
+    vset = set(valid_idx)
+    t_idx = [i for i in range(n) if i not in vset]
+    if not t_idx:
+        raise DataError("The training set is empty: every image went to the validation set.")
+    return t_idx, sorted(vset)
+
+
+def _check_class_root(root: Path, ignore_non_images: bool, class_folders: bool) -> None:
+    """Warn of symlinks not followed, refuse non-image files (unless ignored) and empty class folders."""
+    links = _unfollowed_links(root)
+    if links:
+        warnings.warn(
+            f"Not following {len(links)} symlink(s) under {root} (to folders, or looping); images "
+            f"reached only through them are left out:{_listing(links)}\n"
+            "Copy those images into the dataset, or build the loaders from the real folder.",
+            stacklevel=3,
+        )
+    others = _non_image_files(root)
+    if others and not ignore_non_images:
+        raise DataError(
+            f"{len(others)} file(s) under {root} are not images:{_listing(others)}\n"
+            "Move them out of the dataset, or pass ignore_non_images=True."
+        )
+    class_dirs = [d for d in root.iterdir() if d.is_dir() and not _is_hidden(d)] if class_folders else []
+    for d in sorted(class_dirs):
+        if not get_image_files(d):
+            raise DataError(f"The class folder {d} has no images. Add images or remove the folder.")

@@ -9,15 +9,17 @@ so the cleaner's `apply()` rewrites that table instead of moving files.
 A mistake gets an error that names the step that failed: `get_items`, `splitter`, `get_x`, `get_y`,
 the label block, or (in `summary`) the item transforms and the collation of a batch.
 """
+
 from __future__ import annotations
 
 import copy
 import os
 import posixpath
 import re
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,10 +27,8 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from .data import (CategoryMap, DataError, DataLoaders, ImageDataLoaders, TableSource, make_vocab,
-                   random_split)
+from .data import CategoryMap, DataError, DataLoaders, ImageDataLoaders, TableSource, make_vocab, random_split
 from .image import PILImage
-
 
 # ---------------------------------------------------------------------------------------------
 # Images
@@ -51,16 +51,20 @@ class RegexLabeller:
     def __init__(self, pat: str, match: bool = False):
         self.pat, self.match = re.compile(pat), match
         if self.pat.groups < 1:
-            raise DataError(f"RegexLabeller: the pattern {pat!r} has no group; put the label in parentheses, "
-                            r"e.g. r'(.+)_\d+.jpg$'.")
+            raise DataError(
+                f"RegexLabeller: the pattern {pat!r} has no group; put the label in parentheses, "
+                r"e.g. r'(.+)_\d+.jpg$'."
+            )
 
     def __call__(self, o: Any) -> str:
         text = str(o).replace(os.sep, posixpath.sep)
         res = (self.pat.match if self.match else self.pat.search)(text)
         if res is None:
             how = "match the start of" if self.match else "find"
-            raise DataError(f"RegexLabeller could not {how} {self.pat.pattern!r} in {text!r}. Fix the pattern, or "
-                            "label the file name only with using_attr(RegexLabeller(pat), 'name').")
+            raise DataError(
+                f"RegexLabeller could not {how} {self.pat.pattern!r} in {text!r}. Fix the pattern, or "
+                "label the file name only with using_attr(RegexLabeller(pat), 'name')."
+            )
         return res.group(1)
 
     def __repr__(self) -> str:
@@ -80,8 +84,13 @@ class ColReader:
     """Reads column(s) `cols` of a DataFrame row: with `pref`/`suff` as text around the value (a
     `Path` prefix gets a separator), with `label_delim` split into a list of labels."""
 
-    def __init__(self, cols: int | str | Sequence[int | str], pref: str | Path = "", suff: str = "",
-                 label_delim: str | None = None):
+    def __init__(
+        self,
+        cols: int | str | Sequence[int | str],
+        pref: str | Path = "",
+        suff: str = "",
+        label_delim: str | None = None,
+    ):
         self.cols = list(cols) if isinstance(cols, (list, tuple)) else [cols]
         self.pref = str(pref) + os.path.sep if isinstance(pref, Path) else pref
         self.suff, self.label_delim = suff, label_delim
@@ -90,8 +99,9 @@ class ColReader:
         if isinstance(r, pd.Series):
             if isinstance(c, int) and c not in r.index:
                 if c >= len(r):
-                    raise DataError(f"ColReader: column {c} does not exist; the table has {len(r)} columns: "
-                                    f"{list(r.index)}.")
+                    raise DataError(
+                        f"ColReader: column {c} does not exist; the table has {len(r)} columns: {list(r.index)}."
+                    )
                 o = r.iloc[c]
             elif c not in r.index:
                 raise DataError(f"ColReader: {c!r} is not a column of the table; its columns are {list(r.index)}.")
@@ -159,7 +169,9 @@ class GrandparentSplitter:
 
     def __call__(self, o: Any) -> tuple[list[int], list[int]]:
         gp = [Path(x).parent.parent.name for x in _rows(o)]
-        return [i for i, g in enumerate(gp) if g == self.train_name], [i for i, g in enumerate(gp) if g == self.valid_name]
+        return [i for i, g in enumerate(gp) if g == self.train_name], [
+            i for i, g in enumerate(gp) if g == self.valid_name
+        ]
 
     def __repr__(self) -> str:
         return f"GrandparentSplitter(train_name={self.train_name!r}, valid_name={self.valid_name!r})"
@@ -218,23 +230,29 @@ class ColSplitter:
 
     def __call__(self, o: Any) -> tuple[list[int], list[int]]:
         if not isinstance(o, pd.DataFrame):
-            raise DataError(f"ColSplitter reads a column of a DataFrame, but the items are a {type(o).__name__}: "
-                            "pass the DataFrame itself as the source (and no get_items).")
+            raise DataError(
+                f"ColSplitter reads a column of a DataFrame, but the items are a {type(o).__name__}: "
+                "pass the DataFrame itself as the source (and no get_items)."
+            )
         cols = list(o.columns)
         if isinstance(self.col, int) and self.col not in cols:
             if self.col >= len(cols):
                 raise DataError(f"ColSplitter: column {self.col} does not exist; the table has columns {cols}.")
             col = o.iloc[:, self.col]
         elif self.col not in cols:
-            raise DataError(f"ColSplitter: {self.col!r} is not a column of the table; its columns are {cols}. "
-                            "Name the column that says which rows are for validation: ColSplitter('is_valid').")
+            raise DataError(
+                f"ColSplitter: {self.col!r} is not a column of the table; its columns are {cols}. "
+                "Name the column that says which rows are for validation: ColSplitter('is_valid')."
+            )
         else:
             col = o[self.col]
         if self.on is None:
             text = not (pd.api.types.is_bool_dtype(col) or pd.api.types.is_numeric_dtype(col))
             if text and set(col.dropna().map(str).str.lower()) - {"true", "false", "1", "0"}:
-                raise DataError(f"ColSplitter: column {self.col!r} holds {sorted(set(col.map(str)))[:5]}, not true/false. "
-                                f"Pass on= the value(s) that mean validation, e.g. ColSplitter({self.col!r}, on='valid').")
+                raise DataError(
+                    f"ColSplitter: column {self.col!r} holds {sorted(set(col.map(str)))[:5]}, not true/false. "
+                    f"Pass on= the value(s) that mean validation, e.g. ColSplitter({self.col!r}, on='valid')."
+                )
             mask = col.map(lambda v: str(v).lower() in ("true", "1") if isinstance(v, str) else bool(v)).to_numpy()
         elif isinstance(self.on, (list, tuple, set)):
             mask = col.isin(self.on).to_numpy()
@@ -256,15 +274,21 @@ class EndSplitter:
         n = _n_items(o)
         cut = int(self.valid_pct * n)
         idx = list(range(n))
-        return (idx[:n - cut], idx[n - cut:]) if self.valid_last else (idx[cut:], idx[:cut])
+        return (idx[: n - cut], idx[n - cut :]) if self.valid_last else (idx[cut:], idx[:cut])
 
 
 class TrainTestSplitter:
     """scikit-learn's `train_test_split` of the items: `stratify` (a label per item) keeps each
     class's share the same in both sets. Needs scikit-learn (`pip install scikit-learn`)."""
 
-    def __init__(self, test_size: float = 0.2, random_state: int | None = None, stratify: Sequence | None = None,
-                 train_size: float | None = None, shuffle: bool = True):
+    def __init__(
+        self,
+        test_size: float = 0.2,
+        random_state: int | None = None,
+        stratify: Sequence | None = None,
+        train_size: float | None = None,
+        shuffle: bool = True,
+    ):
         self.test_size, self.random_state, self.stratify = test_size, random_state, stratify
         self.train_size, self.shuffle = train_size, shuffle
 
@@ -272,15 +296,25 @@ class TrainTestSplitter:
         try:
             from sklearn.model_selection import train_test_split
         except ImportError:
-            raise ImportError("TrainTestSplitter uses scikit-learn's train_test_split: pip install scikit-learn "
-                              "(or use RandomSplitter, which needs nothing more).") from None
+            raise ImportError(
+                "TrainTestSplitter uses scikit-learn's train_test_split: pip install scikit-learn "
+                "(or use RandomSplitter, which needs nothing more)."
+            ) from None
         n = _n_items(o)
         if self.stratify is not None and len(self.stratify) != n:
-            raise DataError(f"TrainTestSplitter: stratify has {len(self.stratify)} labels for {n} items; give one "
-                            "label per item, in the items' order.")
+            raise DataError(
+                f"TrainTestSplitter: stratify has {len(self.stratify)} labels for {n} items; give one "
+                "label per item, in the items' order."
+            )
         try:
-            train, valid = train_test_split(list(range(n)), test_size=self.test_size, random_state=self.random_state,
-                                            stratify=self.stratify, train_size=self.train_size, shuffle=self.shuffle)
+            train, valid = train_test_split(
+                list(range(n)),
+                test_size=self.test_size,
+                random_state=self.random_state,
+                stratify=self.stratify,
+                train_size=self.train_size,
+                shuffle=self.shuffle,
+            )
         except ValueError as e:
             raise DataError(f"TrainTestSplitter could not split {n} items: {e}") from e
         return list(train), list(valid)
@@ -308,8 +342,10 @@ class ImageBlock(TransformBlock):
 
     def __init__(self, cls: type | None = None):
         if cls is not None and cls is not PILImage:
-            raise DataError(f"ImageBlock(cls={getattr(cls, '__name__', cls)}) is not supported: nbtrain opens every "
-                            "image as RGB (grayscale ones are converted). Use ImageBlock (or ImageBlock(cls=PILImage)).")
+            raise DataError(
+                f"ImageBlock(cls={getattr(cls, '__name__', cls)}) is not supported: nbtrain opens every "
+                "image as RGB (grayscale ones are converted). Use ImageBlock (or ImageBlock(cls=PILImage))."
+            )
 
     def encode(self, v: Any, vocab: CategoryMap | None) -> PILImage:
         return PILImage.create(v)
@@ -379,8 +415,10 @@ class UnsupportedBlock:
 
 class PointBlock(UnsupportedBlock):
     task = "points in the image, e.g. the head centres of the book's BIWI head-pose model"
-    advice = ("Use fastai for point regression, or make it a classification: CategoryBlock on a label per "
-              "region of the image (e.g. a 3x3 grid cell).")
+    advice = (
+        "Use fastai for point regression, or make it a classification: CategoryBlock on a label per "
+        "region of the image (e.g. a 3x3 grid cell)."
+    )
 
 
 class RegressionBlock(UnsupportedBlock):
@@ -400,7 +438,7 @@ class SegmentationDataLoaders:
         raise DataError(MaskBlock.unsupported())
 
     @classmethod
-    def from_label_func(cls, *args: Any, **kwargs: Any) -> "SegmentationDataLoaders":
+    def from_label_func(cls, *args: Any, **kwargs: Any) -> SegmentationDataLoaders:
         raise DataError(MaskBlock.unsupported())
 
 
@@ -411,8 +449,10 @@ def _block(b: Any, where: str) -> TransformBlock:
         return b()
     if isinstance(b, TransformBlock):
         return b
-    raise DataError(f"{where}: {b!r} is not a block. Use ImageBlock for the input and CategoryBlock (one label) or "
-                    "MultiCategoryBlock (several labels) for the target.")
+    raise DataError(
+        f"{where}: {b!r} is not a block. Use ImageBlock for the input and CategoryBlock (one label) or "
+        "MultiCategoryBlock (several labels) for the target."
+    )
 
 
 def _name(f: Any) -> str:
@@ -441,7 +481,7 @@ def _is_missing(v: Any) -> bool:
 class _Subset:
     """One split of a `Datasets`: `ds[i]` is `(x, y)` after the blocks, as fastai's."""
 
-    def __init__(self, owner: "Datasets", idx: list[int]):
+    def __init__(self, owner: Datasets, idx: list[int]):
         self.owner, self.idx = owner, idx
 
     def __len__(self) -> int:
@@ -460,8 +500,15 @@ class _Subset:
 class Datasets:
     """The items of a `DataBlock`, labelled and split: `train` and `valid` give `(x, y)` pairs."""
 
-    def __init__(self, block: "DataBlock", items: Any, xs: list, ys: list, splits: tuple[list[int], list[int]],
-                 vocab: CategoryMap | None):
+    def __init__(
+        self,
+        block: DataBlock,
+        items: Any,
+        xs: list,
+        ys: list,
+        splits: tuple[list[int], list[int]],
+        vocab: CategoryMap | None,
+    ):
         self.block, self.items, self.xs, self.ys, self.splits, self.vocab = block, items, xs, ys, splits, vocab
         self.train, self.valid = _Subset(self, splits[0]), _Subset(self, splits[1])
         self.n_inp = 1
@@ -506,13 +553,25 @@ class DataBlock:
     item_tfms, batch_tfms: as `ImageDataLoaders`' (e.g. `Resize(224)`, `aug_transforms()`).
     """
 
-    def __init__(self, blocks: Sequence | None = None, dl_type: Any = None, getters: Sequence | None = None,
-                 n_inp: int | None = None, item_tfms: Any = None, batch_tfms: Any = None, get_items: Callable | None = None,
-                 splitter: Callable | None = None, get_y: Callable | None = None, get_x: Callable | None = None):
+    def __init__(
+        self,
+        blocks: Sequence | None = None,
+        dl_type: Any = None,
+        getters: Sequence | None = None,
+        n_inp: int | None = None,
+        item_tfms: Any = None,
+        batch_tfms: Any = None,
+        get_items: Callable | None = None,
+        splitter: Callable | None = None,
+        get_y: Callable | None = None,
+        get_x: Callable | None = None,
+    ):
         blocks = (TransformBlock, TransformBlock) if blocks is None else blocks
         if not isinstance(blocks, (list, tuple)) or len(blocks) != 2:
-            raise DataError(f"blocks={blocks!r}: nbtrain's DataBlock takes two blocks, the input and the target, "
-                            "e.g. blocks=(ImageBlock, CategoryBlock).")
+            raise DataError(
+                f"blocks={blocks!r}: nbtrain's DataBlock takes two blocks, the input and the target, "
+                "e.g. blocks=(ImageBlock, CategoryBlock)."
+            )
         self.blocks = [_block(b, "blocks") for b in blocks]
         if dl_type is not None:
             raise DataError("dl_type cannot be honoured: nbtrain builds its own DataLoader. Leave dl_type out.")
@@ -532,7 +591,7 @@ class DataBlock:
         self.splitter = splitter if splitter is not None else RandomSplitter()
         self.item_tfms, self.batch_tfms = _listify(item_tfms), _listify(batch_tfms)
 
-    def new(self, item_tfms: Any = None, batch_tfms: Any = None) -> "DataBlock":
+    def new(self, item_tfms: Any = None, batch_tfms: Any = None) -> DataBlock:
         """A copy with other item and/or batch transforms (those not given are kept)."""
         out = copy.copy(self)
         if item_tfms is not None:
@@ -546,20 +605,26 @@ class DataBlock:
     def _items(self, source: Any) -> Any:
         if self.get_items is None:
             if isinstance(source, (str, Path)):
-                raise DataError(f"The source {str(source)!r} is a path, and there is no get_items to list the items "
-                                "in it: pass get_items=get_image_files.")
+                raise DataError(
+                    f"The source {str(source)!r} is a path, and there is no get_items to list the items "
+                    "in it: pass get_items=get_image_files."
+                )
             items = source
         else:
             try:
                 items = self.get_items(source)
             except Exception as e:
-                raise DataError(f"get_items ({_name(self.get_items)}) failed on {_short(source)}: "
-                                f"{type(e).__name__}: {e}") from e
+                raise DataError(
+                    f"get_items ({_name(self.get_items)}) failed on {_short(source)}: {type(e).__name__}: {e}"
+                ) from e
         if not isinstance(items, pd.DataFrame):
             items = list(items)
         if len(items) == 0:
-            where = f"get_items ({_name(self.get_items)}) found no items in {_short(source)}" if self.get_items \
+            where = (
+                f"get_items ({_name(self.get_items)}) found no items in {_short(source)}"
+                if self.get_items
                 else "The source has no items"
+            )
             raise DataError(f"{where}. Check the path, and that the images have an image extension.")
         return items
 
@@ -583,9 +648,11 @@ class DataBlock:
                 return Path(x)
             if isinstance(x, Image.Image):
                 return x
-            raise DataError(f"get_x gave {_short(x)} ({type(x).__name__}) for item {i} ({_short(item)}), but ImageBlock "
-                            "needs the path of an image file. Make get_x return one, e.g. "
-                            "get_x=lambda r: path/'train'/r['fname'] or ColReader('fname', pref=path/'train').")
+            raise DataError(
+                f"get_x gave {_short(x)} ({type(x).__name__}) for item {i} ({_short(item)}), but ImageBlock "
+                "needs the path of an image file. Make get_x return one, e.g. "
+                "get_x=lambda r: path/'train'/r['fname'] or ColReader('fname', pref=path/'train')."
+            )
         return x
 
     def _check_y(self, y: Any, item: Any, i: int) -> Any:
@@ -593,31 +660,43 @@ class DataBlock:
         where = f"get_y ({_name(self.get_y)})" if self.get_y is not None else "the item itself (there is no get_y)"
         if isinstance(block, MultiCategoryBlock):
             if y is None:
-                raise DataError(f"{where} gave None for item {i} ({_short(item)}): no labels. For an image with no "
-                                "labels return an empty list.")
+                raise DataError(
+                    f"{where} gave None for item {i} ({_short(item)}): no labels. For an image with no "
+                    "labels return an empty list."
+                )
             if block.encoded:
                 row = list(np.asarray(y).reshape(-1))
                 if len(row) != len(block.vocab):
-                    raise DataError(f"{where} gave {len(row)} one-hot values for item {i}, but MultiCategoryBlock's "
-                                    f"vocab has {len(block.vocab)} classes.")
+                    raise DataError(
+                        f"{where} gave {len(row)} one-hot values for item {i}, but MultiCategoryBlock's "
+                        f"vocab has {len(block.vocab)} classes."
+                    )
                 return [c for c, v in zip(block.vocab, row) if v]
             if isinstance(y, str):
-                raise DataError(f"{where} gave the text {y!r} for item {i} ({_short(item)}), but MultiCategoryBlock "
-                                "needs a list of labels per item. Split it: ColReader(col, label_delim=' ') or "
-                                "get_y=lambda r: r['labels'].split(' ').")
+                raise DataError(
+                    f"{where} gave the text {y!r} for item {i} ({_short(item)}), but MultiCategoryBlock "
+                    "needs a list of labels per item. Split it: ColReader(col, label_delim=' ') or "
+                    "get_y=lambda r: r['labels'].split(' ')."
+                )
             if not isinstance(y, (list, tuple, set, frozenset, np.ndarray, pd.Series)):
-                raise DataError(f"{where} gave {_short(y)} ({type(y).__name__}) for item {i}, but MultiCategoryBlock "
-                                "needs a list of labels per item. For one label per item use CategoryBlock.")
+                raise DataError(
+                    f"{where} gave {_short(y)} ({type(y).__name__}) for item {i}, but MultiCategoryBlock "
+                    "needs a list of labels per item. For one label per item use CategoryBlock."
+                )
             labels = [lab for lab in list(y) if not _is_missing(lab)]
             return list(dict.fromkeys(labels))
         if isinstance(block, CategoryBlock):
             if _is_missing(y):
-                raise DataError(f"{where} gave {y!r} for item {i} ({_short(item)}): no label. Make get_y return "
-                                "the item's class, or leave out the items it cannot label.")
+                raise DataError(
+                    f"{where} gave {y!r} for item {i} ({_short(item)}): no label. Make get_y return "
+                    "the item's class, or leave out the items it cannot label."
+                )
             if isinstance(y, (list, tuple, set, frozenset, np.ndarray, pd.Series)):
-                raise DataError(f"{where} gave a list of labels ({_short(y)}) for item {i}, but CategoryBlock takes "
-                                "one label per item. For several labels per image use "
-                                "blocks=(ImageBlock, MultiCategoryBlock).")
+                raise DataError(
+                    f"{where} gave a list of labels ({_short(y)}) for item {i}, but CategoryBlock takes "
+                    "one label per item. For several labels per image use "
+                    "blocks=(ImageBlock, MultiCategoryBlock)."
+                )
             return y.item() if isinstance(y, np.generic) else y
         return y
 
@@ -630,17 +709,21 @@ class DataBlock:
         except Exception as e:
             raise DataError(f"The splitter ({name}) failed: {type(e).__name__}: {e}") from e
         if not isinstance(out, (list, tuple)) or len(out) != 2:
-            raise DataError(f"The splitter ({name}) returned {_short(out)}; a splitter returns two lists of indices, "
-                            "(train, valid).")
+            raise DataError(
+                f"The splitter ({name}) returned {_short(out)}; a splitter returns two lists of indices, "
+                "(train, valid)."
+            )
         n = len(items)
         train, valid = ([int(i) for i in (s.tolist() if hasattr(s, "tolist") else s)] for s in out)
         bad = [i for i in train + valid if not 0 <= i < n]
         if bad:
             raise DataError(f"The splitter ({name}) gave indices {bad[:10]} out of range for {n} items.")
         if not valid:
-            raise DataError(f"The splitter ({name}) left the validation set empty ({len(train)} training items, "
-                            "0 validation). Check its settings (e.g. the folder names of GrandparentSplitter, the "
-                            "column of ColSplitter), or use RandomSplitter(valid_pct=0.2, seed=42).")
+            raise DataError(
+                f"The splitter ({name}) left the validation set empty ({len(train)} training items, "
+                "0 validation). Check its settings (e.g. the folder names of GrandparentSplitter, the "
+                "column of ColSplitter), or use RandomSplitter(valid_pct=0.2, seed=42)."
+            )
         if not train:
             raise DataError(f"The splitter ({name}) left the training set empty ({len(valid)} validation items).")
         return train, valid
@@ -669,9 +752,11 @@ class DataBlock:
                 missing = [lab for lab in labels if lab not in index]
                 if missing:
                     given = "the vocab you gave" if block.vocab is not None else "the training set's labels"
-                    raise DataError(f"{block!r}: label {missing[0]!r} of {part} item {i} is not in the vocabulary "
-                                    f"({given}: {list(vocab)[:20]}). Pass {type(block).__name__}(vocab=[...]) with "
-                                    "every class, or split so that each class has training images.")
+                    raise DataError(
+                        f"{block!r}: label {missing[0]!r} of {part} item {i} is not in the vocabulary "
+                        f"({given}: {list(vocab)[:20]}). Pass {type(block).__name__}(vocab=[...]) with "
+                        "every class, or split so that each class has training images."
+                    )
         return vocab
 
     # -- what users call ------------------------------------------------------------------------------
@@ -681,12 +766,15 @@ class DataBlock:
         items, xs, ys, splits = self._labelled(source)
         vocab = self._vocab(ys, splits)
         if verbose:
-            print(f"Collecting items from {source}\nFound {len(xs)} items\n2 datasets of sizes "
-                  f"{len(splits[0])},{len(splits[1])}")
+            print(
+                f"Collecting items from {source}\nFound {len(xs)} items\n2 datasets of sizes "
+                f"{len(splits[0])},{len(splits[1])}"
+            )
         return Datasets(self, items, xs, ys, splits, vocab)
 
-    def dataloaders(self, source: Any, path: Path | str = ".", verbose: bool = False, bs: int = 64,
-                    **kwargs) -> DataLoaders:
+    def dataloaders(
+        self, source: Any, path: Path | str = ".", verbose: bool = False, bs: int = 64, **kwargs
+    ) -> DataLoaders:
         """Loaders from `source`, through `ImageDataLoaders.from_lists` (so they are the same as its).
 
         Other keyword arguments are `from_lists`': `val_bs`, `shuffle`, `device`, `num_workers`,
@@ -696,12 +784,16 @@ class DataBlock:
         """
         unknown = sorted(set(kwargs) - _LOADER_ARGS)
         if unknown:
-            raise DataError(f"dataloaders({', '.join(f'{k}=...' for k in unknown)}) cannot be honoured: nbtrain's loaders "
-                            f"take bs, path, {', '.join(sorted(_LOADER_ARGS))}. Leave the others out.")
+            raise DataError(
+                f"dataloaders({', '.join(f'{k}=...' for k in unknown)}) cannot be honoured: nbtrain's loaders "
+                f"take bs, path, {', '.join(sorted(_LOADER_ARGS))}. Leave the others out."
+            )
         x_block, y_block = self.blocks
         if not isinstance(x_block, ImageBlock) or not isinstance(y_block, CategoryBlock):
-            raise DataError(f"dataloaders needs blocks=(ImageBlock, CategoryBlock) or (ImageBlock, MultiCategoryBlock); "
-                            f"this DataBlock has ({x_block!r}, {y_block!r}). datasets() works with any blocks.")
+            raise DataError(
+                f"dataloaders needs blocks=(ImageBlock, CategoryBlock) or (ImageBlock, MultiCategoryBlock); "
+                f"this DataBlock has ({x_block!r}, {y_block!r}). datasets() works with any blocks."
+            )
         dsets = self.datasets(source, verbose=verbose)
         train, valid = dsets.splits
         keep = train + valid
@@ -714,9 +806,20 @@ class DataBlock:
         table = None
         if isinstance(dsets.items, pd.DataFrame):
             table = _table_source(dsets.items, keep, fnames, labels, self.get_x, self.get_y, y_block.multi_label)
-        return ImageDataLoaders.from_lists(path, fnames, labels, valid_idx=list(range(len(train), len(keep))),
-                                           vocab=dsets.vocab, multi_label=y_block.multi_label, item_tfms=self.item_tfms,
-                                           batch_tfms=self.batch_tfms, bs=bs, table=table, root=root, **kwargs)
+        return ImageDataLoaders.from_lists(
+            path,
+            fnames,
+            labels,
+            valid_idx=list(range(len(train), len(keep))),
+            vocab=dsets.vocab,
+            multi_label=y_block.multi_label,
+            item_tfms=self.item_tfms,
+            batch_tfms=self.batch_tfms,
+            bs=bs,
+            table=table,
+            root=root,
+            **kwargs,
+        )
 
     def summary(self, source: Any, bs: int = 4, show_batch: bool = False) -> None:
         """Walk one item, then one small batch, through every step, printing what each gives; the
@@ -752,8 +855,10 @@ class DataBlock:
             print(f"\nFinal sample: ({_short(x, 60)}, {_short(y, 60)})")
             if not isinstance(x_block, ImageBlock):
                 return
-            print(f"\nBuilding one batch\nApplying item_tfms to the first {min(bs, len(splits[0]))} samples: "
-                  f"{self.item_tfms or 'none'}")
+            print(
+                f"\nBuilding one batch\nApplying item_tfms to the first {min(bs, len(splits[0]))} samples: "
+                f"{self.item_tfms or 'none'}"
+            )
             tensors = []
             for k in splits[0][:bs]:
                 step = f"item_tfms on item {k} ({xs[k]})"
@@ -765,9 +870,11 @@ class DataBlock:
             step = "collating items in a batch"
             shapes = sorted({tuple(t.shape) for t in tensors})
             if len(shapes) > 1:
-                raise DataError(f"the images have different sizes ({', '.join('x'.join(map(str, s[1:])) for s in shapes)}) "
-                                "and cannot be stacked into one batch. Add item_tfms=Resize(224) (or another size) "
-                                "so every image gets the same size.")
+                raise DataError(
+                    f"the images have different sizes ({', '.join('x'.join(map(str, s[1:])) for s in shapes)}) "
+                    "and cannot be stacked into one batch. Add item_tfms=Resize(224) (or another size) "
+                    "so every image gets the same size."
+                )
             batch = torch.stack(tensors).float().div_(255)
             print(f"Collating items in a batch: {tuple(batch.shape)}")
             print(f"Applying batch_tfms to the batch built: {self.batch_tfms or 'none'}")
@@ -784,8 +891,9 @@ class DataBlock:
             raise DataError(f"DataBlock.summary: the step '{step}' failed: {type(e).__name__}: {e}") from e
 
 
-def _table_source(table: pd.DataFrame, rows: list[int], fnames: list[Path], labels: list, get_x: Any, get_y: Any,
-                  multi_label: bool) -> TableSource | None:
+def _table_source(
+    table: pd.DataFrame, rows: list[int], fnames: list[Path], labels: list, get_x: Any, get_y: Any, multi_label: bool
+) -> TableSource | None:
     """Which columns of `table` give the file names and the labels (of its `rows`, in order), so the
     cleaner can rewrite the table; None when no column does."""
     df = table.iloc[rows]
@@ -798,7 +906,7 @@ def _table_source(table: pd.DataFrame, rows: list[int], fnames: list[Path], labe
         at = first.rfind(v0) if v0 else -1
         if at < 0:
             continue
-        pref, suff = first[:at], first[at + len(v0):]
+        pref, suff = first[:at], first[at + len(v0) :]
         if not pref.endswith(os.sep) or not all(str(f) == f"{pref}{v}{suff}" for f, v in zip(fnames, values)):
             continue
         fn_found = (col, Path(pref), suff)
@@ -811,8 +919,12 @@ def _table_source(table: pd.DataFrame, rows: list[int], fnames: list[Path], labe
             continue
         raw = df[col].tolist()
         if multi_label:
-            for delim in ([get_y.label_delim] if isinstance(get_y, ColReader) and get_y.label_delim else []) + \
-                         [" ", ",", ";", "|"]:
+            for delim in ([get_y.label_delim] if isinstance(get_y, ColReader) and get_y.label_delim else []) + [
+                " ",
+                ",",
+                ";",
+                "|",
+            ]:
                 split = [[] if _is_missing(v) else [s for s in str(v).split(delim) if s] for v in raw]
                 if all(list(map(str, labs)) == s for labs, s in zip(labels, split)):
                     return TableSource(table, fn_found[0], col, delim, fn_found[1], fn_found[2])

@@ -16,6 +16,7 @@ Under torchrun (one or several machines) nothing is started: with RANK and WORLD
 joins the group from the environment (`init_from_env`), and `default_device()` is its own GPU.
 Interrupting the kernel stops every process started here.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -30,14 +31,14 @@ import time
 import traceback
 import types
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
-
 
 
 class DistributedError(RuntimeError):
@@ -173,8 +174,35 @@ def mean_across(t: torch.Tensor) -> torch.Tensor:
     return (t / world_size()).to(device)
 
 
-def gather_outputs(out: torch.Tensor, targ: torch.Tensor, idx: torch.Tensor,
-                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def training_model(model: nn.Module, dls: Any, device: torch.device) -> nn.Module:
+    """What runs the forward pass: DDP around `model` in a process group (joined here under torchrun),
+    moving it and the loaders `dls` to this process's device; `model` itself outside a group."""
+    init_from_env(device)
+    if not is_distributed():
+        return model
+    own = rank_device(device)
+    if own != device:
+        dls.to(own)
+        model.to(own)
+    return wrap(model, own)
+
+
+def process_part(dl: Any) -> Any:
+    """This process's part of every batch of the DataLoader `dl`; `dl` itself outside distributed training.
+
+    The processes first agree on the files found broken and on the shuffling generator, so they
+    build the same batches and take the same number of steps.
+    """
+    if not is_distributed():
+        return dl
+    dl.dataset.mark_bad(union_across(dl.bad_indices()))
+    dl.set_rng_state(broadcast(dl.rng_state()))
+    return dl.sharded(rank(), world_size())
+
+
+def gather_outputs(
+    out: torch.Tensor, targ: torch.Tensor, idx: torch.Tensor, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Every process's outputs, targets and dataset indices, each item once, in dataset order, on
     `device`; the arguments themselves outside distributed training."""
     if not is_distributed():
@@ -197,8 +225,9 @@ def gather_outputs(out: torch.Tensor, targ: torch.Tensor, idx: torch.Tensor,
 # Starting processes from a notebook
 
 
-def launch(fn: Callable[..., Any], n_procs: int, *args: Any, backend: str | None = None,
-           start_method: str | None = None) -> Any:
+def launch(
+    fn: Callable[..., Any], n_procs: int, *args: Any, backend: str | None = None, start_method: str | None = None
+) -> Any:
     """Run `fn(*args)` in `n_procs` new processes joined in a process group; return what it
     returned in process 0 (tensors and plain data: it comes back through `torch.save` and is read
     with `weights_only=True`).
@@ -212,15 +241,22 @@ def launch(fn: Callable[..., Any], n_procs: int, *args: Any, backend: str | None
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
     start_method = start_method_for(torch.device("cuda" if backend == "nccl" else "cpu"), start_method)
     if backend == "nccl" and n_procs > torch.cuda.device_count():
-        raise DistributedError(f"{n_procs} processes need {n_procs} GPUs, and this machine has "
-                               f"{torch.cuda.device_count()}. On Kaggle, pick 'GPU T4 x2' as the accelerator.")
+        raise DistributedError(
+            f"{n_procs} processes need {n_procs} GPUs, and this machine has "
+            f"{torch.cuda.device_count()}. On Kaggle, pick 'GPU T4 x2' as the accelerator."
+        )
     # Fork copies the objects; spawn must pickle them, and says which one cannot be.
     job = (fn, args) if start_method == "fork" else dumps((fn, args), "the job")
     with tempfile.TemporaryDirectory(prefix="nbtrain-ddp-") as tmp:
         result = Path(tmp) / "rank0.pth"
         init_method = f"tcp://127.0.0.1:{_free_port()}"
-        context = mp.start_processes(_worker, args=(n_procs, backend, init_method, job, str(result)),
-                                     nprocs=n_procs, join=False, start_method=start_method)
+        context = mp.start_processes(
+            _worker,
+            args=(n_procs, backend, init_method, job, str(result)),
+            nprocs=n_procs,
+            join=False,
+            start_method=start_method,
+        )
         try:
             while not context.join():
                 pass
@@ -236,15 +272,18 @@ def launch(fn: Callable[..., Any], n_procs: int, *args: Any, backend: str | None
             raise DistributedError(f"Process {index} of {n_procs} failed: {last}\n\n{text}") from None
         except mp.ProcessExitedException as e:
             _stop(context.processes)
-            raise DistributedError(f"Process {e.error_index} of {n_procs} ended with exit code {e.exit_code}"
-                                   f"{_signal_hint(e.exit_code)}.") from None
+            raise DistributedError(
+                f"Process {e.error_index} of {n_procs} ended with exit code {e.exit_code}{_signal_hint(e.exit_code)}."
+            ) from None
         if not result.exists():
             return None
         try:
             return torch.load(result, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
-            raise DistributedError("launch() returns what process 0 returned only when it is tensors and plain "
-                                   f"data (dicts, lists, numbers, strings): {str(e).splitlines()[0]}") from None
+            raise DistributedError(
+                "launch() returns what process 0 returned only when it is tensors and plain "
+                f"data (dicts, lists, numbers, strings): {str(e).splitlines()[0]}"
+            ) from None
 
 
 def _worker(i: int, n: int, backend: str, init_method: str, job: Any, result: str) -> None:
@@ -345,12 +384,15 @@ def dumps(obj: object, label: str) -> bytes:
         return _checked_dumps(obj)
     except Exception as e:  # pickling raises PicklingError, TypeError or AttributeError
         where = _locate(obj, label)
-        fix = ("Define it with `def` or `class` at the top level of a .py module and import it from there (in a "
-               "notebook: a cell starting with `%%writefile mycode.py`, then `from mycode import ...`). "
-               "Or, on the CPU, or before any cell uses CUDA, pass start_method='fork', which sends nothing.")
+        fix = (
+            "Define it with `def` or `class` at the top level of a .py module and import it from there (in a "
+            "notebook: a cell starting with `%%writefile mycode.py`, then `from mycode import ...`). "
+            "Or, on the CPU, or before any cell uses CUDA, pass start_method='fork', which sends nothing."
+        )
         what = e.why if isinstance(e, _Unsendable) else f"an object that cannot be pickled ({type(e).__name__}: {e})"
-        raise DistributedError(f"{where} is {what}, which the processes started with spawn cannot import. "
-                               f"{fix}") from None
+        raise DistributedError(
+            f"{where} is {what}, which the processes started with spawn cannot import. {fix}"
+        ) from None
 
 
 def _public_name(cls: type, attr: str) -> str:
@@ -388,14 +430,21 @@ def check_devices(device: torch.device, n_procs: int) -> None:
     if device.type == "cuda":
         count = torch.cuda.device_count()
         if n_procs > count:
-            raise DistributedError(f"n_gpus={n_procs}, but this machine has {count} GPU(s). On Kaggle, pick "
-                                   "'GPU T4 x2' under Settings > Accelerator; elsewhere leave n_gpus out.")
+            raise DistributedError(
+                f"n_gpus={n_procs}, but this machine has {count} GPU(s). On Kaggle, pick "
+                "'GPU T4 x2' under Settings > Accelerator; elsewhere leave n_gpus out."
+            )
     elif device.type == "cpu":
-        warnings.warn(f"No GPU: n_gpus={n_procs} runs {n_procs} processes that share the CPU. That tests "
-                      "the distributed code; it is not faster.", stacklevel=3)
+        warnings.warn(
+            f"No GPU: n_gpus={n_procs} runs {n_procs} processes that share the CPU. That tests "
+            "the distributed code; it is not faster.",
+            stacklevel=3,
+        )
     else:
-        raise DistributedError(f"Training on several devices needs CUDA GPUs (or the CPU); this learner is on "
-                               f"{device.type}. Leave n_gpus out.")
+        raise DistributedError(
+            f"Training on several devices needs CUDA GPUs (or the CPU); this learner is on "
+            f"{device.type}. Leave n_gpus out."
+        )
 
 
 def start_method_for(device: torch.device, requested: str | None) -> str:
@@ -406,8 +455,10 @@ def start_method_for(device: torch.device, requested: str | None) -> str:
         raise ValueError(f"start_method must be one of {methods}, not {requested!r}.")
     if device.type == "cuda":
         if requested == "fork":
-            raise DistributedError("start_method='fork' cannot train on GPUs: the processes would inherit this "
-                                   "process's CUDA state, which a forked process cannot use. Leave start_method out "
-                                   "(spawn is used), and define custom losses, metrics or models in a .py file.")
+            raise DistributedError(
+                "start_method='fork' cannot train on GPUs: the processes would inherit this "
+                "process's CUDA state, which a forked process cannot use. Leave start_method out "
+                "(spawn is used), and define custom losses, metrics or models in a .py file."
+            )
         return "spawn"
     return requested or ("fork" if "fork" in methods else "spawn")

@@ -4,11 +4,11 @@ Archives are checked (size and digest when known), members that would land outsi
 are refused, and everything is written under a temporary name and renamed into place only when
 complete, so an interrupted download or extraction never looks finished.
 """
+
 from __future__ import annotations
 
 import hashlib
 import http.client
-import ipaddress
 import os
 import shutil
 import stat
@@ -18,20 +18,29 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+from collections.abc import Callable, Sequence
 from pathlib import PurePosixPath
-from typing import Callable, Sequence
 
 from tqdm.auto import tqdm
 
-from .locations import archive_dir, data_dir
+from .locations import archive_dir, data_dir, is_loopback
 from .paths import Path
 
-__all__ = ["CHECKSUMS", "ChecksumError", "DownloadError", "URLs", "UnsafeArchiveError", "download_url",
-           "extract_archive", "untar_data"]
+__all__ = [
+    "CHECKSUMS",
+    "ChecksumError",
+    "DownloadError",
+    "URLs",
+    "UnsafeArchiveError",
+    "download_url",
+    "extract_archive",
+    "untar_data",
+]
 
 # ----------------------------------------------------------------------------------------------
 # untar_data
 # ----------------------------------------------------------------------------------------------
+
 
 class URLs:
     """Addresses of the usual teaching datasets (fastai's names)."""
@@ -51,10 +60,17 @@ class URLs:
 
 # Short names accepted by `untar_data` (case, "-" and "_" do not matter).
 DATASET_NAMES = {
-    "pets": URLs.PETS, "oxford_iiit_pet": URLs.PETS, "imagenette": URLs.IMAGENETTE_160,
-    "imagenette_160": URLs.IMAGENETTE_160, "imagenette_320": URLs.IMAGENETTE_320, "imagenette_full": URLs.IMAGENETTE,
-    "imagewoof": URLs.IMAGEWOOF_160, "imagewoof_160": URLs.IMAGEWOOF_160, "mnist": URLs.MNIST,
-    "mnist_sample": URLs.MNIST_SAMPLE, "mnist_tiny": URLs.MNIST_TINY,
+    "pets": URLs.PETS,
+    "oxford_iiit_pet": URLs.PETS,
+    "imagenette": URLs.IMAGENETTE_160,
+    "imagenette_160": URLs.IMAGENETTE_160,
+    "imagenette_320": URLs.IMAGENETTE_320,
+    "imagenette_full": URLs.IMAGENETTE,
+    "imagewoof": URLs.IMAGEWOOF_160,
+    "imagewoof_160": URLs.IMAGEWOOF_160,
+    "mnist": URLs.MNIST,
+    "mnist_sample": URLs.MNIST_SAMPLE,
+    "mnist_tiny": URLs.MNIST_TINY,
 }
 
 # What a complete download of each URL is, checked when known. Keys per URL (all optional):
@@ -95,20 +111,12 @@ def _strip_archive_suffix(name: str) -> str:
     return name
 
 
-def _is_loopback(url: str) -> bool:
-    host = urllib.parse.urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _offline_hint(url: str, archive: Path) -> str:
-    return (f"If this machine has no internet (Kaggle with internet off, a firewall), download\n  {url}\n"
-            f"elsewhere and put the file at\n  {archive}\nthen call this again: it will be used without a download. "
-            "Or give untar_data the path of the archive file itself.")
+    return (
+        f"If this machine has no internet (Kaggle with internet off, a firewall), download\n  {url}\n"
+        f"elsewhere and put the file at\n  {archive}\nthen call this again: it will be used without a download. "
+        "Or give untar_data the path of the archive file itself."
+    )
 
 
 def _expected(url: str, sha256: str | None) -> dict:
@@ -116,7 +124,7 @@ def _expected(url: str, sha256: str | None) -> dict:
     return {"sha256": sha256.lower()} if sha256 else dict(CHECKSUMS.get(url, {}))
 
 
-def _hasher(algo: str) -> "hashlib._Hash":
+def _hasher(algo: str) -> hashlib._Hash:
     # md5 only checks integrity here; saying so keeps it usable on FIPS-restricted Pythons.
     try:
         return hashlib.new(algo, usedforsecurity=False)
@@ -147,8 +155,9 @@ def _check(path: Path, expected: dict, what: str, size: int | None = None, diges
             raise ChecksumError(f"{what} has {a} {digests[a]}, not the {expected[a]} expected.")
 
 
-def download_url(url: str, dest: Path | str, *, sha256: str | None = None, progress: bool = True,
-                 timeout: float = 60) -> Path:
+def download_url(
+    url: str, dest: Path | str, *, sha256: str | None = None, progress: bool = True, timeout: float = 60
+) -> Path:
     """Download `url` to the file `dest`, checking its length and (when known) its checksum.
 
     The bytes go to `dest.part`, renamed to `dest` only once complete and checked, so a cut-off
@@ -161,7 +170,7 @@ def download_url(url: str, dest: Path | str, *, sha256: str | None = None, progr
     expected = _expected(url, sha256)
     algos = [a for a in ("sha256", "md5") if a in expected]
     # A proxy from the environment cannot reach this machine's own servers: loopback addresses go direct.
-    handlers = [urllib.request.ProxyHandler({})] if _is_loopback(url) else []
+    handlers = [urllib.request.ProxyHandler({})] if is_loopback(urllib.parse.urlsplit(url).hostname or "") else []
     opener = urllib.request.build_opener(*handlers)
     request = urllib.request.Request(url, headers={"User-Agent": "nbtrain"})
     hashes = {a: _hasher(a) for a in algos}
@@ -171,8 +180,15 @@ def download_url(url: str, dest: Path | str, *, sha256: str | None = None, progr
         with opener.open(request, timeout=timeout) as resp, open(part, "wb") as f:
             header = resp.headers.get("Content-Length")
             length = int(header) if header and header.isdigit() else None
-            with tqdm(total=length, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name,
-                      disable=not progress, leave=False) as bar:
+            with tqdm(
+                total=length,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=dest.name,
+                disable=not progress,
+                leave=False,
+            ) as bar:
                 cut = False
                 while not cut:
                     try:
@@ -188,26 +204,37 @@ def download_url(url: str, dest: Path | str, *, sha256: str | None = None, progr
                         h.update(chunk)
                     bar.update(len(chunk))
         if length is not None and got != length:
-            raise DownloadError(f"The download of {url} was cut off: {got:,} of {length:,} bytes arrived. Nothing "
-                                f"was kept; try again.\n{_offline_hint(url, dest)}")
+            raise DownloadError(
+                f"The download of {url} was cut off: {got:,} of {length:,} bytes arrived. Nothing "
+                f"was kept; try again.\n{_offline_hint(url, dest)}"
+            )
         try:
-            _check(part, expected, f"The download of {url}", size=got,
-                   digests={a: h.hexdigest() for a, h in hashes.items()})
+            _check(
+                part,
+                expected,
+                f"The download of {url}",
+                size=got,
+                digests={a: h.hexdigest() for a, h in hashes.items()},
+            )
         except ChecksumError as e:
-            raise ChecksumError(f"{e} The file was deleted. If the file at that address was changed on purpose, "
-                                "pass the new sha256= to pin it; otherwise try again (the download may have been "
-                                "corrupted).") from None
+            raise ChecksumError(
+                f"{e} The file was deleted. If the file at that address was changed on purpose, "
+                "pass the new sha256= to pin it; otherwise try again (the download may have been "
+                "corrupted)."
+            ) from None
         os.replace(part, dest)
     except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
         part.unlink(missing_ok=True)
         if isinstance(e, DownloadError):
             raise
         if isinstance(e, urllib.error.HTTPError):
-            raise DownloadError(f"Downloading {url} failed: HTTP {e.code} {e.reason}.\n"
-                                f"{_offline_hint(url, dest)}") from None
+            raise DownloadError(
+                f"Downloading {url} failed: HTTP {e.code} {e.reason}.\n{_offline_hint(url, dest)}"
+            ) from None
         reason = getattr(e, "reason", e)
-        raise DownloadError(f"Could not download {url} ({type(e).__name__}: {reason}).\n"
-                            f"{_offline_hint(url, dest)}") from None
+        raise DownloadError(
+            f"Could not download {url} ({type(e).__name__}: {reason}).\n{_offline_hint(url, dest)}"
+        ) from None
     except BaseException:
         part.unlink(missing_ok=True)
         raise
@@ -301,8 +328,10 @@ def extract_archive(archive: Path | str, dest: Path | str) -> Path:
     elif tarfile.is_tarfile(archive):
         extract = _extract_tar
     else:
-        raise ValueError(f"{archive} is not a tar or zip archive. Delete it and try again, or give the path of a "
-                         ".tgz/.tar.gz/.tar.bz2/.tar.xz/.zip file.")
+        raise ValueError(
+            f"{archive} is not a tar or zip archive. Delete it and try again, or give the path of a "
+            ".tgz/.tar.gz/.tar.bz2/.tar.xz/.zip file."
+        )
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     try:
@@ -330,8 +359,15 @@ def _replace_dir(new: Path, dest: Path) -> None:
         shutil.rmtree(new, ignore_errors=True)
 
 
-def untar_data(url_or_name: str | os.PathLike, dest: Path | str | None = None, *, sha256: str | None = None,
-               force: bool = False, base: Path | str | None = None, progress: bool = True) -> Path:
+def untar_data(
+    url_or_name: str | os.PathLike,
+    dest: Path | str | None = None,
+    *,
+    sha256: str | None = None,
+    force: bool = False,
+    base: Path | str | None = None,
+    progress: bool = True,
+) -> Path:
     """Download (once) and extract a dataset archive; return the folder it was extracted to.
 
     Args:
@@ -354,8 +390,10 @@ def untar_data(url_or_name: str | os.PathLike, dest: Path | str | None = None, *
     if key not in DATASET_NAMES and "://" not in text:
         archive, url = Path(text).expanduser().absolute(), None
         if not archive.is_file():
-            raise FileNotFoundError(f"{text!r} is not a URL, nor a dataset name ({', '.join(sorted(DATASET_NAMES))}), "
-                                    f"nor an archive file: nothing is at {archive}.")
+            raise FileNotFoundError(
+                f"{text!r} is not a URL, nor a dataset name ({', '.join(sorted(DATASET_NAMES))}), "
+                f"nor an archive file: nothing is at {archive}."
+            )
     else:
         url = DATASET_NAMES.get(key, text)
         fname = Path(urllib.parse.unquote(urllib.parse.urlsplit(url).path)).name or "download"

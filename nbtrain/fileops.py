@@ -25,6 +25,7 @@ another place. Its first line is a header (format version, the resolved absolute
 pid, id); its second is the plan (every operation, with paths relative to the root, POSIX style);
 then one "begin" line before and one "done" line after each operation.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,10 +37,11 @@ import stat
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+from typing import IO, TYPE_CHECKING
 
 from .locations import KAGGLE_WORKING, is_read_only, working_dir
 
@@ -127,8 +129,10 @@ class ApplyReport:
         if self.operation == "undo":
             parts = [f"{len(self.moved)} put back"]
             if self.unrecoverable:
-                parts.append(f"{len(self.unrecoverable)} unrecoverable (unlinked when the apply finished; "
-                             "apply with trash=True to keep deleted files)")
+                parts.append(
+                    f"{len(self.unrecoverable)} unrecoverable (unlinked when the apply finished; "
+                    "apply with trash=True to keep deleted files)"
+                )
         else:
             parts = [f"{len(self.deleted)} deleted", f"{len(self.moved)} relabelled"]
             if self.skipped:
@@ -171,7 +175,8 @@ def _refuse_read_only(root: Path, folders: Iterable[Path]) -> None:
                 f"{folder} is read-only, so the cleaning choices cannot be applied to the dataset at {root}. "
                 f"Nothing was changed. Copy the dataset somewhere writable and use the copy:\n"
                 f"    {_suggest_copy(root)}\n"
-                f"then build the DataLoaders from `path`, train, and clean again.")
+                f"then build the DataLoaders from `path`, train, and clean again."
+            )
 
 
 def copy_dataset(src: Path | str, dest: Path | str | None = None) -> Path:
@@ -187,16 +192,21 @@ def copy_dataset(src: Path | str, dest: Path | str | None = None) -> Path:
         raise FileNotFoundError(f"copy_dataset: {src} is not a folder. Pass the dataset's root folder.")
     if dest is None:
         if not KAGGLE_WORKING.is_dir():
-            raise ValueError(f"copy_dataset({str(src)!r}) needs a destination outside Kaggle: "
-                             f"copy_dataset({str(src)!r}, 'path/to/writable/{src.name}').")
+            raise ValueError(
+                f"copy_dataset({str(src)!r}) needs a destination outside Kaggle: "
+                f"copy_dataset({str(src)!r}, 'path/to/writable/{src.name}')."
+            )
         dest = KAGGLE_WORKING / src.name
     dest = Path(dest).absolute()
     if dest == src.resolve() or src.resolve() in dest.resolve().parents:
-        raise ValueError(f"copy_dataset: the destination {dest} is inside the source {src}; "
-                         f"choose a folder outside it.")
+        raise ValueError(
+            f"copy_dataset: the destination {dest} is inside the source {src}; choose a folder outside it."
+        )
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        raise FileExistsError(f"copy_dataset: {dest} already exists and is not empty; nothing was copied. "
-                              f"Use it as it is, or choose another destination.")
+        raise FileExistsError(
+            f"copy_dataset: {dest} already exists and is not empty; nothing was copied. "
+            f"Use it as it is, or choose another destination."
+        )
     dest.parent.mkdir(parents=True, exist_ok=True)
     if is_read_only(dest.parent):
         raise ReadOnlyDatasetError(f"copy_dataset: {dest.parent} is read-only; choose a writable destination.")
@@ -249,7 +259,8 @@ class _DatasetLock:
             os.close(fd)
             raise DatasetLockedError(
                 f"Another process (pid {holder}) is changing the dataset at {self.path.parent.parent} "
-                f"(it holds {self.path}). Nothing was changed. Wait for it to finish, then try again.") from None
+                f"(it holds {self.path}). Nothing was changed. Wait for it to finish, then try again."
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())  # only to name the holder in the error above
         self.fd = fd
@@ -298,6 +309,49 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def atomic_write(path: Path, write: Callable[[IO], None], text: bool = False) -> None:
+    """Write `path` through `write(f)` on a temporary file beside it, fsync, then rename it over `path`:
+    readers, and a kill mid-write, see the old file or the complete new one, never half of one.
+
+    The temporary file's name holds the writer's process id, so the leftovers of a writer that was
+    killed are removed by the next write, while another process's write in progress is left alone.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_dead_writers_temps(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") if text else os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _remove_dead_writers_temps(path: Path) -> None:
+    prefix = f".{path.name}."
+    for tmp in path.parent.iterdir():
+        name = tmp.name
+        if not (name.startswith(prefix) and name.endswith(".tmp")):
+            continue
+        pid = name[len(prefix) :].split(".")[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 @dataclass
 class _Op:
     """One planned file operation; its paths are relative to the resolved root, POSIX style."""
@@ -342,8 +396,9 @@ def _read_journal(path: Path) -> _History:
         kind, op, state = rec.get("kind"), rec.get("op"), rec.get("state")
         if kind == "header":
             if rec.get("version") != JOURNAL_VERSION:
-                raise ValueError(f"{path} is a version {rec.get('version')} journal; this nbtrain reads "
-                                 f"version {JOURNAL_VERSION}.")
+                raise ValueError(
+                    f"{path} is a version {rec.get('version')} journal; this nbtrain reads version {JOURNAL_VERSION}."
+                )
             h.header = rec
         elif kind == "plan":
             h.plan = _Plan([_Op(**o) for o in rec["ops"]], rec["skipped"], rec["missing"], rec["errors"])
@@ -366,8 +421,10 @@ def _read_journal(path: Path) -> _History:
 
 def _check_label(label: object) -> str:
     if not isinstance(label, str) or label in ("", ".", "..") or any(c in label for c in "/\\\0"):
-        raise ValueError(f"Cannot relabel to {label!r}: a label must be a plain folder name (not empty, "
-                         f"not '.' or '..', without '/', '\\' or NUL), such as 'dog'. Nothing was changed.")
+        raise ValueError(
+            f"Cannot relabel to {label!r}: a label must be a plain folder name (not empty, "
+            f"not '.' or '..', without '/', '\\' or NUL), such as 'dog'. Nothing was changed."
+        )
     return label
 
 
@@ -376,8 +433,10 @@ def _inside(root: Path, path: Path, what: str) -> PurePosixPath:
     try:
         rel = PurePosixPath(path.relative_to(root).as_posix())
     except ValueError:
-        raise ValueError(f"{what} {path} is outside the dataset's root {root}; nbtrain never moves files "
-                         f"out of the dataset. Nothing was changed.") from None
+        raise ValueError(
+            f"{what} {path} is outside the dataset's root {root}; nbtrain never moves files "
+            f"out of the dataset. Nothing was changed."
+        ) from None
     if rel.parts[:1] == (STATE_DIR,) or not rel.parts:
         raise ValueError(f"{what} {path} is not a place for images in the dataset at {root}. Nothing was changed.")
     return rel
@@ -413,8 +472,10 @@ def _plan(actions: Sequence[Action], root: Path, trash: bool, run_id: str) -> tu
         rel = _inside(root, real, "The file")
         if str(rel) in choice:
             if choice[str(rel)] != (a.kind, a.label):
-                raise ValueError(f"Two different choices for {a.src}: {choice[str(rel)]} and {(a.kind, a.label)}. "
-                                 f"Keep one. Nothing was changed.")
+                raise ValueError(
+                    f"Two different choices for {a.src}: {choice[str(rel)]} and {(a.kind, a.label)}. "
+                    f"Keep one. Nothing was changed."
+                )
             continue
         choice[str(rel)], shown[str(rel)] = (a.kind, a.label), a.src
         if a.kind == "relabel":
@@ -467,8 +528,9 @@ class _Run:
         self.journal.write({**record, "state": "begin"})
         self.step("journaled")
         if self.fail_after is not None and self.ops_done >= self.fail_after:
-            raise InjectedFault(f"Injected fault after {self.ops_done} file operations (a test hook). "
-                                f"Journal: {self.journal.path}")
+            raise InjectedFault(
+                f"Injected fault after {self.ops_done} file operations (a test hook). Journal: {self.journal.path}"
+            )
 
     def done(self, record: dict) -> None:
         self.step("moved")
@@ -543,16 +605,18 @@ def _commit(run: _Run, plan: _Plan, run_id: str, report: ApplyReport) -> None:
             try:
                 os.unlink(run.root / op.dst)
             except OSError as e:
-                report.errors.append(f"{run.root / op.dst}: could not be unlinked ({e.strerror or e}); "
-                                     f"resume(journal) tries again")
+                report.errors.append(
+                    f"{run.root / op.dst}: could not be unlinked ({e.strerror or e}); resume(journal) tries again"
+                )
                 continue
             run.done(record)
     _remove_empty_folders(run.root / STATE_DIR / "staging" / run_id)
     run.journal.write({"op": "commit", "state": "done"})
 
 
-def _carry_out(run: _Run, plan: _Plan, history: _History | None, run_id: str,
-               shown: Callable[[str], Path], report: ApplyReport) -> None:
+def _carry_out(
+    run: _Run, plan: _Plan, history: _History | None, run_id: str, shown: Callable[[str], Path], report: ApplyReport
+) -> None:
     """Do (or finish) every operation of the plan, then commit."""
     for op in plan.ops:
         if history and op.i in history.last_dst:
@@ -618,9 +682,16 @@ def _remove_empty_folders(folder: Path) -> None:
 # -- the public operations ----------------------------------------------------------------------------
 
 
-def apply_actions(actions: Iterable[Action], root: Path | str, *, trash: bool = False,
-                  journal: Path | str | None = None, dry_run: bool = False,
-                  _fail_after: int | None = None, _hook: Hook | None = None) -> ApplyReport:
+def apply_actions(
+    actions: Iterable[Action],
+    root: Path | str,
+    *,
+    trash: bool = False,
+    journal: Path | str | None = None,
+    dry_run: bool = False,
+    _fail_after: int | None = None,
+    _hook: Hook | None = None,
+) -> ApplyReport:
     """Delete and relabel image files in the folder dataset at `root`, journaled, never losing data.
 
     Args:
@@ -662,10 +733,26 @@ def apply_actions(actions: Iterable[Action], root: Path | str, *, trash: bool = 
         report.trash = caller_root / STATE_DIR / "trash" / run_id if trash else None
         log = _Journal(path, create=True)
         try:
-            log.write({"kind": "header", "version": JOURNAL_VERSION, "id": run_id, "root": str(root),
-                       "created": datetime.now().astimezone().isoformat(), "pid": os.getpid(), "trash": trash})
-            log.write({"kind": "plan", "ops": [dataclasses.asdict(op) for op in plan.ops],
-                       "skipped": plan.skipped, "missing": plan.missing, "errors": plan.errors})
+            log.write(
+                {
+                    "kind": "header",
+                    "version": JOURNAL_VERSION,
+                    "id": run_id,
+                    "root": str(root),
+                    "created": datetime.now().astimezone().isoformat(),
+                    "pid": os.getpid(),
+                    "trash": trash,
+                }
+            )
+            log.write(
+                {
+                    "kind": "plan",
+                    "ops": [dataclasses.asdict(op) for op in plan.ops],
+                    "skipped": plan.skipped,
+                    "missing": plan.missing,
+                    "errors": plan.errors,
+                }
+            )
             _carry_out(_Run(root, log, _hook, _fail_after), plan, None, run_id, shown, report)
         finally:
             log.close()
@@ -674,10 +761,14 @@ def apply_actions(actions: Iterable[Action], root: Path | str, *, trash: bool = 
 
 def _report(plan: _Plan, shown: Callable[[str], Path], operation: str, with_ops: bool = True) -> ApplyReport:
     ops = plan.ops if with_ops else []
-    return ApplyReport(deleted=[shown(op.src) for op in ops if op.op != "move"],
-                       moved=[(shown(op.src), shown(op.dst)) for op in ops if op.op == "move"],
-                       skipped=[shown(r) for r in plan.skipped], missing=[shown(r) for r in plan.missing],
-                       errors=list(plan.errors), operation=operation)
+    return ApplyReport(
+        deleted=[shown(op.src) for op in ops if op.op != "move"],
+        moved=[(shown(op.src), shown(op.dst)) for op in ops if op.op == "move"],
+        skipped=[shown(r) for r in plan.skipped],
+        missing=[shown(r) for r in plan.missing],
+        errors=list(plan.errors),
+        operation=operation,
+    )
 
 
 def _open_history(journal: Path) -> tuple[_History, Path | None]:
@@ -691,8 +782,10 @@ def _open_history(journal: Path) -> tuple[_History, Path | None]:
     return history, root
 
 
-_NOT_STARTED = ("The apply was cut off before its plan was on disk, so it had not touched any file. "
-                "Nothing to do; apply the choices again.")
+_NOT_STARTED = (
+    "The apply was cut off before its plan was on disk, so it had not touched any file. "
+    "Nothing to do; apply the choices again."
+)
 
 
 def resume(journal: Path | str, *, _hook: Hook | None = None) -> ApplyReport:
@@ -707,8 +800,10 @@ def resume(journal: Path | str, *, _hook: Hook | None = None) -> ApplyReport:
     with _DatasetLock(root):
         history = _read_journal(journal)  # again, under the lock
         if history.undo_begun:
-            raise ValueError(f"The apply in {journal} was undone (at least in part), so it cannot be resumed. "
-                             f"Run fileops.undo({str(journal)!r}) to finish undoing it, then apply again.")
+            raise ValueError(
+                f"The apply in {journal} was undone (at least in part), so it cannot be resumed. "
+                f"Run fileops.undo({str(journal)!r}) to finish undoing it, then apply again."
+            )
         run_id, shown = history.header["id"], (lambda rel: root / rel)
         report = _report(history.plan, shown, "resume", with_ops=False)
         report.journal = journal
@@ -748,8 +843,10 @@ def undo(journal: Path | str, *, _hook: Hook | None = None) -> ApplyReport:
                 try:
                     _backward(run, op, history.commit_begun, report)
                 except OSError as e:
-                    report.errors.append(f"{root / op.dst}: could not be put back at {root / op.src} "
-                                         f"({e.strerror or e}); undo(journal) tries again")
+                    report.errors.append(
+                        f"{root / op.dst}: could not be put back at {root / op.src} "
+                        f"({e.strerror or e}); undo(journal) tries again"
+                    )
             for kind in ("staging", "trash"):
                 _remove_empty_folders(root / STATE_DIR / kind / history.header["id"])
             log.write({"op": "undo", "state": "done"})
@@ -758,12 +855,33 @@ def undo(journal: Path | str, *, _hook: Hook | None = None) -> ApplyReport:
     return report
 
 
+def apply_finished(journal: Path | str) -> bool:
+    """Whether the apply in `journal` is over, committed or undone, so that `resume` has nothing left
+    to finish; only an undo of its relabels and trashed files would still read the journal."""
+    records = []
+    for line in Path(journal).read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # torn by a kill while being written
+    if not any(r.get("kind") == "plan" for r in records):
+        return True  # cut off before its plan was on disk: it touched no file
+    return records[-1].get("op") in ("commit", "undo") and records[-1].get("state") == "done"
+
+
 # -- table datasets -----------------------------------------------------------------------------------
 
 
-def apply_table_actions(table: pd.DataFrame, actions: Iterable[Action], *, fn_col: str | int, label_col: str | int,
-                        label_delim: str | None = None, path: Path | str | None = None,
-                        csv_path: Path | str | None = None) -> pd.DataFrame:
+def apply_table_actions(
+    table: pd.DataFrame,
+    actions: Iterable[Action],
+    *,
+    fn_col: str | int,
+    label_col: str | int,
+    label_delim: str | None = None,
+    path: Path | str | None = None,
+    csv_path: Path | str | None = None,
+) -> pd.DataFrame:
     """Apply the choices to a table dataset: delete removes the file's rows, relabel sets their label.
 
     Image files are not touched. A file not in the table is skipped with a warning.
@@ -800,8 +918,11 @@ def apply_table_actions(table: pd.DataFrame, actions: Iterable[Action], *, fn_co
                     df.iat[r, col] = new
                     changed = True
     if not_found:
-        warnings.warn(f"{len(not_found)} file(s) are not in the table and were skipped: {', '.join(not_found[:5])}"
-                      + (" ..." if len(not_found) > 5 else ""), stacklevel=2)
+        warnings.warn(
+            f"{len(not_found)} file(s) are not in the table and were skipped: {', '.join(not_found[:5])}"
+            + (" ..." if len(not_found) > 5 else ""),
+            stacklevel=2,
+        )
     df = df[keep].reset_index(drop=True)
     if csv_path is not None and changed:  # nothing to change: no rewrite, no backup
         _write_csv_atomically(df, Path(csv_path))
@@ -824,12 +945,17 @@ def _table_label(label: str | Iterable[str], delim: str | None) -> str:
     else:
         labels = sorted(label) if isinstance(label, (set, frozenset)) else list(label)
     if delim is None and len(labels) != 1:
-        raise ValueError(f"Cannot give one row several labels {labels} in a single-label table; give one "
-                         f"label, or pass label_delim for a multi-label table. Nothing was changed.")
+        raise ValueError(
+            f"Cannot give one row several labels {labels} in a single-label table; give one "
+            f"label, or pass label_delim for a multi-label table. Nothing was changed."
+        )
     for lab in labels:
         if not isinstance(lab, str) or not lab.strip() or (len(labels) > 1 and delim in lab):
-            raise ValueError(f"Bad label {lab!r}: a label must be non-empty text"
-                             + (f" without the separator {delim!r}" if delim else "") + ". Nothing was changed.")
+            raise ValueError(
+                f"Bad label {lab!r}: a label must be non-empty text"
+                + (f" without the separator {delim!r}" if delim else "")
+                + ". Nothing was changed."
+            )
     return labels[0] if len(labels) == 1 else delim.join(labels)
 
 
@@ -840,26 +966,18 @@ def _same_labels(old: object, new: str, delim: str | None) -> bool:
 
 
 def _write_csv_atomically(df: pd.DataFrame, csv_path: Path) -> None:
-    """Write to a temporary file beside the CSV, fsync, then rename over it: readers see old or new, never half."""
+    """Rewrite the CSV atomically (`atomic_write`), after a backup of the old one."""
     folder = csv_path.parent
     if is_read_only(folder) or (csv_path.exists() and not os.access(csv_path, os.W_OK)):
-        raise ReadOnlyDatasetError(f"{csv_path} is in a read-only folder, so the table cannot be rewritten. "
-                                   f"Nothing was changed. Copy the dataset somewhere writable:\n"
-                                   f"    {_suggest_copy(folder)}")
+        raise ReadOnlyDatasetError(
+            f"{csv_path} is in a read-only folder, so the table cannot be rewritten. "
+            f"Nothing was changed. Copy the dataset somewhere writable:\n"
+            f"    {_suggest_copy(folder)}"
+        )
     if csv_path.exists():
         stamp = datetime.now().strftime("%Y%m%dT%H%M%S-%f")
         shutil.copy2(csv_path, csv_path.with_name(f"{csv_path.name}.bak-{stamp}"))
-    fd, tmp = tempfile.mkstemp(prefix=f".{csv_path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            df.to_csv(f, index=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, csv_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(folder)
+    atomic_write(csv_path, lambda f: df.to_csv(f, index=False), text=True)
 
 
 def copy_to_working(src: Path | str, working: Path | str | None = None) -> Path:

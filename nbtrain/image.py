@@ -5,6 +5,7 @@ A path, the bytes of a file (an upload, a download, a database blob), an open fi
 a torch tensor, a PIL image, or the value of an ipywidgets `FileUpload`: the result is an 8-bit RGB
 PIL image, upright as its EXIF says, which `Learner.predict` and `show` take like any other.
 """
+
 from __future__ import annotations
 
 import io
@@ -16,8 +17,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-_KINDS = ("a path, the bytes of an image file, an open file, a numpy array, a torch tensor, a PIL image, "
-          "or an ipywidgets FileUpload's value")
+_KINDS = (
+    "a path, the bytes of an image file, an open file, a numpy array, a torch tensor, a PIL image, "
+    "or an ipywidgets FileUpload's value"
+)
 
 
 class DataError(ValueError):
@@ -66,7 +69,7 @@ class PILImage(Image.Image):
     """An RGB PIL image with fastai's `create` constructor; everything else is PIL's."""
 
     @classmethod
-    def create(cls, x: Any) -> "PILImage":
+    def create(cls, x: Any) -> PILImage:
         """An RGB image from `x`: a path, the bytes of an image file, an open file, a numpy array,
         a torch tensor, a PIL image, or an ipywidgets FileUpload's value.
 
@@ -97,12 +100,16 @@ def upload_content(value: Any) -> bytes:
         files = [v for v in value.values() if isinstance(v, Mapping) and "content" in v]
         if files:
             return bytes(files[-1]["content"])
-        raise DataError(f"This dict has no 'content': expected an ipywidgets FileUpload's value or one of its files, "
-                        f"got keys {sorted(map(str, value))}.")
+        raise DataError(
+            f"This dict has no 'content': expected an ipywidgets FileUpload's value or one of its files, "
+            f"got keys {sorted(map(str, value))}."
+        )
     if isinstance(value, (tuple, list)):
         if not value:
-            raise DataError("No file uploaded yet: the FileUpload's value is empty. Choose an image with the "
-                            "upload button, then run this cell again.")
+            raise DataError(
+                "No file uploaded yet: the FileUpload's value is empty. Choose an image with the "
+                "upload button, then run this cell again."
+            )
         return upload_content(value[-1])
     raise DataError(f"Expected an ipywidgets FileUpload's value, got {type(value).__name__}.")
 
@@ -119,8 +126,10 @@ def _from_bytes(data: bytes, what: str) -> Image.Image:
     try:
         return load_image(io.BytesIO(data))
     except UnidentifiedImageError:
-        raise DataError(f"{what} ({len(data)} bytes, starting {data[:8]!r}): not an image PIL can read. "
-                        "Pass the bytes of a JPEG, PNG, GIF, BMP, TIFF or WebP file.") from None
+        raise DataError(
+            f"{what} ({len(data)} bytes, starting {data[:8]!r}): not an image PIL can read. "
+            "Pass the bytes of a JPEG, PNG, GIF, BMP, TIFF or WebP file."
+        ) from None
 
 
 def _array_to_pil(a: np.ndarray) -> Image.Image:
@@ -129,8 +138,10 @@ def _array_to_pil(a: np.ndarray) -> Image.Image:
     if a.ndim == 3 and a.shape[-1] == 1:
         a = a[..., 0]
     if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (3, 4)):
-        raise DataError(f"An array of shape {a.shape} is not an image: expected (H, W), (H, W, 3), (H, W, 4), "
-                        "or channels first (3, H, W).")
+        raise DataError(
+            f"An array of shape {a.shape} is not an image: expected (H, W), (H, W, 3), (H, W, 4), "
+            "or channels first (3, H, W)."
+        )
     if a.dtype == bool:
         a = a.astype(np.uint8) * 255
     elif np.issubdtype(a.dtype, np.floating):
@@ -147,8 +158,10 @@ def _to_pil(x: Any) -> Image.Image:
         return load_image(x)
     if isinstance(x, (str, Path)):
         if isinstance(x, str) and "\x00" in x:
-            raise DataError("This string holds a NUL byte, so it is not a file name: it looks like an image's "
-                            "bytes decoded as text. Pass the bytes themselves (e.g. upload.value[-1]['content']).")
+            raise DataError(
+                "This string holds a NUL byte, so it is not a file name: it looks like an image's "
+                "bytes decoded as text. Pass the bytes themselves (e.g. upload.value[-1]['content'])."
+            )
         path = Path(x)
         if not path.exists():
             raise FileNotFoundError(f"No file at {path}: check the path (relative paths start from {Path.cwd()}).")
@@ -157,8 +170,10 @@ def _to_pil(x: Any) -> Image.Image:
         try:
             return load_image(path)
         except Exception as e:  # PIL's messages for a truncated file or a decompression bomb omit its name
-            raise DataError(f"{path} cannot be opened as an image ({type(e).__name__}: {e}). "
-                            "verify_images() finds every such file in a folder.") from e
+            raise DataError(
+                f"{path} cannot be opened as an image ({type(e).__name__}: {e}). "
+                "verify_images() finds every such file in a folder."
+            ) from e
     if isinstance(x, (bytes, bytearray, memoryview)):
         return _from_bytes(bytes(x), "These bytes")
     if isinstance(x, torch.Tensor):

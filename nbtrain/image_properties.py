@@ -8,6 +8,7 @@ functions below it take arrays and know nothing of files, so they can be checked
 `property_issues` turns the measurements into the audit's rows, each flagged row naming the threshold
 that flagged it. `THRESHOLDS` holds the defaults and `THRESHOLD_NOTES` why each value.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -15,15 +16,15 @@ import io
 import math
 import os
 import warnings
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
 
-from .scores import robust_z
+from .neighbours import robust_z
 
 # Images are measured at most this many pixels on their longer side: enough to see blur and exposure,
 # and small enough that a photo costs about what a digit does once JPEG's draft mode has decoded it.
@@ -43,35 +44,49 @@ THRESHOLDS: dict[str, float] = {
     "near_duplicate_bits": 18,
 }
 THRESHOLD_NOTES: dict[str, str] = {
-    "dark": "brightest 1% of pixels below this (0..1): measured, real digits are at 0.86 or more and "
-            "quarters of ImageNet photos at 0.44 or more; the same images at a fifth of their brightness "
-            "at 0.22 or less",
-    "overexposed": "darkest 5% of pixels above this (0..1): digits have a black background (0) and photo "
-                   "quarters reach 0.53 at most; washed out towards white, both sit at 0.80 or more",
-    "blurry": "sharpness against the dataset's median below this: the product of two ratios to their medians, "
-              "the Laplacian's spread over the image's own contrast (so a dark or faint image is not blurry) and "
-              "the fine Laplacian over the Laplacian at half size (blur takes the finest detail first, whatever "
-              "the picture); measured, a Gaussian blur of 1.5 px at 28 px or 3 px at 112 px scores 0.14 or "
-              "less, sharp digits and photos 0.30 or more",
-    "low_information": "spread (standard deviation, 0..1) of the grey levels below this: an almost uniform "
-                       "image with a little noise spreads less than 0.007; real digits and photos more than 0.05, "
-                       "and still more than 0.017 at a quarter of their brightness (dark, not uniform)",
+    "dark": "brightest 1% of pixels below this (0..1): between real digits and photos and the same images at a "
+    "fifth of their brightness",
+    "overexposed": "darkest 5% of pixels above this (0..1): above any real photo, below the same washed out "
+    "towards white",
+    "blurry": "sharpness against the dataset's median below this (the Laplacian's spread over the image's own "
+    "contrast, times fine over coarse detail): between planted blurs and sharp images at any size",
+    "low_information": "spread of the grey levels (0..1) below this: above a uniform image with noise, below real "
+    "images even when darkened",
     "odd_size": "side (square root of the area) this many times larger or smaller than the dataset's median",
     "odd_aspect": "width/height this many times wider or taller than the dataset's median shape",
-    "grayscale": "colour (99th percentile of max-min over the channels, 0..1) below this, counted only when "
-                 "most of the dataset is in colour: a grey picture saved as JPEG stays below 0.005; colour photos "
-                 "above 0.07, and above 0.02 when darkened or washed out to a fifth of their colour",
-    "near_duplicate_bits": "perceptual hashes (255 bits) differing in at most this many bits: JPEG re-encoded "
-                           "and 0.9x resized copies differ in 12 or fewer, the closest distinct MNIST digits in "
-                           "24 or more, distinct photos in more than 80 (a 63-bit hash cannot tell digits apart)",
+    "grayscale": "colour (99th percentile of max-min over the channels, 0..1) below this, counted only when most of "
+    "the dataset is in colour: above a grey JPEG's noise, below faded colour photos",
+    "near_duplicate_bits": "perceptual hashes (255 bits) differing in at most this many bits: re-encoded and "
+    "resized copies fall under it, the closest distinct digits above it",
 }
 
-PROPERTY_ISSUES = ("unreadable", "dark", "overexposed", "blurry", "low_information", "odd_size", "odd_aspect",
-                   "grayscale")
+PROPERTY_ISSUES = (
+    "unreadable",
+    "dark",
+    "overexposed",
+    "blurry",
+    "low_information",
+    "odd_size",
+    "odd_aspect",
+    "grayscale",
+)
 
 # The measurements kept per image, in the order of `measure_images`' table.
-STAT_COLUMNS = ["width", "height", "is_grey", "bright_hi", "bright_lo", "sharpness", "fine_detail", "contrast",
-                "colour", "phash", "bytes_key", "pixel_key", "error"]
+STAT_COLUMNS = [
+    "width",
+    "height",
+    "is_grey",
+    "bright_hi",
+    "bright_lo",
+    "sharpness",
+    "fine_detail",
+    "contrast",
+    "colour",
+    "phash",
+    "bytes_key",
+    "pixel_key",
+    "error",
+]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,20 +197,47 @@ def measure_file(path: Path) -> tuple:
                     bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
                     img = Image.alpha_composite(bg, img.convert("RGBA"))
                 img = img.convert("L" if is_grey else "RGB")
-                pixel_key = hashlib.blake2b(f"{width}x{height}{img.mode}".encode() + img.tobytes(),
-                                            digest_size=16).digest()
+                pixel_key = hashlib.blake2b(
+                    f"{width}x{height}{img.mode}".encode() + img.tobytes(), digest_size=16
+                ).digest()
                 if max(img.size) > MEASURE_SIDE:
                     img.thumbnail((MEASURE_SIDE, MEASURE_SIDE), Image.Resampling.BILINEAR, reducing_gap=2.0)
     except Exception as e:  # PIL raises many types for a file that is not an image
-        return (0, 0, False, nan, nan, nan, nan, nan, nan, b"", bytes_key, b"",
-                f"cannot be decoded ({type(e).__name__}: {e})")
+        return (
+            0,
+            0,
+            False,
+            nan,
+            nan,
+            nan,
+            nan,
+            nan,
+            nan,
+            b"",
+            bytes_key,
+            b"",
+            f"cannot be decoded ({type(e).__name__}: {e})",
+        )
     grey_img = img if img.mode == "L" else img.convert("L")
     grey = np.asarray(grey_img, dtype=np.float32) / 255.0
     hi, lo = brightness(grey)
     colour = 0.0 if img.mode == "L" else colourfulness(np.asarray(img, dtype=np.float32) / 255.0)
     small = np.asarray(grey_img.resize((_DCT_N, _DCT_N), Image.Resampling.BILINEAR), dtype=np.float32)
-    return (width, height, is_grey or colour < 1e-6, hi, lo, sharpness(grey), fine_detail(grey), contrast(grey), colour,
-            perceptual_hash(small), bytes_key, pixel_key, "")
+    return (
+        width,
+        height,
+        is_grey or colour < 1e-6,
+        hi,
+        lo,
+        sharpness(grey),
+        fine_detail(grey),
+        contrast(grey),
+        colour,
+        perceptual_hash(small),
+        bytes_key,
+        pixel_key,
+        "",
+    )
 
 
 def default_workers() -> int:
@@ -207,7 +249,7 @@ def measure_images(paths: Sequence[Path | str], n_workers: int | None = None, ch
     (PIL decodes with the GIL released). Files go in chunks, so the pool holds a chunk's results, not
     a future per file."""
     paths = [Path(p) for p in paths]
-    chunks = [paths[i:i + chunk] for i in range(0, len(paths), chunk)]
+    chunks = [paths[i : i + chunk] for i in range(0, len(paths), chunk)]
     rows: list[tuple] = []
     with ThreadPoolExecutor(n_workers or default_workers()) as pool:
         for part in pool.map(lambda c: [measure_file(p) for p in c], chunks):
@@ -221,8 +263,11 @@ def measure_images(paths: Sequence[Path | str], n_workers: int | None = None, ch
 # Rows of the audit
 
 
-def thresholds_with(overrides: dict[str, float] | None, defaults: dict[str, float] | None = None,
-                    notes: str = "nbtrain.image_properties.THRESHOLD_NOTES") -> dict[str, float]:
+def thresholds_with(
+    overrides: dict[str, float] | None,
+    defaults: dict[str, float] | None = None,
+    notes: str = "nbtrain.image_properties.THRESHOLD_NOTES",
+) -> dict[str, float]:
     """`defaults` (the image-property thresholds) with `overrides` applied; an unknown name is an
     error that lists the known ones and says where `notes` explain them."""
     out = dict(THRESHOLDS if defaults is None else defaults)
@@ -233,10 +278,19 @@ def thresholds_with(overrides: dict[str, float] | None, defaults: dict[str, floa
     return out
 
 
-def _rows(stats: pd.DataFrame, issue: str, score: np.ndarray, flagged: np.ndarray, reasons: list[str],
-          threshold: float) -> pd.DataFrame:
-    return pd.DataFrame({"path": stats["path"].to_numpy(), "issue": issue, "score": score.astype(float),
-                         "flagged": flagged.astype(bool), "reason": reasons, "threshold": float(threshold)})
+def _rows(
+    stats: pd.DataFrame, issue: str, score: np.ndarray, flagged: np.ndarray, reasons: list[str], threshold: float
+) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "path": stats["path"].to_numpy(),
+            "issue": issue,
+            "score": score.astype(float),
+            "flagged": flagged.astype(bool),
+            "reason": reasons,
+            "threshold": float(threshold),
+        }
+    )
 
 
 def property_issues(stats: pd.DataFrame, thresholds: dict[str, float] | None = None) -> pd.DataFrame:
@@ -247,34 +301,79 @@ def property_issues(stats: pd.DataFrame, thresholds: dict[str, float] | None = N
     ok = (stats["error"] == "").to_numpy()
     frames = []
     err = stats["error"].to_numpy()
-    frames.append(_rows(stats, "unreadable", (~ok).astype(float), ~ok,
-                        [f"file {e}" if e else "reads and decodes" for e in err], math.nan))
+    frames.append(
+        _rows(
+            stats,
+            "unreadable",
+            (~ok).astype(float),
+            ~ok,
+            [f"file {e}" if e else "reads and decodes" for e in err],
+            math.nan,
+        )
+    )
     if not ok.any():
         return pd.concat(frames, ignore_index=True)
     s = stats[ok]
+    low, found = _exposure_checks(s, t)
+    found += _blur_checks(s, t, low) + _shape_checks(s, t) + _colour_checks(s, t)
+    frames += [_rows(s, *check) for check in found]
+    return pd.concat(frames, ignore_index=True)
 
-    def add(issue: str, score: np.ndarray, flag: np.ndarray, reasons: list[str], threshold: float) -> None:
-        frames.append(_rows(s, issue, score, flag, reasons, threshold))
 
+Check = tuple  # (issue, score, flagged, reasons, threshold) for every readable image
+
+
+def _exposure_checks(s: pd.DataFrame, t: dict[str, float]) -> tuple[np.ndarray, list[Check]]:
+    """Almost uniform, dark and overexposed; and which images are almost uniform."""
+    found: list[Check] = []
+    add = lambda *check: found.append(check)  # noqa: E731
     con = s["contrast"].to_numpy()
     low = con < t["low_information"]
-    add("low_information", 1 - con, low,
-        [f"grey-level spread {v:.3f} {'<' if v < t['low_information'] else '>='} {t['low_information']:.3f} "
-         "(low_information threshold)" for v in con], t["low_information"])
+    add(
+        "low_information",
+        1 - con,
+        low,
+        [
+            f"grey-level spread {v:.3f} {'<' if v < t['low_information'] else '>='} {t['low_information']:.3f} "
+            "(low_information threshold)"
+            for v in con
+        ],
+        t["low_information"],
+    )
 
     # An almost uniform image is reported as that alone: its brightness and sharpness say nothing more.
     hi, lo = s["bright_hi"].to_numpy(), s["bright_lo"].to_numpy()
     dark = (hi < t["dark"]) & ~low
-    add("dark", 1 - hi, dark,
-        [f"brightest pixels {v:.2f} {'<' if v < t['dark'] else '>='} {t['dark']:.2f} (dark threshold)"
-         + ("; almost uniform, reported as low_information" if u and v < t["dark"] else "") for v, u in zip(hi, low)],
-        t["dark"])
+    add(
+        "dark",
+        1 - hi,
+        dark,
+        [
+            f"brightest pixels {v:.2f} {'<' if v < t['dark'] else '>='} {t['dark']:.2f} (dark threshold)"
+            + ("; almost uniform, reported as low_information" if u and v < t["dark"] else "")
+            for v, u in zip(hi, low)
+        ],
+        t["dark"],
+    )
     over = (lo > t["overexposed"]) & ~low
-    add("overexposed", lo, over,
-        [f"darkest pixels {v:.2f} {'>' if v > t['overexposed'] else '<='} {t['overexposed']:.2f} "
-         "(overexposed threshold)" + ("; almost uniform, reported as low_information" if u and v > t["overexposed"]
-                                      else "") for v, u in zip(lo, low)], t["overexposed"])
+    add(
+        "overexposed",
+        lo,
+        over,
+        [
+            f"darkest pixels {v:.2f} {'>' if v > t['overexposed'] else '<='} {t['overexposed']:.2f} "
+            "(overexposed threshold)"
+            + ("; almost uniform, reported as low_information" if u and v > t["overexposed"] else "")
+            for v, u in zip(lo, low)
+        ],
+        t["overexposed"],
+    )
+    return low, found
 
+
+def _blur_checks(s: pd.DataFrame, t: dict[str, float], low: np.ndarray) -> list[Check]:
+    found: list[Check] = []
+    add = lambda *check: found.append(check)  # noqa: E731
     # Against the medians of the images with something to be sharp about: uniform ones would drag them anywhere.
     ref = ~low if (~low).any() else np.ones(len(low), bool)
     sharp = s["sharpness"].to_numpy()
@@ -282,36 +381,75 @@ def property_issues(stats: pd.DataFrame, thresholds: dict[str, float] | None = N
     fine_med = float(np.nanmedian(fine[ref])) if np.isfinite(fine[ref]).any() else 1.0
     rel = sharp / max(float(np.median(sharp[ref])), 1e-9) * np.nan_to_num(fine / max(fine_med, 1e-9), nan=1.0)
     blurry = (rel < t["blurry"]) & ~low
-    add("blurry", 1 - rel, blurry,
-        [f"sharpness {v:.2f} of the dataset's median {'<' if f else '>='} {t['blurry']:.2f} (blurry threshold)"
-         for v, f in zip(rel, blurry)], t["blurry"])
+    add(
+        "blurry",
+        1 - rel,
+        blurry,
+        [
+            f"sharpness {v:.2f} of the dataset's median {'<' if f else '>='} {t['blurry']:.2f} (blurry threshold)"
+            for v, f in zip(rel, blurry)
+        ],
+        t["blurry"],
+    )
+    return found
 
+
+def _shape_checks(s: pd.DataFrame, t: dict[str, float]) -> list[Check]:
+    """Size and aspect against the dataset's medians."""
+    found: list[Check] = []
+    add = lambda *check: found.append(check)  # noqa: E731
     w, h = s["width"].to_numpy().astype(float), s["height"].to_numpy().astype(float)
     side = np.sqrt(w * h)
     med_side = float(np.median(side))
     ratio, factor, odd = off_median(side, med_side, t["odd_size"])
-    add("odd_size", np.log(factor), odd,
-        [f"side {v:.0f} px is {f:.1f}x {'larger' if r > 1 else 'smaller'} than the median {med_side:.0f} px "
-         f"({'>=' if o else '<'} {t['odd_size']:.1f}x odd_size threshold)" for v, f, r, o in zip(side, factor, ratio, odd)],
-        t["odd_size"])
+    add(
+        "odd_size",
+        np.log(factor),
+        odd,
+        [
+            f"side {v:.0f} px is {f:.1f}x {'larger' if r > 1 else 'smaller'} than the median {med_side:.0f} px "
+            f"({'>=' if o else '<'} {t['odd_size']:.1f}x odd_size threshold)"
+            for v, f, r, o in zip(side, factor, ratio, odd)
+        ],
+        t["odd_size"],
+    )
 
     aspect = w / h
     med_aspect = float(np.exp(np.median(np.log(aspect))))
     _, a_factor, odd_a = off_median(aspect, med_aspect, t["odd_aspect"])
-    add("odd_aspect", np.log(a_factor), odd_a,
-        [f"width/height {a:.2f} is {f:.1f}x the median {med_aspect:.2f} "
-         f"({'>=' if o else '<'} {t['odd_aspect']:.1f}x odd_aspect threshold)" for a, f, o in zip(aspect, a_factor, odd_a)],
-        t["odd_aspect"])
+    add(
+        "odd_aspect",
+        np.log(a_factor),
+        odd_a,
+        [
+            f"width/height {a:.2f} is {f:.1f}x the median {med_aspect:.2f} "
+            f"({'>=' if o else '<'} {t['odd_aspect']:.1f}x odd_aspect threshold)"
+            for a, f, o in zip(aspect, a_factor, odd_a)
+        ],
+        t["odd_aspect"],
+    )
+    return found
 
+
+def _colour_checks(s: pd.DataFrame, t: dict[str, float]) -> list[Check]:
+    found: list[Check] = []
+    add = lambda *check: found.append(check)  # noqa: E731
     colour = s["colour"].to_numpy()
     grey = s["is_grey"].to_numpy() | (colour < t["grayscale"])
     mostly_colour = (~grey).mean() > 0.5
     flag_grey = grey & mostly_colour
-    why = ("most of the dataset is in colour" if mostly_colour else "most of the dataset is grey, so none is flagged")
-    add("grayscale", 1 - np.minimum(colour / max(t["grayscale"], 1e-9), 1.0), flag_grey,
-        [f"colour {c:.3f} {'<' if g else '>='} {t['grayscale']:.3f} (grayscale threshold); {why}"
-         for c, g in zip(colour, grey)], t["grayscale"])
-    return pd.concat(frames, ignore_index=True)
+    why = "most of the dataset is in colour" if mostly_colour else "most of the dataset is grey, so none is flagged"
+    add(
+        "grayscale",
+        1 - np.minimum(colour / max(t["grayscale"], 1e-9), 1.0),
+        flag_grey,
+        [
+            f"colour {c:.3f} {'<' if g else '>='} {t['grayscale']:.3f} (grayscale threshold); {why}"
+            for c, g in zip(colour, grey)
+        ],
+        t["grayscale"],
+    )
+    return found
 
 
 # ---------------------------------------------------------------------------------------------
@@ -347,14 +485,15 @@ def hash_neighbours(hashes: Sequence[bytes], valid: np.ndarray, chunk: int = 204
     idx = np.flatnonzero(np.asarray(valid) & np.array([len(h) > 0 for h in hashes], dtype=bool))
     if len(idx) < 2:
         return best, arg
-    bits = np.unpackbits(np.frombuffer(b"".join(hashes[i] for i in idx), dtype=np.uint8).reshape(len(idx), -1),
-                         axis=1)[:, :HASH_BITS]
+    bits = np.unpackbits(np.frombuffer(b"".join(hashes[i] for i in idx), dtype=np.uint8).reshape(len(idx), -1), axis=1)[
+        :, :HASH_BITS
+    ]
     signs = bits.astype(np.float32) * 2 - 1
     for i0 in range(0, len(idx), chunk):
-        dot = signs[i0:i0 + chunk] @ signs.T
+        dot = signs[i0 : i0 + chunk] @ signs.T
         dot[np.arange(len(dot)), np.arange(i0, i0 + len(dot))] = -np.inf  # not itself
         j = dot.argmax(axis=1)
-        rows = idx[i0:i0 + chunk]
+        rows = idx[i0 : i0 + chunk]
         best[rows] = np.rint((HASH_BITS - dot[np.arange(len(dot)), j]) / 2).astype(np.int64)
         arg[rows] = idx[j]
     return best, arg

@@ -2,6 +2,7 @@
 
 Every plot returns its matplotlib figure, so it shows in a notebook and can be saved with `savefig`.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -36,14 +37,16 @@ class ClassificationInterpretation:
             self.decoded = torch.nan_to_num(probs, nan=-1.0).argmax(dim=1)
 
     @classmethod
-    def from_learner(cls, learn: Learner, ds_idx: int = 1) -> "ClassificationInterpretation":
+    def from_learner(cls, learn: Learner, ds_idx: int = 1) -> ClassificationInterpretation:
         probs, targs, losses = learn.get_preds(ds_idx=ds_idx, with_loss=True)
         return cls(learn, ds_idx, probs, targs, losses)
 
     def _single_label_only(self, what: str) -> None:
         if self.multi_label:
-            raise ValueError(f"{what} is for single-label data; for multi-label data use "
-                             "print_classification_report(), which gives precision and recall per class.")
+            raise ValueError(
+                f"{what} is for single-label data; for multi-label data use "
+                "print_classification_report(), which gives precision and recall per class."
+            )
 
     def confusion_matrix(self) -> np.ndarray:
         """Counts: rows are the actual classes, columns the predicted ones."""
@@ -52,9 +55,17 @@ class ClassificationInterpretation:
         t, p = self.targs[self.ok].long(), self.decoded[self.ok].long()
         return torch.bincount(t * c + p, minlength=c * c).reshape(c, c).numpy()
 
-    def plot_confusion_matrix(self, normalize: bool = False, title: str = "Confusion matrix", cmap: str = "Blues",
-                              norm_dec: int = 2, plot_txt: bool = True, figsize: tuple[float, float] | None = None,
-                              dpi: float | None = None, **kwargs):
+    def plot_confusion_matrix(
+        self,
+        normalize: bool = False,
+        title: str = "Confusion matrix",
+        cmap: str = "Blues",
+        norm_dec: int = 2,
+        plot_txt: bool = True,
+        figsize: tuple[float, float] | None = None,
+        dpi: float | None = None,
+        **kwargs,
+    ):
         """The confusion matrix as a picture, with fastai's arguments: with `normalize`, each row shows
         fractions of its class (to `norm_dec` decimals); `plot_txt=False` leaves the numbers out;
         other keyword arguments go to `matplotlib.pyplot.figure`."""
@@ -79,16 +90,28 @@ class ClassificationInterpretation:
             for i in range(c):
                 for j in range(c):
                     text = f"{cm[i, j]:.{norm_dec}f}" if normalize else f"{int(cm[i, j])}"
-                    ax.text(j, i, text, ha="center", va="center", fontsize=8,
-                            color="white" if cm[i, j] > thresh else "black")
+                    ax.text(
+                        j,
+                        i,
+                        text,
+                        ha="center",
+                        va="center",
+                        fontsize=8,
+                        color="white" if cm[i, j] > thresh else "black",
+                    )
         fig.tight_layout()
         return fig
 
     def most_confused(self, min_val: int = 1) -> list[tuple[str, str, int]]:
-        """(actual, predicted, count) for every pair of different classes seen at least `min_val` times, largest first."""
+        """(actual, predicted, count) for every pair of different classes seen at least `min_val` times,
+        largest first."""
         cm = self.confusion_matrix()
-        pairs = [(self.vocab[i], self.vocab[j], int(cm[i, j])) for i in range(len(cm)) for j in range(len(cm))
-                 if i != j and cm[i, j] >= min_val]
+        pairs = [
+            (self.vocab[i], self.vocab[j], int(cm[i, j]))
+            for i in range(len(cm))
+            for j in range(len(cm))
+            if i != j and cm[i, j] >= min_val
+        ]
         return sorted(pairs, key=lambda r: -r[2])
 
     def top_losses(self, k: int | None = None, largest: bool = True) -> TopLosses:
@@ -101,8 +124,14 @@ class ClassificationInterpretation:
     def _label(self, target: torch.Tensor) -> str:
         return self.learn.dls.label_of(target)
 
-    def plot_top_losses(self, k: int = 9, largest: bool = True, nrows: int | None = None, ncols: int | None = None,
-                        figsize: tuple[float, float] | None = None):
+    def plot_top_losses(
+        self,
+        k: int = 9,
+        largest: bool = True,
+        nrows: int | None = None,
+        ncols: int | None = None,
+        figsize: tuple[float, float] | None = None,
+    ):
         """The images with the highest losses, titled prediction / actual / loss / probability,
         in `nrows` rows (or `ncols` columns) as fastai's."""
         from .data import load_image
@@ -117,8 +146,16 @@ class ClassificationInterpretation:
                 p = int(self.decoded[i])
                 pred, prob = str(self.vocab[p]), float(self.probs[i, p])
             titles.append(f"{pred}/{self._label(self.targs[i])}\n{loss:.2f} / {prob:.2f}")
-        return image_grid(imgs, titles, nrows=nrows, ncols=ncols, figsize=figsize, panel=3.0, title_size=9,
-                          suptitle="prediction/actual\nloss / probability")
+        return image_grid(
+            imgs,
+            titles,
+            nrows=nrows,
+            ncols=ncols,
+            figsize=figsize,
+            panel=3.0,
+            title_size=9,
+            suptitle="prediction/actual\nloss / probability",
+        )
 
     def classification_report(self) -> pd.DataFrame:
         """Per-class precision, recall, F1 and support, then the macro and weighted averages."""
@@ -137,15 +174,29 @@ class ClassificationInterpretation:
         support = tp + fn
         precision = torch.where(tp + fp > 0, tp / (tp + fp).clamp(min=1), torch.zeros(c, dtype=torch.float64))
         recall = torch.where(support > 0, tp / support.clamp(min=1), torch.zeros(c, dtype=torch.float64))
-        f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12),
-                         torch.zeros(c, dtype=torch.float64))
-        df = pd.DataFrame({"precision": precision.numpy(), "recall": recall.numpy(), "f1-score": f1.numpy(),
-                           "support": support.numpy().astype(int)}, index=self.vocab)
+        f1 = torch.where(
+            precision + recall > 0,
+            2 * precision * recall / (precision + recall).clamp(min=1e-12),
+            torch.zeros(c, dtype=torch.float64),
+        )
+        df = pd.DataFrame(
+            {
+                "precision": precision.numpy(),
+                "recall": recall.numpy(),
+                "f1-score": f1.numpy(),
+                "support": support.numpy().astype(int),
+            },
+            index=self.vocab,
+        )
         total = max(int(support.sum()), 1)
         w = support.numpy() / total
         df.loc["macro avg"] = [precision.mean().item(), recall.mean().item(), f1.mean().item(), int(support.sum())]
-        df.loc["weighted avg"] = [float((precision.numpy() * w).sum()), float((recall.numpy() * w).sum()),
-                                  float((f1.numpy() * w).sum()), int(support.sum())]
+        df.loc["weighted avg"] = [
+            float((precision.numpy() * w).sum()),
+            float((recall.numpy() * w).sum()),
+            float((f1.numpy() * w).sum()),
+            int(support.sum()),
+        ]
         df["support"] = df["support"].astype(int)
         return df
 

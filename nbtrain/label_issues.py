@@ -4,19 +4,13 @@ A model scores the images it was trained on too kindly: it has partly memorised 
 ones included. `find_label_issues` trains K short models, each on K-1 folds of the training set, and
 scores every training image with the one model that never saw it (cross-validation, as cleanlab
 requires); a validation image is scored by the average of the K models.
-
-`find_duplicates` pairs each image with its most similar other image by the cosine similarity of the
-model's features (the body's output, average-pooled) and keeps the pairs above a threshold: copies,
-re-encodes and resizes of one picture, within a split or across train and valid (leakage). The default
-threshold was chosen on MNIST with bench/label_noise.py: it keeps copies and most resizes, and no two
-distinct digits.
 """
+
 from __future__ import annotations
 
-import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -29,9 +23,9 @@ from .augmentation import RandomResizedCrop, Resize
 from .data import DataLoader, DataLoaders
 from .learner import Learner, vision_learner
 from .models import VisionModel
-from .scores import SPLITS, item_scores, most_similar, split_frame
+from .scores import SPLITS, item_scores, split_frame
 
-# Measured on MNIST-5k with 10% of labels flipped (bench/label_noise.py): see the defaults' notes there.
+# The fold models' network: small and quick to train K times, and its ImageNet weights can be had offline.
 DEFAULT_ARCH = "mobilenet_v2"
 
 
@@ -59,7 +53,7 @@ class OutOfFoldProbs:
         self.fold.setflags(write=False)
         object.__setattr__(self, "_row", {p: i for i, p in enumerate(self.paths)})
 
-    def __deepcopy__(self, memo: dict) -> "OutOfFoldProbs":
+    def __deepcopy__(self, memo: dict) -> OutOfFoldProbs:
         return self
 
     def for_paths(self, paths: Sequence[Path | str]) -> np.ndarray:
@@ -94,14 +88,17 @@ class _Recipe:
     amp: object = "auto"
 
 
-def _recipe_of(learn_or_dls: Learner | DataLoaders, arch: str | Callable | None, pretrained: bool,
-               bs: int | None) -> tuple[_Recipe, DataLoaders]:
+def _recipe_of(
+    learn_or_dls: Learner | DataLoaders, arch: str | Callable | None, pretrained: bool, bs: int | None
+) -> tuple[_Recipe, DataLoaders]:
     if isinstance(learn_or_dls, Learner):
         learn, dls = learn_or_dls, learn_or_dls.dls
         if arch is None:
             if not isinstance(learn.model, VisionModel):
-                raise TypeError("find_label_issues rebuilds the learner's model for each fold, which needs a model "
-                                "made by vision_learner. For another model, pass the DataLoaders and arch=.")
+                raise TypeError(
+                    "find_label_issues rebuilds the learner's model for each fold, which needs a model "
+                    "made by vision_learner. For another model, pass the DataLoaders and arch=."
+                )
             arch = learn.model.arch
         metrics, amp = list(learn.metrics), learn.amp
     elif isinstance(learn_or_dls, DataLoaders):
@@ -110,12 +107,20 @@ def _recipe_of(learn_or_dls: Learner | DataLoaders, arch: str | Callable | None,
     else:
         raise TypeError(f"find_label_issues needs a Learner or DataLoaders, not {type(learn_or_dls).__name__}.")
     if dls.multi_label:
-        raise ValueError("find_label_issues is for single-label data. For multi-label data, rank by the "
-                         "learner's own loss: ImageClassifierCleaner(learn, ranking='loss').")
-    recipe = _Recipe(arch=arch, pretrained=pretrained, item_tfms=list(dls.item_tfms),
-                     batch_tfms=list(dls.train.batch_tfms), bs=bs or dls.train.bs,
-                     normalize=dls.normalize is not None or not isinstance(learn_or_dls, Learner),
-                     metrics=metrics, amp=amp)
+        raise ValueError(
+            "find_label_issues is for single-label data. For multi-label data, rank by the "
+            "learner's own loss: ImageClassifierCleaner(learn, ranking='loss')."
+        )
+    recipe = _Recipe(
+        arch=arch,
+        pretrained=pretrained,
+        item_tfms=list(dls.item_tfms),
+        batch_tfms=list(dls.train.batch_tfms),
+        bs=bs or dls.train.bs,
+        normalize=dls.train.normalize is not None or not isinstance(learn_or_dls, Learner),
+        metrics=metrics,
+        amp=amp,
+    )
     return recipe, dls
 
 
@@ -177,13 +182,19 @@ def _source_loaders(dls: DataLoaders, recipe: _Recipe, size: int | None) -> tupl
     return loaders[0], loaders[1]
 
 
-def _fold_learner(train: DataLoader, held_out: DataLoader, recipe: _Recipe, label_smoothing: float,
-                  path: Path) -> Learner:
+def _fold_learner(
+    train: DataLoader, held_out: DataLoader, recipe: _Recipe, label_smoothing: float, path: Path
+) -> Learner:
     dls = DataLoaders(train, held_out, path=path)
     # No metrics: a fold model is not validated while it trains (see find_label_issues).
-    learn = vision_learner(dls, recipe.arch, metrics=[], pretrained=recipe.pretrained,
-                           loss_func=nn.CrossEntropyLoss(label_smoothing=label_smoothing),
-                           normalize=recipe.normalize)
+    learn = vision_learner(
+        dls,
+        recipe.arch,
+        metrics=[],
+        pretrained=recipe.pretrained,
+        loss_func=nn.CrossEntropyLoss(label_smoothing=label_smoothing),
+        normalize=recipe.normalize,
+    )
     learn.amp = recipe.amp
     return learn
 
@@ -194,11 +205,22 @@ def _nll(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return -torch.log(p.clamp_min(1e-12))
 
 
-def find_label_issues(learn_or_dls: Learner | DataLoaders, arch: str | Callable | None = None, folds: int = 4,
-                      epochs: int = 6, freeze_epochs: int = 0, size: int | str | None = "auto", base_lr: float = 1e-2,
-                      label_smoothing: float = 0.1, pretrained: bool = True, bs: int | None = None,
-                      seed: int | None = 0, with_bar: bool = True, lr_mult: float = 1.0,
-                      min_steps: int = 150) -> pd.DataFrame:
+def find_label_issues(
+    learn_or_dls: Learner | DataLoaders,
+    arch: str | Callable | None = None,
+    folds: int = 4,
+    epochs: int = 6,
+    freeze_epochs: int = 0,
+    size: int | str | None = "auto",
+    base_lr: float = 1e-2,
+    label_smoothing: float = 0.1,
+    pretrained: bool = True,
+    bs: int | None = None,
+    seed: int | None = 0,
+    with_bar: bool = True,
+    lr_mult: float = 1.0,
+    min_steps: int = 150,
+) -> pd.DataFrame:
     """Score every training and validation image by out-of-fold predictions: likely wrong labels score worst.
 
     The training set is split into `folds` stratified folds; for each, a fresh model is trained on the
@@ -207,7 +229,7 @@ def find_label_issues(learn_or_dls: Learner | DataLoaders, arch: str | Callable 
     the average of the `folds` models. The learner itself is neither trained nor changed; the models
     train on its device. The recipe (the whole network at one rate from the first step, label
     smoothing, images at their own size when smaller than the learner's) was chosen with
-    bench/label_noise.py; the README gives the figures.
+    bench/label_noise.py; docs/label-issues.md gives the figures.
 
     Args:
         learn_or_dls: a Learner (its architecture, transforms, batch size, metrics and precision are
@@ -240,50 +262,93 @@ def find_label_issues(learn_or_dls: Learner | DataLoaders, arch: str | Callable 
     n_train, c = len(train_ds), len(train_ds.vocab)
     if n_train < folds:
         raise ValueError(f"The training set has {n_train} images, fewer than folds={folds}.")
-    train_src.fill_cache()
-    if len(valid_ds):
-        valid_src.fill_cache()
+    for src in (train_src, valid_src) if len(valid_ds) else (train_src,):
+        src.fill_cache()  # decoded once, for every fold
 
     fold = fold_assignment(train_ds.targets.numpy(), folds, seed)
-    # The fit loaders drop a last partial batch, when there is more than one batch.
-    smallest_fit = n_train - int(np.bincount(fold, minlength=folds).max())
-    steps_per_epoch = smallest_fit // recipe.bs if smallest_fit > recipe.bs else 1
-    epochs = max(epochs, -(-min_steps // steps_per_epoch))
+    fine_tune_args = dict(
+        epochs=_fold_epochs(fold, folds, recipe.bs, epochs, min_steps),
+        base_lr=base_lr,
+        freeze_epochs=freeze_epochs if recipe.pretrained else 0,
+        lr_mult=lr_mult,
+    )
     train_probs = torch.full((n_train, c), float("nan"))
     valid_sum = torch.zeros(len(valid_ds), c)
+    with tqdm(total=folds, desc="out-of-fold models", disable=None if with_bar else True, unit="model") as bar:
+        for k in range(folds):
+            held_idx = np.flatnonzero(fold == k)
+            seeds = None if seed is None else (seed, k)
+            held, valid = _fold_predictions(
+                train_src, valid_src, np.flatnonzero(fold != k), held_idx, recipe, label_smoothing, dls.path,
+                fine_tune_args, seeds,
+            )  # fmt: skip
+            train_probs[torch.as_tensor(held_idx)] = held
+            if valid is not None:
+                valid_sum += valid
+            bar.update(1)
+    return _out_of_fold_table(train_ds, valid_ds, train_probs, valid_sum / folds, fold)
+
+
+def _fold_epochs(fold: np.ndarray, folds: int, bs: int, epochs: int, min_steps: int) -> int:
+    """`epochs`, or more where a small training set gives fewer than `min_steps` batches."""
+    # The fit loaders drop a last partial batch, when there is more than one batch.
+    smallest_fit = len(fold) - int(np.bincount(fold, minlength=folds).max())
+    steps_per_epoch = smallest_fit // bs if smallest_fit > bs else 1
+    return max(epochs, -(-min_steps // steps_per_epoch))
+
+
+def _fold_predictions(
+    train_src: DataLoader,
+    valid_src: DataLoader,
+    fit_idx: np.ndarray,
+    held_idx: np.ndarray,
+    recipe: _Recipe,
+    label_smoothing: float,
+    path: Path,
+    fine_tune_args: dict,
+    seed: tuple[int, int] | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Train one fold model on `fit_idx` and predict the held-out images and the validation set."""
+    train_ds, valid_ds = train_src.dataset, valid_src.dataset
+    fit_ds = train_ds.subset(fit_idx, train=True)
+    fit_dl = train_src.new(
+        dataset=fit_ds,
+        bs=recipe.bs,
+        shuffle=True,
+        drop_last=len(fit_ds) > recipe.bs,
+        batch_tfms=recipe.batch_tfms,
+        seed=None if seed is None else seed[0] + seed[1],
+    )
+    held_ds = train_ds.subset(held_idx, train=False)
     device = train_src.device
     rng_devices = [device.index or 0] if device.type == "cuda" else []
-    bar = tqdm(total=folds, desc="out-of-fold models", disable=None if with_bar else True, unit="model")
-    try:
-        for k in range(folds):
-            fit_idx, held_idx = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
-            fit_ds = train_ds.subset(fit_idx, train=True)
-            fit_dl = train_src.new(dataset=fit_ds, bs=recipe.bs, shuffle=True, drop_last=len(fit_ds) > recipe.bs,
-                                   batch_tfms=recipe.batch_tfms, seed=None if seed is None else seed + k)
-            held_ds = train_ds.subset(held_idx, train=False)
-            with torch.random.fork_rng(devices=rng_devices, enabled=seed is not None):
-                if seed is not None:
-                    torch.manual_seed(seed * 1009 + k)
-                # No validation during training (it would cost a pass over the held-out fold every
-                # epoch); the held-out fold is predicted once, at the end.
-                nothing = valid_src.new(dataset=train_ds.subset(held_idx[:0], train=False), augment=False)
-                learn = _fold_learner(fit_dl, nothing, recipe, label_smoothing, dls.path)
-                learn.fine_tune(epochs, base_lr=base_lr, freeze_epochs=freeze_epochs if recipe.pretrained else 0,
-                                lr_mult=lr_mult)
-            # Through the fold's own loader settings (normalisation, memory format), which the model was trained with.
-            plain = learn.dls.valid
-            probs, _ = learn.get_preds(dl=plain.new(dataset=held_ds, shuffle=False, drop_last=False))
-            train_probs[torch.as_tensor(held_idx)] = probs
-            if len(valid_ds):
-                valid_sum += learn.get_preds(dl=plain.new(dataset=valid_ds, shuffle=False, drop_last=False))[0]
-            del learn
-            bar.update(1)
-    finally:
-        bar.close()
+    with torch.random.fork_rng(devices=rng_devices, enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed[0] * 1009 + seed[1])
+        # No validation during training (it would cost a pass over the held-out fold every epoch); the
+        # held-out fold is predicted once, at the end.
+        nothing = valid_src.new(dataset=train_ds.subset(held_idx[:0], train=False), augment=False)
+        learn = _fold_learner(fit_dl, nothing, recipe, label_smoothing, path)
+        args = dict(fine_tune_args)
+        learn.fine_tune(args.pop("epochs"), **args)
+    # Through the fold's own loader settings (normalisation, memory format), which the model was trained with.
+    plain = learn.dls.valid
+    held, _ = learn.get_preds(dl=plain.new(dataset=held_ds, shuffle=False, drop_last=False))
+    valid = (
+        learn.get_preds(dl=plain.new(dataset=valid_ds, shuffle=False, drop_last=False))[0] if len(valid_ds) else None
+    )
+    return held, valid
 
+
+def _out_of_fold_table(
+    train_ds, valid_ds, train_probs: torch.Tensor, valid_probs: torch.Tensor, fold: np.ndarray
+) -> pd.DataFrame:
+    """The score table of the out-of-fold probabilities, with them in `attrs["oof"]`."""
     frames, all_probs, all_fold = [], [], []
-    for split, ds, probs, f in ((SPLITS[0], train_ds, train_probs, fold),
-                                (SPLITS[1], valid_ds, valid_sum / folds, np.full(len(valid_ds), -1))):
+    for split, ds, probs, f in (
+        (SPLITS[0], train_ds, train_probs, fold),
+        (SPLITS[1], valid_ds, valid_probs, np.full(len(valid_ds), -1)),
+    ):
         if not len(ds):
             continue
         targets = ds.targets
@@ -291,109 +356,10 @@ def find_label_issues(learn_or_dls: Learner | DataLoaders, arch: str | Callable 
         all_probs.append(probs.numpy())
         all_fold.append(f)
     table = pd.concat(frames, ignore_index=True)
-    table.attrs["oof"] = OutOfFoldProbs(tuple(table["path"]), np.concatenate(all_probs).astype(np.float32),
-                                        np.concatenate(all_fold), tuple(train_ds.vocab))
+    table.attrs["oof"] = OutOfFoldProbs(
+        tuple(table["path"]),
+        np.concatenate(all_probs).astype(np.float32),
+        np.concatenate(all_fold),
+        tuple(train_ds.vocab),
+    )
     return table
-
-
-# ---------------------------------------------------------------------------------------------
-# Near-duplicates
-
-
-def _body_of(learn: Learner, body: nn.Module | None) -> nn.Module:
-    if body is None and not isinstance(learn.model, VisionModel):
-        raise TypeError("Embeddings need a model with a body and a head, as vision_learner makes.")
-    if body is None:
-        return learn.model.body
-    return body.to(next(learn.model.parameters()).device).eval()
-
-
-def _pooled(f: torch.Tensor) -> torch.Tensor:
-    f = f.float()
-    return nn.functional.normalize(f.mean(dim=(2, 3)) if f.ndim == 4 else f.flatten(1), dim=1)
-
-
-def _in_dataset_order(learn: Learner, dl: DataLoader, forward: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    feats, _, idx = learn.outputs(dl, forward=forward)
-    if not len(feats):
-        return torch.empty(0, 0)
-    out = torch.full((len(dl.dataset), feats.shape[1]), float("nan"))
-    out[idx] = feats.cpu()
-    return out
-
-
-def image_embeddings(learn: Learner, dl: DataLoader, body: nn.Module | None = None) -> torch.Tensor:
-    """The penultimate features of every item of `dl` (the body's output, average-pooled), in dataset
-    order, unit length, on the CPU; a file that cannot be decoded gets a row of NaN. `body` replaces
-    the learner's own body (e.g. the same architecture as pretrained)."""
-    body = _body_of(learn, body)
-    return _in_dataset_order(learn, dl, lambda x: _pooled(body(x)))
-
-
-def image_features_and_texture(learn: Learner, dl: DataLoader,
-                               body: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """`image_embeddings` and, from the same pass, each image's texture: the spread (standard deviation
-    over the image) of each channel of the body's second module, the first block after the stem of
-    the mobilenets, efficientnets and convnexts. Edges and flat areas show there before the body has
-    turned them into what the picture shows, so a drawing among photos differs in it even where the
-    last layer sees "a thing". Texture is None for a body that is not a sequence of modules."""
-    resolved = _body_of(learn, body)
-    mods = list(resolved.children()) if isinstance(resolved, nn.Sequential) else []
-    if len(mods) < 3:
-        return image_embeddings(learn, dl, body), None
-    width: list[int] = []
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        for i, m in enumerate(mods):
-            x = m(x)
-            if i == 1:
-                spread = x.float().std(dim=(2, 3), correction=0) if x.ndim == 4 else x.float().flatten(1)
-        width[:] = [spread.shape[1]]
-        return torch.cat([_pooled(x), spread], dim=1)
-
-    both = _in_dataset_order(learn, dl, forward)
-    if not both.numel():
-        return both, None
-    return both[:, :-width[0]], both[:, -width[0]:]
-
-
-def nearest_neighbours(emb: torch.Tensor, chunk_bytes: int = 64 * 1024**2,
-                       device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each row of unit-length `emb`, the cosine similarity of and index of its most similar other
-    row (`scores.most_similar` with k=1: chunked on `device`, NaN rows match nothing)."""
-    sim, idx = most_similar(emb, 1, chunk_bytes, device)
-    return sim[:, 0], idx[:, 0]
-
-
-DUPLICATE_COLUMNS = ["path_a", "path_b", "split_a", "split_b", "similarity", "cross_split"]
-
-
-def find_duplicates(learn: Learner, threshold: float = 0.97, chunk_bytes: int = 64 * 1024**2) -> pd.DataFrame:
-    """Pairs of images that are probably the same picture, most similar first.
-
-    Each training and validation image is paired with its most similar other image by the cosine
-    similarity of the model's features, and the pairs at or above `threshold` are kept (each pair
-    once). `cross_split` is True when one copy is in train and the other in valid: the validation
-    score then flatters the model. Delete one copy of each pair.
-    """
-    paths: list[Path] = []
-    splits: list[str] = []
-    embs = []
-    for ds_idx, split in enumerate(SPLITS):
-        dl = learn.dls[ds_idx]
-        if not len(dl.dataset):
-            continue
-        embs.append(image_embeddings(learn, dl.plain()))
-        paths += list(dl.dataset.items)
-        splits += [split] * len(dl.dataset)
-    if not embs:
-        return pd.DataFrame(columns=DUPLICATE_COLUMNS)
-    sim, nn_idx = nearest_neighbours(torch.cat(embs), chunk_bytes, device=learn.device)
-    pairs: dict[tuple[int, int], float] = {}
-    for i in torch.nonzero(sim >= threshold).flatten().tolist():
-        j = int(nn_idx[i])
-        key = (min(i, j), max(i, j))
-        pairs[key] = max(pairs.get(key, -math.inf), float(sim[i]))
-    rows = [(paths[a], paths[b], splits[a], splits[b], s, splits[a] != splits[b]) for (a, b), s in pairs.items()]
-    df = pd.DataFrame(rows, columns=DUPLICATE_COLUMNS)
-    return df.sort_values("similarity", ascending=False, kind="stable").reset_index(drop=True)

@@ -5,9 +5,10 @@ losses smoothed, and returns `(suggested lr, (lr, loss) of the point to mark on 
 `learn.lr_find(suggest_funcs=(minimum, steep))` takes them, or a function of one's own written the
 same way, as in fastai.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -15,7 +16,9 @@ import torch
 Suggestion = tuple[float, tuple[float, float]]
 
 
-def _curve(lrs: Sequence[float] | torch.Tensor, losses: Sequence[float] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _curve(
+    lrs: Sequence[float] | torch.Tensor, losses: Sequence[float] | torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.as_tensor(lrs, dtype=torch.float64), torch.as_tensor(losses, dtype=torch.float64)
 
 
@@ -25,7 +28,9 @@ def on_curve(lr: float, lrs: Sequence[float] | torch.Tensor, losses: Sequence[fl
     return float(np.interp(np.log10(lr), np.log10(lrs.numpy()), losses.numpy()))
 
 
-def valley(lrs: Sequence[float] | torch.Tensor, losses: Sequence[float] | torch.Tensor, num_it: int | None = None) -> Suggestion:
+def valley(
+    lrs: Sequence[float] | torch.Tensor, losses: Sequence[float] | torch.Tensor, num_it: int | None = None
+) -> Suggestion:
     """The middle of the longest steadily descending stretch of the curve (fastai's default)."""
     lrs, losses = _curve(lrs, losses)
     n = len(losses)
@@ -44,8 +49,14 @@ def valley(lrs: Sequence[float] | torch.Tensor, losses: Sequence[float] | torch.
     return float(lrs[idx]), (float(lrs[idx]), float(losses[idx]))
 
 
-def slide(lrs: Sequence[float] | torch.Tensor, losses: Sequence[float] | torch.Tensor, num_it: int | None = None,
-          lr_diff: int = 15, thresh: float = 0.005, adjust_value: float = 1.0) -> Suggestion:
+def slide(
+    lrs: Sequence[float] | torch.Tensor,
+    losses: Sequence[float] | torch.Tensor,
+    num_it: int | None = None,
+    lr_diff: int = 15,
+    thresh: float = 0.005,
+    adjust_value: float = 1.0,
+) -> Suggestion:
     """fastai's interval slide rule: from the end of the curve, the last rate before the slope of the
     loss stops changing (by more than `thresh` over `lr_diff` points), times `adjust_value`."""
     lrs, losses = _curve(lrs, losses)
@@ -59,14 +70,18 @@ def slide(lrs: Sequence[float] | torch.Tensor, losses: Sequence[float] | torch.T
     return lr, (lr, on_curve(lr, lrs, losses))
 
 
-def minimum(lrs: Sequence[float] | torch.Tensor, losses: Sequence[float] | torch.Tensor, num_it: int | None = None) -> Suggestion:
+def minimum(
+    lrs: Sequence[float] | torch.Tensor, losses: Sequence[float] | torch.Tensor, num_it: int | None = None
+) -> Suggestion:
     """A tenth of the rate at the lowest loss (the book's "Minimum/10"); the point marked is the minimum."""
     lrs, losses = _curve(lrs, losses)
     idx = int(losses.argmin())
     return float(lrs[idx]) / 10, (float(lrs[idx]), float(losses[idx]))
 
 
-def steep(lrs: Sequence[float] | torch.Tensor, losses: Sequence[float] | torch.Tensor, num_it: int | None = None) -> Suggestion:
+def steep(
+    lrs: Sequence[float] | torch.Tensor, losses: Sequence[float] | torch.Tensor, num_it: int | None = None
+) -> Suggestion:
     """The rate where the loss falls fastest against log(lr)."""
     lrs, losses = _curve(lrs, losses)
     if len(lrs) < 2:
@@ -76,8 +91,9 @@ def steep(lrs: Sequence[float] | torch.Tensor, losses: Sequence[float] | torch.T
     return float(lrs[idx]), (float(lrs[idx]), float(losses[idx]))
 
 
-def frozen_head_rate(lrs: Sequence[float] | torch.Tensor, losses: Sequence[float] | torch.Tensor,
-                     base_lr: float) -> Suggestion:
+def frozen_head_rate(
+    lrs: Sequence[float] | torch.Tensor, losses: Sequence[float] | torch.Tensor, base_lr: float
+) -> Suggestion:
     """fine_tune's `base_lr` read from a frozen head's curve: `base_lr` (the recipe's rate) unless,
     past the lowest loss, the loss there has climbed halfway to where the finder stopped, or the
     finder stopped before it; then `valley`. A frozen head's valley sits at a third to a half of the

@@ -17,6 +17,7 @@ threshold (`prob > thresh`, as in fastai). A probability exactly at the threshol
 logit of 0 (probability 0.5) is not a positive at `thresh=0.5`. The comparison is done in the
 predictions' dtype, so a float32 probability equal to `float32(thresh)` is a negative too.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,19 +25,34 @@ import functools
 import inspect
 import math
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Literal, Sequence, Union, overload
+from typing import Any, ClassVar, Literal, overload
 
 import torch
 from torch import Tensor
 
 __all__ = [
-    "AccuracyMulti", "F1Score", "F1ScoreMulti", "FBeta", "FBetaMulti", "Precision", "PrecisionMulti", "Recall",
-    "RecallMulti", "TopKAccuracy", "accuracy", "accuracy_multi", "accuracy_thresh", "error_rate",
-    "find_best_threshold", "metric_name", "top_k_accuracy",
+    "AccuracyMulti",
+    "F1Score",
+    "F1ScoreMulti",
+    "FBeta",
+    "FBetaMulti",
+    "Precision",
+    "PrecisionMulti",
+    "Recall",
+    "RecallMulti",
+    "TopKAccuracy",
+    "accuracy",
+    "accuracy_multi",
+    "accuracy_thresh",
+    "error_rate",
+    "find_best_threshold",
+    "metric_name",
+    "top_k_accuracy",
 ]
 
-Thresh = Union[float, Sequence[float], Tensor]
+Thresh = float | Sequence[float] | Tensor
 SINGLE_LABEL_AVERAGES = ("macro", "micro", "weighted", "binary")
 MULTI_LABEL_AVERAGES = ("samples", "macro", "micro", "weighted")
 DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(round(0.05 + 0.01 * i, 2) for i in range(91))  # 0.05 .. 0.95
@@ -77,8 +93,10 @@ def _single_label(preds: Tensor, targs: Tensor, caller: str) -> tuple[Tensor, Te
     targs = targs.to(preds.device)
     if preds.ndim == 2 and targs.ndim == 2 and targs.shape == preds.shape and preds.shape[1] > 1:
         # The usual slip: a single-label metric on multi-label data. Say so instead of a shape error.
-        raise ValueError(f"{caller} is for single-label targets (N,); these are multi-label (N, C): "
-                         "use accuracy_multi or a *Multi metric such as F1ScoreMulti")
+        raise ValueError(
+            f"{caller} is for single-label targets (N,); these are multi-label (N, C): "
+            "use accuracy_multi or a *Multi metric such as F1ScoreMulti"
+        )
     targs = targs.reshape(-1).long()
     if preds.ndim == 1:  # already decoded class indices
         labels = preds.long()
@@ -113,8 +131,10 @@ def _multi_label(preds: Tensor, targs: Tensor, thresh: Thresh, sigmoid: bool) ->
     """Predicted and true labels, both boolean (N, C) on the predictions' device."""
     targs = targs.to(preds.device)
     if targs.shape != preds.shape:
-        raise ValueError(f"multi-label metrics need targets shaped like the predictions {tuple(preds.shape)}, "
-                         f"got {tuple(targs.shape)}")
+        raise ValueError(
+            f"multi-label metrics need targets shaped like the predictions {tuple(preds.shape)}, "
+            f"got {tuple(targs.shape)}"
+        )
     # `> 0.5` rather than `.bool()`: label-smoothed targets (0.05 / 0.95) still read as 0 / 1.
     return _binarize(preds, thresh, sigmoid), targs > 0.5
 
@@ -134,8 +154,9 @@ def _score(kind: str, beta: float, tp: Tensor, pred_sum: Tensor, true_sum: Tenso
     return _divide((1 + b2) * tp, b2 * true_sum + pred_sum)
 
 
-def _average(kind: str, beta: float, tp: Tensor, pred_sum: Tensor, true_sum: Tensor, average: str,
-             keep: Tensor | None = None) -> float:
+def _average(
+    kind: str, beta: float, tp: Tensor, pred_sum: Tensor, true_sum: Tensor, average: str, keep: Tensor | None = None
+) -> float:
     """Averages per-class (or, for "samples", per-sample) scores computed from float64 CPU counts."""
     if keep is not None:
         tp, pred_sum, true_sum = tp[keep], pred_sum[keep], true_sum[keep]
@@ -154,8 +175,9 @@ def _counts(*tensors: Tensor) -> list[Tensor]:
     return [t.to("cpu", torch.float64) for t in tensors]
 
 
-def _single_label_score(preds: Tensor, targs: Tensor, kind: str, beta: float, average: str, pos_label: int,
-                        caller: str) -> float:
+def _single_label_score(
+    preds: Tensor, targs: Tensor, kind: str, beta: float, average: str, pos_label: int, caller: str
+) -> float:
     labels, targs, n_classes = _single_label(preds, targs, caller)
     if len(targs) == 0:
         return math.nan
@@ -177,8 +199,9 @@ def _single_label_score(preds: Tensor, targs: Tensor, kind: str, beta: float, av
     return _average(kind, beta, tp, pred_sum, true_sum, average, keep=(pred_sum + true_sum) > 0)
 
 
-def _multi_label_score(preds: Tensor, targs: Tensor, kind: str, beta: float, average: str, thresh: Thresh,
-                       sigmoid: bool) -> float:
+def _multi_label_score(
+    preds: Tensor, targs: Tensor, kind: str, beta: float, average: str, thresh: Thresh, sigmoid: bool
+) -> float:
     pred, true = _multi_label(preds, targs, thresh, sigmoid)
     if pred.shape[0] == 0:
         return math.nan
@@ -259,8 +282,9 @@ class _SingleLabelScore:
         _check_beta(getattr(self, "beta", 1.0))
 
     def __call__(self, preds: Tensor, targs: Tensor) -> float:
-        return _single_label_score(preds, targs, self._kind, getattr(self, "beta", 1.0), self.average,
-                                   self.pos_label, self.name)
+        return _single_label_score(
+            preds, targs, self._kind, getattr(self, "beta", 1.0), self.average, self.pos_label, self.name
+        )
 
 
 @dataclass(eq=False)
@@ -349,8 +373,9 @@ class _MultiLabelScore:
         _check_beta(getattr(self, "beta", 1.0))
 
     def __call__(self, preds: Tensor, targs: Tensor) -> float:
-        return _multi_label_score(preds, targs, self._kind, getattr(self, "beta", 1.0), self.average,
-                                  self.thresh, self.sigmoid)
+        return _multi_label_score(
+            preds, targs, self._kind, getattr(self, "beta", 1.0), self.average, self.thresh, self.sigmoid
+        )
 
 
 @dataclass(eq=False)
@@ -368,8 +393,9 @@ class FBetaMulti(_MultiLabelScore):
     _kind: ClassVar[str] = "fbeta"
 
 
-def fbeta(y_pred: Tensor, y_true: Tensor, thresh: Thresh = 0.2, beta: float = 2.0, eps: float = 1e-9,
-          sigmoid: bool = True) -> float:
+def fbeta(
+    y_pred: Tensor, y_true: Tensor, thresh: Thresh = 0.2, beta: float = 2.0, eps: float = 1e-9, sigmoid: bool = True
+) -> float:
     """fastai v1's multi-label F-beta (F2 per sample at 0.2, the Kaggle "planet" metric), the name the
     course notes use: `f_score = partial(fbeta, thresh=0.2)`. `eps` is accepted for v1's signature;
     an image with no true and no predicted label scores 0, as scikit-learn's `zero_division=0`."""
@@ -438,17 +464,31 @@ def _best(grid: Sequence[float], score: Callable[[float], float]) -> tuple[float
 
 
 @overload
-def find_best_threshold(preds: Tensor, targs: Tensor, metric: Callable | None = ...,
-                        thresholds: Sequence[float] | None = ..., per_class: Literal[False] = ...) -> tuple[float, float]: ...
+def find_best_threshold(
+    preds: Tensor,
+    targs: Tensor,
+    metric: Callable | None = ...,
+    thresholds: Sequence[float] | None = ...,
+    per_class: Literal[False] = ...,
+) -> tuple[float, float]: ...
 @overload
-def find_best_threshold(preds: Tensor, targs: Tensor, metric: Callable | None = ...,
-                        thresholds: Sequence[float] | None = ..., *,
-                        per_class: Literal[True]) -> tuple[list[float], float]: ...
+def find_best_threshold(
+    preds: Tensor,
+    targs: Tensor,
+    metric: Callable | None = ...,
+    thresholds: Sequence[float] | None = ...,
+    *,
+    per_class: Literal[True],
+) -> tuple[list[float], float]: ...
 
 
-def find_best_threshold(preds: Tensor, targs: Tensor, metric: Callable | None = None,
-                        thresholds: Sequence[float] | None = None,
-                        per_class: bool = False) -> tuple[float, float] | tuple[list[float], float]:
+def find_best_threshold(
+    preds: Tensor,
+    targs: Tensor,
+    metric: Callable | None = None,
+    thresholds: Sequence[float] | None = None,
+    per_class: bool = False,
+) -> tuple[float, float] | tuple[list[float], float]:
     """The threshold that gives `metric` its highest value on these predictions, and that value.
 
     `metric` is a multi-label metric with a `thresh` (default `FBetaMulti(beta=2)`, F2 per sample);
@@ -475,10 +515,12 @@ def find_best_threshold(preds: Tensor, targs: Tensor, metric: Callable | None = 
         return best_t, best_s
     per = [best_t] * preds.shape[-1]
     for c in range(len(per)):
+
         def score(t: float, c: int = c) -> float:
             trial = per.copy()
             trial[c] = t
             return float(_with_thresh(metric, trial)(preds, targs))
+
         per[c], s = _best(grid, score)
         best_s = s if not math.isnan(s) else best_s
     return per, best_s

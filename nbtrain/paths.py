@@ -5,12 +5,13 @@ changes no other library's classes, so `from nbtrain import *` gives this subcla
 book's `Path().ls(file_exts='.pkl')` and `untar_data(...).ls()` run, and every other pathlib
 path is left as it is.
 """
+
 from __future__ import annotations
 
 import itertools
 import mimetypes
 import pathlib
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 # pathlib.Path itself can be subclassed only from Python 3.12; its concrete class can be on every version.
 _ConcretePath = type(pathlib.Path())
@@ -26,8 +27,9 @@ class PathList(list):
 class Path(_ConcretePath):
     """A `pathlib.Path` with fastai's `ls`."""
 
-    def ls(self, n_max: int | None = None, file_type: str | None = None,
-           file_exts: str | Iterable[str] | None = None) -> PathList:
+    def ls(
+        self, n_max: int | None = None, file_type: str | None = None, file_exts: str | Iterable[str] | None = None
+    ) -> PathList:
         """The folder's entries (sorted, where fastai's keep the file system's order), at most `n_max`,
         only those with an extension in `file_exts` or of MIME type `file_type` (e.g. 'image') when given."""
         exts = [file_exts] if isinstance(file_exts, str) else list(file_exts or [])

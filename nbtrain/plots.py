@@ -1,8 +1,9 @@
 """The one image-grid plotter: batches, results and top losses are all drawn by `image_grid`."""
+
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -14,9 +15,17 @@ def _as_hwc(img) -> np.ndarray:
     return np.asarray(img)
 
 
-def image_grid(images: Sequence, titles: Sequence[str], colors: Sequence[str | None] | None = None,
-               nrows: int | None = None, ncols: int | None = None, figsize: tuple[float, float] | None = None,
-               panel: float = 2.4, title_size: int = 10, suptitle: str | None = None):
+def image_grid(
+    images: Sequence,
+    titles: Sequence[str],
+    colors: Sequence[str | None] | None = None,
+    nrows: int | None = None,
+    ncols: int | None = None,
+    figsize: tuple[float, float] | None = None,
+    panel: float = 2.4,
+    title_size: int = 10,
+    suptitle: str | None = None,
+):
     """Images in a grid, each with its title (and title colour); returns the figure.
 
     Panels are shaped like the images (two digits side by side are twice as wide as high), and the
@@ -36,8 +45,9 @@ def image_grid(images: Sequence, titles: Sequence[str], colors: Sequence[str | N
     aspect = float(np.median([s[0] / s[1] for s in shapes])) if shapes else 1.0
     lines = max((str(t).count("\n") + 1 for t in titles), default=1)
     height = (panel * aspect + 0.2 * lines) * nrows + (0.5 if suptitle else 0)
-    fig, axes = plt.subplots(nrows, ncols, figsize=figsize or (panel * ncols, height), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=figsize or (panel * ncols, height), squeeze=False, layout="constrained"
+    )
     for k, ax in enumerate(axes.flat):
         ax.axis("off")
         if k >= n:

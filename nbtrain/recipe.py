@@ -14,6 +14,7 @@ do not (at least `far_error`) body and head train at one rate, `far_base_lr`, as
 `find_label_issues`' fold models do; in between both rates move log-linearly. The head-only epoch is
 the probe, so this costs no extra time.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,17 +26,17 @@ NBTRAIN: dict = {
     # The base rate where the ImageNet features do not separate the classes: the whole network learns
     # a new domain in a few epochs (the fold models' rate; 2e-2 diverged on small digit sets).
     "far_base_lr": 1e-2,
-    # The batch size far_base_lr was measured at. Smaller batches scale it by sqrt(bs / far_bs), Adam's
-    # square-root rule: at batch size 8, 1e-2 for the whole network diverged in some seeds on 150 faces.
+    # The batch size far_base_lr was chosen at. Smaller batches scale it by sqrt(bs / far_bs), Adam's
+    # square-root rule, since at small batches the whole network diverges at the full rate.
     "far_bs": 32,
     # None: decided after the head-only epoch, between near_lr_mult and far_lr_mult (see above).
     "lr_mult": None,
-    # fastai's 100 all but freezes the body even on ImageNet's own photos; 10 lowered the error there
-    # at every budget and noise level measured (bench/recipes.py), 3 did not at 10% flipped labels.
+    # fastai's 100 all but freezes the body even on ImageNet's own photos; 10 lowers the error there
+    # at every budget and noise level (docs/recipes-measured.md), 3 does not with flipped labels.
     "near_lr_mult": 10.0,
     "far_lr_mult": 1.0,  # the body must move as fast as the head to learn digits or scans
-    # The frozen head's error (0 perfect, 1 chance) that counts as near and as far. Measured: crops of
-    # ImageNet photos ~0.1, MNIST at 64 px ~0.3, 8x8 digits ~0.8.
+    # The frozen head's error (0 perfect, 1 chance) that counts as near and as far: crops of ImageNet
+    # photos sit at the first, MNIST at 64 px at the second, tiny digits far beyond.
     "near_error": 0.1,
     "far_error": 0.3,
     # Without a validation set (or for multi-label data) there is no error to read: halfway.
@@ -52,9 +53,20 @@ NBTRAIN: dict = {
 }
 
 FASTAI: dict = {
-    "base_lr": 2e-3, "far_base_lr": 2e-3, "lr_mult": 100.0, "near_lr_mult": 100.0, "far_lr_mult": 100.0,
-    "far_bs": 32, "near_error": 0.1, "far_error": 0.3, "unknown_position": 0.0, "freeze_epochs": 1, "pct_start": 0.3,
-    "div": 5.0, "label_smoothing": 0.0, "lr": 1e-3,
+    "base_lr": 2e-3,
+    "far_base_lr": 2e-3,
+    "lr_mult": 100.0,
+    "near_lr_mult": 100.0,
+    "far_lr_mult": 100.0,
+    "far_bs": 32,
+    "near_error": 0.1,
+    "far_error": 0.3,
+    "unknown_position": 0.0,
+    "freeze_epochs": 1,
+    "pct_start": 0.3,
+    "div": 5.0,
+    "label_smoothing": 0.0,
+    "lr": 1e-3,
 }
 
 RECIPES = {"nbtrain": NBTRAIN, "fastai": FASTAI}
@@ -83,8 +95,9 @@ def distance(frozen_error: float | None, n_classes: int, recipe: dict) -> float:
     return min(1.0, max(0.0, (scaled - lo) / (hi - lo)))
 
 
-def unfrozen_rates(frozen_error: float | None, n_classes: int, recipe: dict,
-                   base_lr: float | None = None, bs: int | None = None) -> tuple[float, float]:
+def unfrozen_rates(
+    frozen_error: float | None, n_classes: int, recipe: dict, base_lr: float | None = None, bs: int | None = None
+) -> tuple[float, float]:
     """(base_lr, lr_mult) for fine_tune's unfrozen stage: near data gets near_*, far data far_*,
     log-linear in between. A `base_lr` given replaces the recipe's at the near end only: far data
     still trains at the far rate, because a head's rate says nothing about how fast a body must move

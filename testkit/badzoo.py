@@ -10,6 +10,7 @@ in words (`Result.outcome`), and whether any file was lost on the way: every fil
 (links by their target, files by sha256) is compared before and after with what should be there.
 `EXPECTED` holds the decided outcome of every (case, entry point); "n/a" where the thing cannot enter.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -18,9 +19,9 @@ import os
 import struct
 import warnings
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -71,8 +72,12 @@ def bomb_png(side: int = 14000) -> bytes:
         row = b"\0" * (1 + (side + 7) // 8)  # filter byte, then 1 bit per pixel
         comp = zlib.compressobj(9)
         idat = b"".join(comp.compress(row * min(1000, side - k)) for k in range(0, side, 1000)) + comp.flush()
-        data = (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
-                + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b""))
+        data = (
+            b"\x89PNG\r\n\x1a\n"
+            + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+            + _png_chunk(b"IDAT", idat)
+            + _png_chunk(b"IEND", b"")
+        )
         if side != 14000:
             return data
         _BOMB = data
@@ -137,8 +142,10 @@ def _animated_gif(path: Path) -> Path:
     return path
 
 
-HTML_404 = ("<!DOCTYPE html>\n<html><head><title>404 Not Found</title></head>\n<body><h1>Not Found</h1>\n"
-            "<p>The requested URL was not found on this server.</p></body></html>\n")
+HTML_404 = (
+    "<!DOCTYPE html>\n<html><head><title>404 Not Found</title></head>\n<body><h1>Not Found</h1>\n"
+    "<p>The requested URL was not found on this server.</p></body></html>\n"
+)
 
 # -- the cases ------------------------------------------------------------------------------------------
 
@@ -171,6 +178,7 @@ def _file_case(name: str, what: str, fname: str, write: Callable[[Path], object]
         p = _in_a(root, fname)
         write(p)
         return Planted(p)
+
     return Case(name, what, make)
 
 
@@ -211,8 +219,9 @@ def _odd_class(root: Path, outside: Path) -> Planted:
             write_good(root / split / ODD_CLASS / f"{i}.png", 50 + i + 10 * (split == "valid"))
     odd = root / "train" / ODD_CLASS
     # relabel a file *into* the odd class; delete one from it
-    return Planted(odd, delete_src=odd / "0.png", relabel_src=root / "train" / "a" / "0.png", label=ODD_CLASS,
-                   image=odd / "0.png")
+    return Planted(
+        odd, delete_src=odd / "0.png", relabel_src=root / "train" / "a" / "0.png", label=ODD_CLASS, image=odd / "0.png"
+    )
 
 
 def _class_link_outside(root: Path, outside: Path) -> Planted:
@@ -228,6 +237,7 @@ def _class_link_outside(root: Path, outside: Path) -> Planted:
 def _label_case(label: str) -> Callable[[Path, Path], Planted]:
     def make(root: Path, outside: Path) -> Planted:
         return Planted(root / "train" / "a" / "0.png", label=label)
+
     return make
 
 
@@ -270,13 +280,29 @@ ENTRIES = ["loaders", "loaders skip", "verify_images", "predict", "thumbnail", "
 
 # -- the decided outcomes -------------------------------------------------------------------------------
 
-OK_IMAGE = {"loaders": "accepted", "loaders skip": "accepted", "verify_images": "not listed", "predict": "ok",
-            "thumbnail": "thumbnail", "apply delete": "deleted", "apply relabel": "moved"}
-NOT_AN_IMAGE = {"loaders": "refused, named", "loaders skip": "left out, named once", "verify_images": "listed",
-                "predict": "error naming the file", "thumbnail": "placeholder", "apply delete": "deleted",
-                "apply relabel": "moved"}
-BROKEN_PIXELS = {**NOT_AN_IMAGE, "loaders": "skipped at decode, named once",
-                 "loaders skip": "skipped at decode, named once"}
+OK_IMAGE = {
+    "loaders": "accepted",
+    "loaders skip": "accepted",
+    "verify_images": "not listed",
+    "predict": "ok",
+    "thumbnail": "thumbnail",
+    "apply delete": "deleted",
+    "apply relabel": "moved",
+}
+NOT_AN_IMAGE = {
+    "loaders": "refused, named",
+    "loaders skip": "left out, named once",
+    "verify_images": "listed",
+    "predict": "error naming the file",
+    "thumbnail": "placeholder",
+    "apply delete": "deleted",
+    "apply relabel": "moved",
+}
+BROKEN_PIXELS = {
+    **NOT_AN_IMAGE,
+    "loaders": "skipped at decode, named once",
+    "loaders skip": "skipped at decode, named once",
+}
 LINK_OK = {**OK_IMAGE, "apply delete": "link deleted, target kept", "apply relabel": "link moved, target kept"}
 BAD_LINK = {**NOT_AN_IMAGE, "apply delete": "link deleted", "apply relabel": "link moved"}
 NA = {e: "n/a" for e in ENTRIES}
@@ -301,17 +327,29 @@ EXPECTED: dict[str, dict[str, str]] = {
     "spaces in name": OK_IMAGE,
     "symlink loop (file)": BAD_LINK,
     "dangling symlink": BAD_LINK,
-    "symlink loop (folder)": {**NA, "loaders": "link not followed, named once",
-                              "loaders skip": "link not followed, named once", "verify_images": "not listed",
-                              "apply delete": "not done: a folder, nothing changed",
-                              "apply relabel": "not done: a folder, nothing changed"},
+    "symlink loop (folder)": {
+        **NA,
+        "loaders": "link not followed, named once",
+        "loaders skip": "link not followed, named once",
+        "verify_images": "not listed",
+        "apply delete": "not done: a folder, nothing changed",
+        "apply relabel": "not done: a folder, nothing changed",
+    },
     "symlink to outside": LINK_OK,
     "symlink inside": LINK_OK,
-    "odd class name": {**OK_IMAGE, "loaders": "accepted, class kept verbatim",
-                       "loaders skip": "accepted, class kept verbatim"},
-    "class folder -> outside": {**NA, "loaders": "link not followed, named once",
-                                "loaders skip": "link not followed, named once", "verify_images": "not listed",
-                                "apply delete": "refused, nothing changed", "apply relabel": "refused, nothing changed"},
+    "odd class name": {
+        **OK_IMAGE,
+        "loaders": "accepted, class kept verbatim",
+        "loaders skip": "accepted, class kept verbatim",
+    },
+    "class folder -> outside": {
+        **NA,
+        "loaders": "link not followed, named once",
+        "loaders skip": "link not followed, named once",
+        "verify_images": "not listed",
+        "apply delete": "refused, nothing changed",
+        "apply relabel": "refused, nothing changed",
+    },
     "label '../x'": REFUSED_LABEL,
     "label '..'": REFUSED_LABEL,
     "label absolute": REFUSED_LABEL,
@@ -386,8 +424,9 @@ def _loaders(root: Path, planted: Planted, bad_files: str) -> tuple[str, str]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            dls = ImageDataLoaders.from_folder(root, item_tfms=Resize(16), bs=4, num_workers=0, seed=0,
-                                               bad_files=bad_files, device="cpu")
+            dls = ImageDataLoaders.from_folder(
+                root, item_tfms=Resize(16), bs=4, num_workers=0, seed=0, bad_files=bad_files, device="cpu"
+            )
         except DataError as e:
             return ("refused, named" if _names(target, str(e)) else "refused, NOT named"), str(e)
         n_build = len(caught)
@@ -413,8 +452,11 @@ def _loaders(root: Path, planted: Planted, bad_files: str) -> tuple[str, str]:
             kind = "left out"
         return kind + (", named once" if len(at_build) == 1 else f", named {len(at_build)} times"), detail
     if passes[0] < len(items):  # the planted file was skipped while decoding
-        return ("skipped at decode, named once" if len(at_decode) == 1
-                else f"skipped at decode, named {len(at_decode)} times"), detail
+        return (
+            "skipped at decode, named once"
+            if len(at_decode) == 1
+            else f"skipped at decode, named {len(at_decode)} times"
+        ), detail
     if at_build or at_decode:
         return "accepted, but warned", detail
     if planted.label == ODD_CLASS:
@@ -538,8 +580,9 @@ def tiny_learner(workdir: Path):
     torch.manual_seed(0)
     root = make_dataset(workdir / "clean")
     dls = ImageDataLoaders.from_folder(root, item_tfms=Resize(16), bs=4, num_workers=0, seed=0, device="cpu")
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
-                          nn.Linear(128, dls.c))
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(128, dls.c)
+    )
     return Learner(dls, model)
 
 
@@ -570,11 +613,12 @@ def kill_during_save(workdir: Path, trials: int = 10, seed: int = 0, arch: str =
     import torch
 
     from nbtrain import ImageDataLoaders, Resize, vision_learner
-    from nbtrain.learner import safe_load
+    from nbtrain.persistence import safe_load
 
     rng = random.Random(seed)
-    dls = ImageDataLoaders.from_folder(make_dataset(workdir / "data"), item_tfms=Resize(32), bs=4, num_workers=0,
-                                       device="cpu")
+    dls = ImageDataLoaders.from_folder(
+        make_dataset(workdir / "data"), item_tfms=Resize(32), bs=4, num_workers=0, device="cpu"
+    )
     learn = vision_learner(dls, arch, pretrained=False, path=workdir)
     path = learn.save("ckpt")
     reference = {k: v.clone() for k, v in learn.model.state_dict().items()}
@@ -629,8 +673,11 @@ def kill_during_save(workdir: Path, trials: int = 10, seed: int = 0, arch: str =
                 weights = state["model"]
                 same = all(torch.equal(weights[k], v) for k, v in reference.items() if k != marker)
                 k = float(weights[marker].flatten()[0])
-                found = ("new" if same and k >= 1 and bool((weights[marker] == k).all())
-                         else "changed, neither old nor a complete new version")
+                found = (
+                    "new"
+                    if same and k >= 1 and bool((weights[marker] == k).all())
+                    else "changed, neither old nor a complete new version"
+                )
             except Exception as e:  # a torn file
                 found = f"unreadable ({type(e).__name__}: {e})"
         out.append(SaveTrial(delay, found, len(temps), bool(set(temps) - temps_before), others, child))

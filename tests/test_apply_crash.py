@@ -1,10 +1,11 @@
 """An apply killed with SIGKILL at random points, then resumed or undone: no file is ever lost.
 
-Each trial runs `apply_actions` in a child process (tests/fileops_child.py) on 30 real PNG files with
+Each trial runs `apply_actions` in a child process (testkit/fileops_child.py) on 30 real PNG files with
 deletes, relabels onto taken names, relabels into a new class, own-class choices and a missing file,
 kills it at a random moment, and then resumes (even trials) or undoes (odd trials), sometimes after
 killing the recovery too. Every file is checked by sha256 at its expected final or original place.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,16 +18,23 @@ from pathlib import Path
 
 import pytest
 
-from fileops_child import LOCKED_EXIT, crash_trial, digest, load_fileops, make_dataset, mixed_actions
+from testkit import fileops_child
+from testkit.fileops_child import LOCKED_EXIT, crash_trial, digest, load_fileops, make_dataset, mixed_actions
 
-CHILD = Path(__file__).with_name("fileops_child.py")
+CHILD = Path(fileops_child.__file__)
 
 
 def run_trials(tmp_path: Path, trials: int, seed: int = 0) -> list:
     results = []
     for t in range(trials):
-        results.append(crash_trial(tmp_path / f"trial{t}", seed=seed * 100_000 + t,
-                                   recovery="resume" if t % 2 == 0 else "undo", trash=t % 4 >= 2))
+        results.append(
+            crash_trial(
+                tmp_path / f"trial{t}",
+                seed=seed * 100_000 + t,
+                recovery="resume" if t % 2 == 0 else "undo",
+                trash=t % 4 >= 2,
+            )
+        )
     return results
 
 
@@ -46,10 +54,12 @@ def test_many_kills_lose_no_file(tmp_path):
     trials = int(os.environ.get("NBTRAIN_CRASH_TRIALS", "100"))
     results = run_trials(tmp_path, trials=trials, seed=1)
     lost = sum(r.lost for r in results)
-    print(f"\n| trials | resumes | undos | files checked | files lost | extra files |\n"
-          f"| {len(results)} | {sum(r.recovery == 'resume' for r in results)} "
-          f"| {sum(r.recovery == 'undo' for r in results)} | {sum(r.checked for r in results)} "
-          f"| {lost} | {sum(r.extra for r in results)} |")
+    print(
+        f"\n| trials | resumes | undos | files checked | files lost | extra files |\n"
+        f"| {len(results)} | {sum(r.recovery == 'resume' for r in results)} "
+        f"| {sum(r.recovery == 'undo' for r in results)} | {sum(r.checked for r in results)} "
+        f"| {lost} | {sum(r.extra for r in results)} |"
+    )
     assert_nothing_lost(results)
 
 
@@ -57,8 +67,13 @@ def _start_apply(root: Path, actions_file: Path, slow: float, wait_for: Path | N
     env = {**os.environ, "NBTRAIN_TEST_SLOW_OPS": str(slow)}
     if wait_for is not None:
         env["NBTRAIN_TEST_WAIT_FOR"] = str(wait_for)
-    return subprocess.Popen([sys.executable, str(CHILD), "apply", str(root), str(actions_file)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(CHILD), "apply", str(root), str(actions_file)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _expected_after(root: Path, actions: list, before: dict[str, str]) -> dict[str, str]:

@@ -1,4 +1,5 @@
 """audit and the image-property pass on real digit files with planted problems whose truth is known."""
+
 from __future__ import annotations
 
 import math
@@ -13,9 +14,18 @@ from PIL import Image, ImageFilter
 
 from nbtrain import ImageDataLoaders, Resize, audit, vision_learner
 from nbtrain.audit import COLUMNS, BalanceSummary, issue_counts, threshold_notes
+from nbtrain.image_properties import (
+    HASH_BITS,
+    THRESHOLDS,
+    brightness,
+    fine_detail,
+    hash_neighbours,
+    measure_file,
+    measure_images,
+    perceptual_hash,
+    sharpness,
+)
 from nbtrain.samples import make_mnist_sample
-from nbtrain.image_properties import (HASH_BITS, THRESHOLDS, brightness, fine_detail, hash_neighbours,
-                                      measure_file, measure_images, perceptual_hash, sharpness)
 
 
 def _change(path: Path, fn) -> None:
@@ -29,7 +39,8 @@ PLANTS = {
     "overexposed": lambda im: Image.fromarray((255 - (255 - np.asarray(im, np.float32)) * 0.2).astype(np.uint8)),
     "blurry": lambda im: im.filter(ImageFilter.GaussianBlur(1.5)),
     "low_information": lambda im: Image.fromarray(
-        (np.full((28, 28), 90.0) + np.random.default_rng(0).normal(0, 1.5, (28, 28))).astype(np.uint8)),
+        (np.full((28, 28), 90.0) + np.random.default_rng(0).normal(0, 1.5, (28, 28))).astype(np.uint8)
+    ),
     "odd_size": lambda im: im.resize((84, 84), Image.Resampling.NEAREST),
     "odd_aspect": lambda im: im.resize((70, 28), Image.Resampling.NEAREST),
 }
@@ -196,7 +207,10 @@ def test_overriding_a_threshold_changes_what_is_flagged(planted):
     stricter = audit(root, thresholds={"dark": 0.999})
     assert len(_flagged(stricter, "dark")) > 1
     assert (stricter.loc[stricter["issue"] == "dark", "threshold"] == 0.999).all()
-    assert "0.999" in _flagged(stricter, "dark").iloc[0]["reason"] or "1.00" in _flagged(stricter, "dark").iloc[0]["reason"]
+    assert (
+        "0.999" in _flagged(stricter, "dark").iloc[0]["reason"]
+        or "1.00" in _flagged(stricter, "dark").iloc[0]["reason"]
+    )
     looser = audit(root, thresholds={"odd_aspect": 3.0})
     assert truth["odd_aspect"] not in set(_flagged(looser, "odd_aspect")["path"])
 
@@ -287,12 +301,12 @@ def test_outliers_found_even_when_they_cluster_together(tmp_path):
     the neighbours a distance averages over, and fine-tuning on digits pulls them into the digits'
     clusters; in the pretrained body's features each is still unlike the class it was put in.
     (Distance to the nearest images in the fine-tuned features put 4 of them in the first 12.)"""
-    from nbtrain.samples import _foolbox_photos
+    from nbtrain.samples import foolbox_photos
 
     root = make_mnist_sample(tmp_path / "digits", n=100, noise=0.0, seed=6).path
     (root / "labels.csv").unlink()
     strays = []
-    for j, src in enumerate(_foolbox_photos()[:12]):
+    for j, src in enumerate(foolbox_photos()[:12]):
         dest = root / "train" / str(j % 10) / f"photo_{j}.png"
         with Image.open(src) as im:
             im.convert("RGB").resize((28, 28), Image.Resampling.BILINEAR).save(dest)
@@ -310,11 +324,11 @@ def test_a_group_of_drawings_among_photos_is_ranked_first_by_its_texture(tmp_pat
     """Six tinted digits spread over the classes of 80 photo quarters are each other's nearest images,
     and the last layer sees them little farther from the photos than the most isolated quarters; the
     first block's texture puts all six first. Without it, five of them are (measured)."""
-    from nbtrain.label_issues import image_embeddings, image_features_and_texture
-    from nbtrain.samples import _foolbox_photos, _mnist_arrays
+    from nbtrain.embeddings import image_embeddings, image_features_and_texture
+    from nbtrain.samples import foolbox_photos, mnist_arrays
 
     root = tmp_path / "photos"
-    for src in _foolbox_photos():
+    for src in foolbox_photos():
         with Image.open(src) as im:
             im = im.convert("RGB").resize((224, 224), Image.Resampling.BICUBIC)
         for q, (x, y) in enumerate([(0, 0), (112, 0), (0, 112), (112, 112)]):
@@ -322,7 +336,7 @@ def test_a_group_of_drawings_among_photos_is_ranked_first_by_its_texture(tmp_pat
             dest.parent.mkdir(parents=True, exist_ok=True)
             im.crop((x, y, x + 112, y + 112)).save(dest, quality=90)
     rng = np.random.default_rng(0)
-    digits, _ = _mnist_arrays()
+    digits, _ = mnist_arrays()
     classes = sorted(d.name for d in (root / "train").iterdir())
     strays = set()
     for j in range(6):
@@ -346,12 +360,12 @@ def test_a_group_of_drawings_among_photos_is_ranked_first_by_its_texture(tmp_pat
 def test_the_default_outlier_threshold_flags_the_strays_and_no_digit_whatever_the_size(tmp_path, n):
     """Three photos among n real digits are flagged and not one digit is, with the default threshold:
     raised for 203 images, at its base for 1,003."""
-    from nbtrain.samples import _foolbox_photos
+    from nbtrain.samples import foolbox_photos
 
     root = make_mnist_sample(tmp_path / "digits", n=n, noise=0.0, seed=7).path
     (root / "labels.csv").unlink()
     strays = set()
-    for j, src in enumerate(_foolbox_photos()[:3]):
+    for j, src in enumerate(foolbox_photos()[:3]):
         dest = root / "train" / str(3 * j) / f"photo_{j}.png"
         with Image.open(src) as im:
             im.convert("RGB").resize((28, 28), Image.Resampling.BILINEAR).save(dest)

@@ -1,6 +1,6 @@
 """Bad files scraped from the web, fed to every entry point: each is handled or refused clearly, and no file is lost.
 
-The zoo (tests/badzoo.py) writes real files: truncated JPEG and PNG, an empty file, text and an HTML page
+The zoo (testkit/badzoo.py) writes real files: truncated JPEG and PNG, an empty file, text and an HTML page
 named .jpg, CMYK, 16-bit, palette-with-transparency, RGBA, greyscale, an animated GIF, a 1x1 image, a
 genuine decompression bomb, an EXIF-rotated photo, unicode and space-containing names, symlinks that
 loop, dangle, or lead outside the dataset, a class folder with a name full of shell-unfriendly
@@ -8,6 +8,7 @@ characters, a class folder that is a link out of the dataset, and labels like '.
 is the decided outcome of each (case, entry point); every run also checks, by sha256 and link target,
 that every file under the test's folder (the dataset and the folder outside it) is where it should be.
 """
+
 from __future__ import annotations
 
 import threading
@@ -17,9 +18,9 @@ import pytest
 import torch
 from torch import nn
 
-import badzoo
 from nbtrain import ImageDataLoaders, Learner, Resize, fileops, get_image_files, load_image, verify_images
 from nbtrain.cleaner import DELETE, ImageClassifierCleaner
+from testkit import badzoo
 
 PARAMS = [(c.name, e) for c in badzoo.CASES for e in badzoo.ENTRIES if badzoo.EXPECTED[c.name][e] != "n/a"]
 
@@ -74,8 +75,9 @@ def test_exif_rotated_photo_is_upright_in_the_batches(tmp_path):
     root = badzoo.make_dataset(tmp_path / "data")
     rotated = badzoo.exif_rotated_jpeg(root / "train" / "a" / "rotated.jpg")
     assert load_image(rotated).size == (20, 40)
-    dls = ImageDataLoaders.from_folder(root, item_tfms=Resize((40, 20), method="squish"), bs=8, num_workers=0,
-                                       device="cpu")
+    dls = ImageDataLoaders.from_folder(
+        root, item_tfms=Resize((40, 20), method="squish"), bs=8, num_workers=0, device="cpu"
+    )
     i = dls.train_ds.items.index(rotated)
     for x, _, idx in dls.train.plain().iter_with_index():
         if i in idx.tolist():
@@ -95,8 +97,12 @@ def test_cleaner_shows_a_broken_file_first_and_apply_never_touches_a_link_target
     before = badzoo.snapshot(tmp_path)
     torch.manual_seed(0)
     dls = ImageDataLoaders.from_folder(root, item_tfms=Resize(16), bs=4, num_workers=0, seed=0, device="cpu")
-    learn = Learner(dls, nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4),
-                                       nn.Flatten(), nn.Linear(128, dls.c)))
+    learn = Learner(
+        dls,
+        nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(128, dls.c)
+        ),
+    )
     with pytest.warns(UserWarning, match="truncated.jpg"):  # once, when scoring decodes it
         cleaner = ImageClassifierCleaner(learn, frontend="plain", max_n=4, height=badzoo.THUMB, width=badzoo.THUMB)
     cleaner.dd_cats.value, cleaner.dd_ds.value = "a", "Train"
@@ -110,7 +116,7 @@ def test_cleaner_shows_a_broken_file_first_and_apply_never_touches_a_link_target
         cleaner.set_choice(root / "train" / "a" / "0.png", "../x")
     report = cleaner.apply()
     assert report.summary() == "2 deleted, 1 relabelled" and not report.errors
-    (src, dst), = report.moved
+    ((src, dst),) = report.moved
     assert dst.parent == root / "train" / badzoo.ODD_CLASS
     expected = dict(before)
     for gone in (truncated.path, link):
@@ -129,8 +135,9 @@ def test_deleting_a_symlink_unlinks_the_link_never_its_target(tmp_path, trash):
     inside = badzoo.CASE_BY_NAME["symlink inside"].make(root, tmp_path / "outside").path
     target_out, target_in = planted.path.resolve(), inside.resolve()
     before = badzoo.snapshot(tmp_path)
-    report = fileops.apply_actions([fileops.Action("delete", planted.path), fileops.Action("delete", inside)], root,
-                                   trash=trash)
+    report = fileops.apply_actions(
+        [fileops.Action("delete", planted.path), fileops.Action("delete", inside)], root, trash=trash
+    )
     assert len(report.deleted) == 2 and not report.errors
     assert not planted.path.is_symlink() and not inside.is_symlink()
     after = badzoo.snapshot(tmp_path)

@@ -1,5 +1,6 @@
 """The callbacks on real digits: best-epoch saving, early stopping, the CSV log, gradient accumulation,
 MixUp and CutMix, and the stopping callbacks across 2 gloo processes."""
+
 from __future__ import annotations
 
 import csv
@@ -16,18 +17,32 @@ import torch
 from torch import nn
 
 import nbtrain
-from nbtrain import (Callback, CancelFitException, CSVLogger, CutMix, EarlyStoppingCallback, GradientAccumulation,
-                     ImageDataLoaders, Learner, MixUp, Resize, SaveModelCallback, ShowGraphCallback)
+from nbtrain import (
+    Callback,
+    CancelFitException,
+    CSVLogger,
+    CutMix,
+    EarlyStoppingCallback,
+    GradientAccumulation,
+    ImageDataLoaders,
+    Learner,
+    MixUp,
+    Resize,
+    SaveModelCallback,
+    ShowGraphCallback,
+)
 from nbtrain.distributed import rank
-from nbtrain.learner import safe_load
-from tiny_models import small_cnn
+from nbtrain.persistence import safe_load
+from testkit.tiny_models import small_cnn
 
 pytestmark = pytest.mark.filterwarnings("ignore:No GPU")
 
 
 def tiny_cnn(c: int) -> nn.Module:
     """No BatchNorm: its statistics depend on how a batch is split."""
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(128, c))
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(128, c)
+    )
 
 
 class Scripted:
@@ -69,6 +84,153 @@ def make_learner(path, tmp_path, metric=None, model_fn=tiny_cnn, bs=16, **kwargs
     return Learner(dls, model_fn(dls.c), metrics=[metric] if metric else nbtrain.error_rate, path=tmp_path)
 
 
+# -- The events ----------------------------------------------------------------------------------------
+
+
+class EveryEvent(Callback):
+    """Notes every event it receives, with the epoch and batch, and raises `raise_at`'s exception once,
+    at the first event it names for which its test on the learner holds."""
+
+    def __init__(self, raise_at: tuple | None = None):
+        self.seen: list[str] = []
+        self.raise_at, self.raised = raise_at, None
+
+
+def _note(event: str):
+    def handler(self) -> None:
+        self.seen.append(f"{event}:{self.learn.epoch}:{self.learn.iter}")
+        if self.raise_at and self.raised is None and self.raise_at[0] == event and self.raise_at[1](self.learn):
+            self.raised = len(self.seen) - 1
+            raise self.raise_at[2]()
+
+    return handler
+
+
+for _event_name in nbtrain.callbacks.EVENTS:
+    setattr(EveryEvent, _event_name, _note(_event_name))
+
+BATCH = [
+    "before_batch",
+    "after_pred",
+    "after_loss",
+    "before_backward",
+    "after_backward",
+    "before_step",
+    "after_step",
+    "after_batch",
+]
+
+
+def _events_of(mnist_small, tmp_path, raise_at=None) -> tuple[list[str], int | None]:
+    """The events of a fit of 2 epochs of 2 batches, and where `raise_at` raised."""
+    learn = make_learner(mnist_small, tmp_path, bs=96)
+    cb = EveryEvent(raise_at)
+    learn.fit(2, lr=1e-3, cbs=cb)
+    return [e.split(":")[0] for e in cb.seen], cb.raised
+
+
+def test_the_events_of_a_fit_come_in_fastais_order(mnist_small, tmp_path):
+    epoch = [
+        "before_epoch",
+        "before_train",
+        *BATCH,
+        *BATCH,
+        "after_train",
+        "before_validate",
+        "after_validate",
+        "after_epoch",
+    ]
+    assert _events_of(mnist_small, tmp_path)[0] == ["before_fit", *epoch, *epoch, "after_fit"]
+
+
+@pytest.mark.parametrize(
+    "raise_at, expected_tail",
+    [
+        # A cancelled batch skips its step (and zero_grad) and still ends with after_batch.
+        (
+            ("after_pred", lambda learn: learn.training and learn.iter == 1, nbtrain.CancelBatchException),
+            ["after_pred", "after_cancel_batch", "after_batch"],
+        ),
+        # A cancelled step still ends its batch.
+        (
+            ("before_step", lambda learn: True, nbtrain.CancelStepException),
+            ["before_step", "after_cancel_step", "after_batch"],
+        ),
+        # A cancelled training part skips after_train; validation follows.
+        (
+            ("after_batch", lambda learn: learn.training, nbtrain.CancelTrainException),
+            ["after_batch", "after_cancel_train", "before_validate"],
+        ),
+        # A cancelled validation skips after_validate; the epoch ends.
+        (
+            ("before_validate", lambda learn: True, nbtrain.CancelValidException),
+            ["before_validate", "after_cancel_validate", "after_epoch"],
+        ),
+        # A cancelled epoch still ends with after_epoch; the next one starts.
+        (
+            ("after_train", lambda learn: True, nbtrain.CancelEpochException),
+            ["after_train", "after_cancel_epoch", "after_epoch", "before_epoch"],
+        ),
+        # A cancelled fit runs after_cancel_fit, then after_fit.
+        (("before_epoch", lambda learn: True, CancelFitException), ["before_epoch", "after_cancel_fit", "after_fit"]),
+    ],
+)
+def test_a_cancel_exception_runs_after_cancel_then_what_its_stage_promises(
+    mnist_small, tmp_path, raise_at, expected_tail
+):
+    events, raised = _events_of(mnist_small, tmp_path, raise_at)
+    assert events[raised : raised + len(expected_tail)] == expected_tail
+
+
+def test_a_batch_cancelled_before_its_loss_records_no_loss_even_the_first(mnist_small, tmp_path):
+    class SkipFirst(Callback):
+        def after_pred(self) -> None:
+            if self.learn.training and self.learn.iter == 0:
+                raise nbtrain.CancelBatchException
+
+    learn = make_learner(mnist_small, tmp_path)
+    learn.fit(2, 1e-3, cbs=SkipFirst())
+    assert len(learn.recorder.losses) == 2 * (len(learn.dls.train) - 1)
+    assert all(np.isfinite(learn.recorder.losses)) and len(learn.recorder.values) == 2
+
+
+def test_a_misspelt_event_method_is_refused_when_the_callback_is_added(mnist_small, tmp_path):
+    class Misspelt(Callback):
+        def after_epcoh(self) -> None:
+            pass
+
+    learn = make_learner(mnist_small, tmp_path)
+    for add in (
+        lambda: learn.add_cbs(Misspelt()),
+        lambda: learn.fit(1, cbs=Misspelt()),
+        lambda: Learner(learn.dls, tiny_cnn(learn.dls.c), cbs=Misspelt()),
+    ):
+        with pytest.raises(AttributeError, match=r"Misspelt\.after_epcoh .*did you mean after_epoch\?"):
+            add()
+    assert learn.recorder.values == []  # refused before any training
+    learn.add_cbs([MixUp(), GradientAccumulation()])  # methods that are not named like events are fine
+
+
+def test_callbacks_are_sorted_once_per_fit_not_on_every_event(mnist_small, tmp_path):
+    class CountsOrderReads(Callback):
+        reads = 0
+
+        @property
+        def order(self) -> int:
+            CountsOrderReads.reads += 1
+            return 0
+
+    def reads_during(n_epoch: int) -> int:
+        learn = make_learner(mnist_small, tmp_path, bs=16)
+        learn.add_cbs(CountsOrderReads())
+        before = CountsOrderReads.reads
+        learn.fit(n_epoch, lr=1e-3)
+        return CountsOrderReads.reads - before
+
+    one, three = reads_during(1), reads_during(3)
+    assert one == three and one <= 4  # the sorts as the fit's callbacks come and go, not one per batch
+
+
 # -- SaveModelCallback -------------------------------------------------------------------------------
 
 
@@ -106,7 +268,9 @@ def test_a_kill_during_the_best_epochs_save_leaves_the_previous_best_file_intact
     from nbtrain.models import create_vision_model
 
     # A resnet18 (45 MB) so that a save takes long enough to be cut off.
-    learn = make_learner(mnist_small, tmp_path, model_fn=lambda c: create_vision_model("resnet18", c, pretrained=False)[0])
+    learn = make_learner(
+        mnist_small, tmp_path, model_fn=lambda c: create_vision_model("resnet18", c, pretrained=False)[0]
+    )
     path = tmp_path / "models" / "model.pth"
     start = time.perf_counter()
     learn.save("timing")
@@ -151,7 +315,8 @@ def test_a_kill_during_the_best_epochs_save_leaves_the_previous_best_file_intact
         if trial < 3:  # kill as soon as the new save's temporary file has some bytes: surely mid-save
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline and not any(
-                    n.endswith(".tmp") and (path.parent / n).stat().st_size > 0 for n in os.listdir(path.parent)):
+                n.endswith(".tmp") and (path.parent / n).stat().st_size > 0 for n in os.listdir(path.parent)
+            ):
                 time.sleep(0.0005)
         else:  # at a random moment
             time.sleep(rng.uniform(0, 1.5 * t_save))
@@ -202,8 +367,11 @@ def test_fine_tune_passes_the_callbacks_to_both_stages(mnist_small, tmp_path):
     from nbtrain.models import VisionModel
 
     def tiny_vision_model(c: int) -> VisionModel:
-        return VisionModel(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()),
-                           nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(128, c)), "tiny")
+        return VisionModel(
+            nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()),
+            nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(128, c)),
+            "tiny",
+        )
 
     learn = make_learner(mnist_small, tmp_path, model_fn=tiny_vision_model)
     logger = CSVLogger(append=True)
@@ -340,15 +508,17 @@ def test_cutmix_pastes_a_rectangle_and_leaves_the_rest_of_the_image(mnist_small,
     learn.fit(1, lr=1e-3, cbs=[before, CutMix(), after])
     for a, b in zip(before.xs, after.xs):
         same = (a == b).all(dim=1)  # (bs, H, W): pixels left as they were
-        assert bool(same[:, 0, :].any() or same[:, -1, :].any() or same[:, :, 0].any() or same[:, :, -1].any()
-                    or same.all())
+        assert bool(
+            same[:, 0, :].any() or same[:, -1, :].any() or same[:, :, 0].any() or same[:, :, -1].any() or same.all()
+        )
 
 
 def test_mixup_mixes_multi_label_targets(mnist_small, tmp_path):
     labels = [[p.parent.name] for p in sorted(mnist_small.rglob("*.png"))]
     files = sorted(mnist_small.rglob("*.png"))
-    dls = ImageDataLoaders.from_lists(mnist_small, files, labels, multi_label=True, item_tfms=Resize(16), bs=16,
-                                      seed=0, num_workers=0)
+    dls = ImageDataLoaders.from_lists(
+        mnist_small, files, labels, multi_label=True, item_tfms=Resize(16), bs=16, seed=0, num_workers=0
+    )
     learn = Learner(dls, tiny_cnn(dls.c), path=tmp_path)
     before, after = Batches(-100), Batches(100)
     learn.fit(1, lr=1e-3, cbs=[before, MixUp(), after])
@@ -371,8 +541,15 @@ def test_the_first_process_decides_and_both_stop_after_the_same_epoch(mnist_smal
     # decides: the best saved is epoch 1's, and both stop after epoch 3 (patience 2).
     metric = Scripted([0.5, 0.2, 0.4, 0.6, 0.7, 0.8], [0.5, 0.4, 0.3, 0.2, 0.1, 0.0])
     learn = make_learner(mnist_small, tmp_path, metric, bs=32)
-    learn.fit(6, lr=1e-2, n_gpus=2, cbs=[SaveModelCallback(monitor="scripted", comp=np.less),
-                                        EarlyStoppingCallback(monitor="scripted", comp=np.less, patience=2)])
+    learn.fit(
+        6,
+        lr=1e-2,
+        n_gpus=2,
+        cbs=[
+            SaveModelCallback(monitor="scripted", comp=np.less),
+            EarlyStoppingCallback(monitor="scripted", comp=np.less, patience=2),
+        ],
+    )
     assert learn.epochs_trained == 4
     assert [v[2] for v in learn.recorder.values] == [0.5, 0.2, 0.4, 0.6]
     saved = safe_load(tmp_path / "models" / "model.pth")
@@ -393,3 +570,16 @@ def test_callbacks_with_state_of_their_own_are_pickled_without_their_learner_or_
             assert "learn" not in copy.__dict__ and "file" not in copy.__dict__
     finally:
         logger.after_fit()
+
+
+def test_lr_find_leaves_no_checkpoint_log_row_or_tracker_state_behind(mnist_small, tmp_path):
+    learn = make_learner(mnist_small, tmp_path)
+    save, log, stop = SaveModelCallback(fname="best"), CSVLogger("history.csv"), EarlyStoppingCallback(patience=1)
+    learn.add_cbs([save, log, stop])
+    num_it = 2 * len(learn.dls.train) + 1  # three epochs' worth
+    learn.lr_find(num_it=num_it, end_lr=1e-2, show_plot=False)
+    assert len(learn.recorder.lr_find_lrs) == num_it - 5  # every batch ran: early stopping sat out
+    assert not (learn.output_path / "best.pth").exists() and not (learn.output_path / "history.csv").exists()
+    assert {save, log, stop} <= set(learn.cbs)  # back for the real fit
+    learn.fit(1, 1e-3)
+    assert (learn.output_path / "best.pth").exists() and len(log.read_log()) == 1

@@ -1,4 +1,5 @@
 """ImageClassifierCleaner driven as a person drives it (setting its menus, clicking its buttons), on real files."""
+
 from __future__ import annotations
 
 import hashlib
@@ -7,6 +8,7 @@ import shutil
 import stat
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -16,7 +18,9 @@ from nbtrain.cleaner import ANY, DELETE, KEEP, ImageClassifierCleaner
 
 
 def tiny_cnn(c: int) -> nn.Module:
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(128, c))
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(128, c)
+    )
 
 
 @pytest.fixture
@@ -30,8 +34,11 @@ def learn(mnist_copy):
 
 def digest(root: Path) -> dict[str, str]:
     """Relative path -> sha256 of every image file under root."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*.png")) if ".nbtrain" not in p.parts}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*.png"))
+        if ".nbtrain" not in p.parts
+    }
 
 
 def test_view_lists_the_category_worst_loss_first(learn):
@@ -61,6 +68,7 @@ def test_fastai_book_loops_work_as_written(learn, mnist_copy):
     assert cleaner.delete() == [0]
     assert cleaner.change() == [(1, "7")]
     import shutil as sh
+
     for idx in cleaner.delete():
         cleaner.fns[idx].unlink()
     for idx, cat in cleaner.change():
@@ -115,7 +123,7 @@ def test_sort_by_confidence_and_margin_rank_low_scores_first(learn):
     cleaner = ImageClassifierCleaner(learn, frontend="plain", max_n=10)
     for key in ("self_confidence", "margin"):
         cleaner.dd_sort.value = key
-        view = cleaner._view[key].tolist()
+        view = cleaner.view[key].tolist()
         assert view == sorted(view)
 
 
@@ -141,7 +149,8 @@ def test_apply_deletes_and_relabels_and_the_learner_follows(learn, mnist_copy):
     report = cleaner.apply()
     assert not doomed.exists()
     dest = moving.parent.parent / "9" / moving.name
-    assert dest.exists() and hashlib.sha256(dest.read_bytes()).hexdigest() == before[str(moving.relative_to(mnist_copy))]
+    assert dest.exists()
+    assert hashlib.sha256(dest.read_bytes()).hexdigest() == before[str(moving.relative_to(mnist_copy))]
     assert report.journal and Path(report.journal).exists()
     items = learn.dls.train_ds.items
     assert doomed not in items and moving not in items and dest in items
@@ -159,7 +168,7 @@ def test_relabel_onto_a_taken_name_keeps_both_files(learn, mnist_copy):
     clash_bytes, src_bytes = clash.read_bytes(), src.read_bytes()
     cleaner.cells[0].menu.value = "0"
     report = cleaner.apply()
-    (moved_src, moved_dst), = report.moved
+    ((moved_src, moved_dst),) = report.moved
     assert Path(moved_dst) != clash and Path(moved_dst).parent == clash.parent
     assert clash.read_bytes() == clash_bytes and Path(moved_dst).read_bytes() == src_bytes
 
@@ -246,7 +255,7 @@ def test_apply_cut_off_halfway_can_be_undone_byte_for_byte(learn, mnist_copy):
 def test_thumbnails_are_made_only_for_the_page_shown_and_the_next(learn):
     cleaner = ImageClassifierCleaner(learn, frontend="plain", max_n=4)
     assert len(cleaner.thumbs._items) <= 8
-    assert set(cleaner.thumbs._items) == set(cleaner._view["path"].iloc[:8])
+    assert set(cleaner.thumbs._items) == set(cleaner.view["path"].iloc[:8])
     cleaner.next_button.click()
     assert len(cleaner.thumbs._items) <= 12
     assert all(c.image.value[:2] == b"\xff\xd8" for c in cleaner.cells if c.path is not None)  # JPEG
@@ -283,7 +292,7 @@ def test_a_choice_set_from_code_shows_in_the_menu_on_the_page(learn):
     cleaner = ImageClassifierCleaner(learn, frontend="plain", max_n=4)
     first, second = cleaner.fns[0], cleaner.fns[1]
     cleaner.set_choice(first, DELETE)
-    other = next(c for c in cleaner.vocab if c not in cleaner._own_labels(second))
+    other = next(c for c in cleaner.vocab if c not in cleaner.state.own_labels(second))
     cleaner.set_choice(second, other)
     assert cleaner.cells[0].menu.value == DELETE and cleaner.cells[1].menu.value == other
     assert cleaner.delete() == [0] and cleaner.change() == [(1, other)]
@@ -308,8 +317,9 @@ def test_a_click_on_delete_marks_the_image_and_a_second_click_keeps_it(learn):
 def test_one_click_accepts_the_models_prediction_as_the_new_label(learn):
     cleaner = ImageClassifierCleaner(learn, frontend="plain", max_n=30)
     cleaner.dd_cats.value = "(any)"
-    rows = cleaner._view.set_index("path", drop=False).loc[cleaner.fns]
-    i = next(i for i, (labs, pred) in enumerate(zip(rows["labels"], rows["pred_idx"])) if cleaner.vocab[pred] not in labs)
+    rows = cleaner.view.set_index("path", drop=False).loc[cleaner.fns]
+    pairs = enumerate(zip(rows["labels"], rows["pred_idx"]))
+    i = next(i for i, (labs, pred) in pairs if cleaner.vocab[pred] not in labs)
     pred = cleaner.vocab[rows["pred_idx"].iloc[i]]
     assert cleaner.cells[i].accept_button.description == f"✓ {pred}"
     cleaner.cells[i].accept_button.click()
@@ -320,16 +330,19 @@ def test_one_click_accepts_the_models_prediction_as_the_new_label(learn):
 def test_bulk_decisions_on_a_page_are_undone_in_one_step(learn):
     cleaner = ImageClassifierCleaner(learn, frontend="plain", max_n=5)
     first = cleaner.fns[0]
-    cleaner.set_choice(first, "9" if "9" not in cleaner._own_labels(first) else "8")
+    cleaner.set_choice(first, "9" if "9" not in cleaner.state.own_labels(first) else "8")
     before = dict(cleaner.choices)
     cleaner.delete_all_button.click()
     assert cleaner.delete() == list(range(5))
     cleaner.undo_button.click()
     assert cleaner.choices == before
     cleaner.accept_all_button.click()
-    preds = cleaner._view.set_index("path", drop=False).loc[cleaner.fns]
-    expected = {p: cleaner.vocab[i] for p, i, labs in zip(preds["path"], preds["pred_idx"], preds["labels"])
-                if cleaner.vocab[i] not in labs}
+    preds = cleaner.view.set_index("path", drop=False).loc[cleaner.fns]
+    expected = {
+        p: cleaner.vocab[i]
+        for p, i, labs in zip(preds["path"], preds["pred_idx"], preds["labels"])
+        if cleaner.vocab[i] not in labs
+    }
     assert cleaner.choices == expected
     cleaner.undo()
     assert cleaner.choices == before
@@ -353,7 +366,7 @@ def test_undo_takes_back_the_last_decision_and_its_reviewed_count(learn):
 def _buttons(box) -> dict:
     found = {}
     for w in box.children:
-        for child in (w.children if hasattr(w, "children") else [w]):
+        for child in w.children if hasattr(w, "children") else [w]:
             if hasattr(child, "on_click"):
                 found[child.description] = child
     return found
@@ -369,7 +382,8 @@ def test_apply_button_shows_the_plan_asks_then_applies_and_undo_apply_restores_e
     cleaner.apply_button.click()
     plan = cleaner.apply_box.children[0].value
     rel = lambda p: str(p.relative_to(mnist_copy))  # noqa: E731
-    assert f"delete {rel(doomed)}" in plan and f"move {rel(moving)} → {rel(moving.parent.parent / '5' / moving.name)}" in plan
+    assert f"delete {rel(doomed)}" in plan
+    assert f"move {rel(moving)} → {rel(moving.parent.parent / '5' / moving.name)}" in plan
     assert digest(mnist_copy) == before, "showing the plan changes nothing"
     buttons = _buttons(cleaner.apply_box)
     buttons["Cancel"].click()
@@ -391,12 +405,20 @@ def test_decisions_in_the_keys_grid_equal_the_same_decisions_from_code(learn):
     g = keys.grid_widget
     assert len(g.cards) == len(g.images) == len(g.marks) == 6
     assert all(img[:2] == b"\xff\xd8" for img in g.images)  # JPEG bytes, sent with the page
+    assert g._esm == (Path(fileops.__file__).parent / "cleaner.js").read_text()  # the package's file, no CDN
     token = g.page_token
-    other = next(c for c in keys.vocab if c not in keys._own_labels(keys.fns[2]))
-    for msg in ({"action": "toggle_delete", "index": 0}, {"action": "accept", "index": 1},
-                {"action": "relabel", "index": 2, "label": other}, {"action": "delete_all"}, {"action": "undo"},
-                {"action": "next"}, {"action": "toggle_delete", "index": 3}, {"action": "prev"}):
-        keys._on_grid_message(g, msg)
+    other = next(c for c in keys.vocab if c not in keys.state.own_labels(keys.fns[2]))
+    for msg in (
+        {"action": "toggle_delete", "index": 0},
+        {"action": "accept", "index": 1},
+        {"action": "relabel", "index": 2, "label": other},
+        {"action": "delete_all"},
+        {"action": "undo"},
+        {"action": "next"},
+        {"action": "toggle_delete", "index": 3},
+        {"action": "prev"},
+    ):
+        keys.front.handle(msg)
     code.toggle_delete(code.fns[0])
     code.accept_prediction(code.fns[1])
     code.set_choice(code.fns[2], other)
@@ -410,15 +432,26 @@ def test_decisions_in_the_keys_grid_equal_the_same_decisions_from_code(learn):
     assert g.marks[2] == {"kind": "relabel", "label": other}
 
 
-def _issue_table(learn) -> "pd.DataFrame":
-    import pandas as pd
-
+def _issue_table(learn) -> pd.DataFrame:
     items = learn.dls.train_ds.items
-    rows = [(items[0], "blurry", 0.5, True), (items[1], "blurry", 0.9, True), (items[2], "blurry", 0.7, True),
-            (items[3], "blurry", 0.1, False), (items[4], "dark", 0.95, True)]
-    return pd.DataFrame({"path": [Path(p).resolve() for p, *_ in rows], "split": "train",
-                         "issue": [r[1] for r in rows], "score": [r[2] for r in rows], "flagged": [r[3] for r in rows],
-                         "reason": [f"{r[1]} score {r[2]}" for r in rows], "threshold": 0.3})
+    rows = [
+        (items[0], "blurry", 0.5, True),
+        (items[1], "blurry", 0.9, True),
+        (items[2], "blurry", 0.7, True),
+        (items[3], "blurry", 0.1, False),
+        (items[4], "dark", 0.95, True),
+    ]
+    return pd.DataFrame(
+        {
+            "path": [Path(p).resolve() for p, *_ in rows],
+            "split": "train",
+            "issue": [r[1] for r in rows],
+            "score": [r[2] for r in rows],
+            "flagged": [r[3] for r in rows],
+            "reason": [f"{r[1]} score {r[2]}" for r in rows],
+            "threshold": 0.3,
+        }
+    )
 
 
 def test_issue_views_show_each_flagged_type_worst_first_with_its_reason(learn):
@@ -474,10 +507,13 @@ def _name_labelled(root: Path, n: int = 8) -> list[Path]:
 
 @pytest.fixture
 def cat_learn(tmp_path):
-    def is_cat(x): return x[0].isupper()
+    def is_cat(x):
+        return x[0].isupper()
+
     files = _name_labelled(tmp_path / "images")
-    dls = ImageDataLoaders.from_name_func(tmp_path / "images", files, label_func=is_cat, valid_pct=0.25, seed=0,
-                                          item_tfms=Resize(16), bs=4, num_workers=0)
+    dls = ImageDataLoaders.from_name_func(
+        tmp_path / "images", files, label_func=is_cat, valid_pct=0.25, seed=0, item_tfms=Resize(16), bs=4, num_workers=0
+    )
     torch.manual_seed(0)
     return Learner(dls, tiny_cnn(dls.c))
 
@@ -489,7 +525,7 @@ def test_bool_labels_show_as_class_names_and_relabel_to_the_datasets_own_value(c
     cleaner.dd_cats.value = ANY  # both classes of the training set on one page
     dog = next(p for p in cleaner.fns if not p.name[0].isupper())
     cat = next(p for p in cleaner.fns if p.name[0].isupper())
-    cleaner.set_choice(dog, True)   # the value, as is_cat gives it
+    cleaner.set_choice(dog, True)  # the value, as is_cat gives it
     cleaner.set_choice(cat, "False")  # or its name, as the menu shows it
     assert cleaner.choices == {dog: "True", cat: "False"}
     changes = dict(cleaner.change())
@@ -506,8 +542,10 @@ def test_relabel_of_name_labelled_files_is_refused_before_any_file_changes(cat_l
     doomed, dog = cleaner.fns[0], next(p for p in cleaner.fns[1:] if not p.name[0].isupper())
     cleaner.set_choice(doomed, DELETE)
     cleaner.set_choice(dog, True)
-    with pytest.raises(ValueError, match="labels do not come from folder names.*Nothing applied|Nothing applied.*"
-                                         "do not come from folder names"):
+    with pytest.raises(
+        ValueError,
+        match="labels do not come from folder names.*Nothing applied|Nothing applied.*do not come from folder names",
+    ):
         cleaner.apply()
     assert digest(tmp_path) == before and "Nothing applied" in cleaner.status.value
     assert "cannot be done by moving files" in cleaner.plan_text()
@@ -525,8 +563,16 @@ def test_int_labels_in_class_folders_relabel_by_moving(tmp_path):
         for k in range(4):
             Image.new("RGB", (20, 20), (label * 30, 10 * k, 0)).save(tmp_path / "d" / str(label) / f"{label}_{k}.png")
     files = sorted((tmp_path / "d").rglob("*.png"))
-    dls = ImageDataLoaders.from_lists(tmp_path / "d", files, [int(f.parent.name) for f in files], valid_pct=0.25,
-                                      seed=0, item_tfms=Resize(16), bs=4, num_workers=0)
+    dls = ImageDataLoaders.from_lists(
+        tmp_path / "d",
+        files,
+        [int(f.parent.name) for f in files],
+        valid_pct=0.25,
+        seed=0,
+        item_tfms=Resize(16),
+        bs=4,
+        num_workers=0,
+    )
     assert dls.vocab == [3, 7]
     cleaner = ImageClassifierCleaner(Learner(dls, tiny_cnn(dls.c)), frontend="plain", max_n=8)
     cleaner.dd_cats.value = ANY
@@ -556,12 +602,18 @@ def test_a_class_named_with_html_characters_shows_as_text(mnist_copy):
 
 def test_top_shows_the_highest_scores_of_an_issue_that_flags_none_and_leaves_the_table(learn):
     """Outliers are a ranking: strays can rank first and still score under the threshold."""
-    import pandas as pd
-
     items = learn.dls.train_ds.items[:6]
-    table = pd.DataFrame({"path": [Path(p).resolve() for p in items], "split": "train", "issue": "outlier",
-                          "score": [3.0, 9.0, 1.0, 7.0, 8.0, 2.0], "flagged": False,
-                          "reason": [f"score {i}" for i in range(6)], "threshold": 23.0})
+    table = pd.DataFrame(
+        {
+            "path": [Path(p).resolve() for p in items],
+            "split": "train",
+            "issue": "outlier",
+            "score": [3.0, 9.0, 1.0, 7.0, 8.0, 2.0],
+            "flagged": False,
+            "reason": [f"score {i}" for i in range(6)],
+            "threshold": 23.0,
+        }
+    )
     cleaner = ImageClassifierCleaner(learn, frontend="plain", max_n=4)
     with pytest.raises(ValueError, match="No flagged images of issue 'outlier'"):
         cleaner.show_issues(table, issue="outlier")

@@ -1,4 +1,5 @@
 """The loaders on real image files: labels, splits, image modes, and a clear error for every bad input."""
+
 from __future__ import annotations
 
 import warnings
@@ -46,11 +47,16 @@ def test_from_folder_valid_pct_is_random_seeded_and_sized(mnist_small):
 
 def test_from_df_and_from_csv_use_the_table_labels_and_valid_column(mnist_small, tmp_path):
     files = get_image_files(mnist_small)
-    df = pd.DataFrame({"name": [str(f.relative_to(mnist_small)) for f in files],
-                       "label": [f.parent.name for f in files],
-                       "is_valid": ["valid" in f.parts for f in files]})
-    dls = ImageDataLoaders.from_df(df, path=mnist_small, fn_col="name", label_col="label", valid_col="is_valid",
-                                   item_tfms=Resize(32))
+    df = pd.DataFrame(
+        {
+            "name": [str(f.relative_to(mnist_small)) for f in files],
+            "label": [f.parent.name for f in files],
+            "is_valid": ["valid" in f.parts for f in files],
+        }
+    )
+    dls = ImageDataLoaders.from_df(
+        df, path=mnist_small, fn_col="name", label_col="label", valid_col="is_valid", item_tfms=Resize(32)
+    )
     assert dls.vocab == [str(i) for i in range(10)]
     assert len(dls.valid_ds) == int(df.is_valid.sum())
     assert [p.parent.name for p in dls.train_ds.items] == [dls.vocab[t] for t in dls.train_ds.targets.tolist()]
@@ -70,7 +76,9 @@ def test_from_name_re_takes_the_label_from_the_file_name(mnist_small, tmp_path):
         breed = "great_pyrenees" if int(f.parent.name) % 2 else "Abyssinian"
         Image.open(f).convert("RGB").save(tmp_path / f"{breed}_{i}.jpg")
     fnames = get_image_files(tmp_path)
-    dls = ImageDataLoaders.from_name_re(tmp_path, fnames, r"^(.+)_\d+\.jpg$", valid_pct=0.2, seed=0, item_tfms=Resize(28))
+    dls = ImageDataLoaders.from_name_re(
+        tmp_path, fnames, r"^(.+)_\d+\.jpg$", valid_pct=0.2, seed=0, item_tfms=Resize(28)
+    )
     assert dls.vocab == ["Abyssinian", "great_pyrenees"]
     for ds in (dls.train_ds, dls.valid_ds):
         for p, t in zip(ds.items, ds.targets.tolist()):
@@ -84,14 +92,17 @@ def _write(path: Path, mode: str = "RGB", size=(20, 20)) -> Path:
     return path
 
 
-@pytest.mark.parametrize("case, match", [
-    ("empty", "No image files"),
-    ("class_without_images", "has no images"),
-    ("single_class", "Only one class"),
-    ("no_valid_folder", "No 'valid' folder"),
-    ("non_image_files", "not images"),
-    ("text_named_jpg", "not usable images"),
-])
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        ("empty", "No image files"),
+        ("class_without_images", "has no images"),
+        ("single_class", "Only one class"),
+        ("no_valid_folder", "No 'valid' folder"),
+        ("non_image_files", "not images"),
+        ("text_named_jpg", "not usable images"),
+    ],
+)
 def test_bad_dataset_layouts_get_a_clear_error_that_names_the_fix(tmp_path, case, match):
     root = tmp_path / "data"
     root.mkdir()
@@ -104,10 +115,12 @@ def test_bad_dataset_layouts_get_a_clear_error_that_names_the_fix(tmp_path, case
         (root / "train" / "bird").mkdir()
     if case == "single_class":
         import shutil
+
         shutil.rmtree(root / "train" / "dog")
         shutil.rmtree(root / "valid" / "dog")
     if case == "no_valid_folder":
         import shutil
+
         shutil.rmtree(root / "valid")
     if case == "non_image_files":
         (root / "train" / "cat" / "notes.pdf").write_text("not an image")

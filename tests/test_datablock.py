@@ -1,4 +1,5 @@
 """DataBlock, its labellers and splitters against fastai's documented behaviour, on real image files."""
+
 from __future__ import annotations
 
 import os
@@ -11,10 +12,30 @@ import pytest
 import torch
 
 import nbtrain
-from nbtrain import (CategoryBlock, CategoryMap, ColReader, ColSplitter, DataBlock, DataError, EndSplitter,
-                     FuncSplitter, GrandparentSplitter, ImageBlock, ImageDataLoaders, IndexSplitter, MaskSplitter,
-                     MultiCategoryBlock, RandomSplitter, RegexLabeller, Resize, TrainTestSplitter, aug_transforms,
-                     get_image_files, parent_label, using_attr)
+from nbtrain import (
+    CategoryBlock,
+    CategoryMap,
+    ColReader,
+    ColSplitter,
+    DataBlock,
+    DataError,
+    EndSplitter,
+    FuncSplitter,
+    GrandparentSplitter,
+    ImageBlock,
+    ImageDataLoaders,
+    IndexSplitter,
+    MaskSplitter,
+    MultiCategoryBlock,
+    RandomSplitter,
+    RegexLabeller,
+    Resize,
+    TrainTestSplitter,
+    aug_transforms,
+    get_image_files,
+    parent_label,
+    using_attr,
+)
 
 ITEMS = [Path(f"/data/train/cat/{i}.jpg") for i in range(10)]
 
@@ -130,16 +151,22 @@ def test_train_test_splitter_stratify_keeps_each_class_share():
     train, valid = TrainTestSplitter(test_size=0.2, random_state=42, stratify=labels)(list(range(100)))
     assert len(valid) == 20 and sorted(train + valid) == list(range(100))
     assert sum(labels[i] == "b" for i in valid) == 4
-    assert TrainTestSplitter(test_size=0.2, random_state=42)(list(range(100))) == \
-        TrainTestSplitter(test_size=0.2, random_state=42)(list(range(100)))
+    assert TrainTestSplitter(test_size=0.2, random_state=42)(list(range(100))) == TrainTestSplitter(
+        test_size=0.2, random_state=42
+    )(list(range(100)))
 
 
 # -- DataBlock on real files ------------------------------------------------------------------------
 
 
 def _folder_block(**kwargs) -> DataBlock:
-    args = dict(blocks=(ImageBlock, CategoryBlock), get_items=get_image_files, splitter=GrandparentSplitter(),
-                get_y=parent_label, item_tfms=Resize(28))
+    args = dict(
+        blocks=(ImageBlock, CategoryBlock),
+        get_items=get_image_files,
+        splitter=GrandparentSplitter(),
+        get_y=parent_label,
+        item_tfms=Resize(28),
+    )
     args.update(kwargs)
     return DataBlock(**args)
 
@@ -150,7 +177,9 @@ def test_datablock_builds_the_same_loaders_as_from_folder(mnist_small):
     assert type(dls) is type(ref) and dls.vocab == ref.vocab
     assert sorted(dls.train_ds.items) == sorted(ref.train_ds.items)
     assert sorted(dls.valid_ds.items) == sorted(ref.valid_ds.items)
-    assert dls.root == Path(mnist_small) and dls.path == Path(".") and dls.table is None  # fastai saves in the working folder
+    assert (
+        dls.root == Path(mnist_small) and dls.path == Path(".") and dls.table is None
+    )  # fastai saves in the working folder
     x, y = dls.one_batch()
     assert x.shape == (32, 3, 28, 28) and y.dtype == torch.long
 
@@ -172,8 +201,13 @@ def test_new_replaces_only_the_transforms_given():
 
 def test_dataframe_source_with_col_reader_remembers_its_table(mnist_small):
     df = pd.read_csv(mnist_small / "labels.csv")
-    block = DataBlock(blocks=(ImageBlock, CategoryBlock), get_x=ColReader("fname", pref=mnist_small),
-                      get_y=ColReader("label"), splitter=ColSplitter(), item_tfms=Resize(28))
+    block = DataBlock(
+        blocks=(ImageBlock, CategoryBlock),
+        get_x=ColReader("fname", pref=mnist_small),
+        get_y=ColReader("label"),
+        splitter=ColSplitter(),
+        item_tfms=Resize(28),
+    )
     dls = block.dataloaders(df, bs=16, num_workers=0)
     assert dls.table is not None and dls.table.df is df
     assert (dls.table.fn_col, dls.table.label_col, dls.table.folder) == ("fname", "label", Path(mnist_small))
@@ -211,6 +245,7 @@ def test_category_map_indexes_with_a_tensor():
 
 def test_get_y_returning_nothing_names_get_y(mnist_small):
     with pytest.raises(DataError, match=r"get_y \(no_label\) gave None for item 0 .*no label"):
+
         def no_label(o):
             return None
 
@@ -218,8 +253,11 @@ def test_get_y_returning_nothing_names_get_y(mnist_small):
 
 
 def test_splitter_leaving_valid_empty_is_named(mnist_small):
-    with pytest.raises(DataError, match=r"splitter \(GrandparentSplitter\(train_name='train', valid_name='test'\)\) "
-                                        r"left the validation set empty"):
+    with pytest.raises(
+        DataError,
+        match=r"splitter \(GrandparentSplitter\(train_name='train', valid_name='test'\)\) "
+        r"left the validation set empty",
+    ):
         _folder_block(splitter=GrandparentSplitter(valid_name="test")).dataloaders(mnist_small)
 
 
@@ -242,8 +280,12 @@ def test_list_labels_with_category_block_point_to_multicategory(mnist_small):
 def test_text_labels_with_multicategory_block_say_to_split_them():
     df = pd.DataFrame({"fname": ["a.png", "b.png"], "labels": ["3 7", "1"], "is_valid": [False, True]})
     with pytest.raises(DataError, match=r"gave the text '3 7'.*label_delim=' '"):
-        DataBlock(blocks=(ImageBlock, MultiCategoryBlock), get_x=ColReader("fname"), get_y=ColReader("labels"),
-                  splitter=ColSplitter()).datasets(df)
+        DataBlock(
+            blocks=(ImageBlock, MultiCategoryBlock),
+            get_x=ColReader("fname"),
+            get_y=ColReader("labels"),
+            splitter=ColSplitter(),
+        ).datasets(df)
 
 
 def test_a_folder_source_without_get_items_says_to_add_it(mnist_small):
@@ -290,11 +332,35 @@ def test_blocks_and_arguments_that_cannot_be_honoured_say_so():
 def test_star_import_gives_fastais_names():
     ns: dict = {}
     exec("from nbtrain import *", ns)
-    for name in ("models", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "mobilenet_v2", "fbeta",
-                 "find_label_issues", "find_duplicates", "DataBlock", "ImageBlock", "CategoryBlock",
-                 "MultiCategoryBlock", "parent_label", "RegexLabeller", "ColReader", "using_attr", "RandomSplitter",
-                 "GrandparentSplitter", "IndexSplitter", "ColSplitter", "FuncSplitter", "TrainTestSplitter",
-                 "get_image_files", "ResizeMethod", "PILImage"):
+    for name in (
+        "models",
+        "resnet18",
+        "resnet34",
+        "resnet50",
+        "resnet101",
+        "resnet152",
+        "mobilenet_v2",
+        "fbeta",
+        "find_label_issues",
+        "find_duplicates",
+        "DataBlock",
+        "ImageBlock",
+        "CategoryBlock",
+        "MultiCategoryBlock",
+        "parent_label",
+        "RegexLabeller",
+        "ColReader",
+        "using_attr",
+        "RandomSplitter",
+        "GrandparentSplitter",
+        "IndexSplitter",
+        "ColSplitter",
+        "FuncSplitter",
+        "TrainTestSplitter",
+        "get_image_files",
+        "ResizeMethod",
+        "PILImage",
+    ):
         assert name in ns, name
     assert ns["models"].resnet34.__name__ == "resnet34" and ns["models"].alexnet.__name__ == "alexnet"
 
@@ -378,7 +444,9 @@ def test_copy_of_dataset_keeps_working_after_files_move(mnist_copy):
 
 def test_random_splitter_and_from_name_func_make_the_same_split(mnist_small):
     files = get_image_files(mnist_small)
-    dls = ImageDataLoaders.from_path_func(mnist_small, files, parent_label, valid_pct=0.2, seed=42, item_tfms=Resize(28))
+    dls = ImageDataLoaders.from_path_func(
+        mnist_small, files, parent_label, valid_pct=0.2, seed=42, item_tfms=Resize(28)
+    )
     _, valid = RandomSplitter(valid_pct=0.2, seed=42)(files)
     assert sorted(dls.valid_ds.items) == sorted(files[i] for i in valid)
 
@@ -387,7 +455,7 @@ def test_random_splitter_and_from_name_func_make_the_same_split(mnist_small):
 
 
 def _untrained_learner(dls):
-    from tiny_models import small_cnn
+    from testkit.tiny_models import small_cnn
 
     return nbtrain.Learner(dls, small_cnn(dls.c))
 
@@ -409,8 +477,13 @@ def test_cleaner_apply_moves_files_of_a_folder_datablock(mnist_copy):
 
 def test_cleaner_apply_rewrites_the_table_of_a_dataframe_datablock(mnist_copy):
     df = pd.read_csv(mnist_copy / "labels.csv", dtype={"label": str})
-    block = DataBlock(blocks=(ImageBlock, CategoryBlock), get_x=lambda r: mnist_copy / r["fname"],
-                      get_y=lambda r: r["label"], splitter=ColSplitter(), item_tfms=Resize(28))
+    block = DataBlock(
+        blocks=(ImageBlock, CategoryBlock),
+        get_x=lambda r: mnist_copy / r["fname"],
+        get_y=lambda r: r["label"],
+        splitter=ColSplitter(),
+        item_tfms=Resize(28),
+    )
     dls = block.dataloaders(df, bs=32, num_workers=0)
     assert (dls.table.fn_col, dls.table.label_col) == ("fname", "label")  # found by comparing the values
     learn = _untrained_learner(dls)

@@ -1,4 +1,5 @@
 """The offline sample datasets: real images written as files in the layouts users' datasets have."""
+
 from __future__ import annotations
 
 import json
@@ -12,10 +13,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from nbtrain.samples import (SampleDataset, make_digits_sample, make_mnist_sample, make_multilabel_mnist,
-                              make_photos_sample)
-from nbtrain import samples as datasets
-from nbtrain.samples import _mnist_arrays
+from nbtrain.samples import (
+    SampleDataset,
+    make_digits_sample,
+    make_mnist_sample,
+    make_multilabel_mnist,
+    make_photos_sample,
+    mnist_arrays,
+)
 
 DIGITS = [str(d) for d in range(10)]
 
@@ -42,8 +47,8 @@ def test_mnist_sample_writes_real_pngs_in_fastai_layout(mnist300):
     pngs = sorted(root.glob("*/*/*.png"))
     assert len(pngs) == 300
     assert _files(root) == {p.relative_to(root).as_posix() for p in pngs} | {"labels.csv"}
-    mnist, _ = _mnist_arrays()
-    for p in pngs[:: 37]:
+    mnist, _ = mnist_arrays()
+    for p in pngs[::37]:
         with Image.open(p) as img:
             assert img.format == "PNG" and img.mode == "L" and img.size == (28, 28)
             # The pixels are the real MNIST digit the file name points to, not something synthetic.
@@ -75,7 +80,7 @@ def test_labels_csv_agrees_with_the_folders(mnist300):
         split, label, _ = row.fname.split("/")
         assert label == row.label
         assert split == ("valid" if row.is_valid else "train")
-    mnist_labels = _mnist_arrays()[1]
+    mnist_labels = mnist_arrays()[1]
     truth = {f"{i:05d}": str(c) for i, c in enumerate(mnist_labels)}
     assert all(truth[Path(f).stem] == t for f, t in zip(on_disk["fname"], on_disk["true_label"]))
 
@@ -159,7 +164,7 @@ def test_multilabel_mnist_pairs_two_real_digits_with_both_labels(tmp_path):
     assert len(labels) == 100 and labels["is_valid"].sum() == 20
     assert _files(sample.path) == set(labels["fname"]) | {"labels.csv"}
     assert all(f.startswith("images/") for f in labels["fname"])
-    mnist, mnist_y = _mnist_arrays()
+    mnist, mnist_y = mnist_arrays()
     by_digit = {d: mnist[mnist_y == d] for d in range(10)}
     single = 0
     for row in labels.itertuples():
@@ -212,8 +217,7 @@ def test_sample_data_dir_follows_the_environment(tmp_path):
         print(json.dumps(out))
     """
     envs = [{"NBTRAIN_DATA": str(tmp_path / "d")}, {"NBTRAIN_HOME": str(tmp_path / "h")}, {}]
-    done = subprocess.run([sys.executable, "-c", code, json.dumps(envs)], capture_output=True,
-                          text=True)
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(envs)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     home = Path.home() / ".nbtrain"
     assert json.loads(done.stdout) == [

@@ -7,6 +7,7 @@ Adam divides by the root of tiny second moments, which magnifies that rounding: 
 one-cycle schedule the weights differ by up to 4e-3 relative (valid loss by 7e-6), so that test
 allows 2e-2 on the weights and 1e-4 on the validation loss.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,8 +33,9 @@ class TinyCNN(nn.Module):
 
     def __init__(self, c: int):
         super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
-                                 nn.Linear(128, c))
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(128, c)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -53,8 +55,10 @@ def make_learner(path: Path, model_fn=TinyCNN, **kwargs) -> Learner:
 
 
 def max_rel_diff(a: nn.Module, b: nn.Module) -> float:
-    return max(float((v - w).abs().max() / v.abs().max().clamp_min(1e-12))
-               for v, w in zip(a.state_dict().values(), b.state_dict().values()))
+    return max(
+        float((v - w).abs().max() / v.abs().max().clamp_min(1e-12))
+        for v, w in zip(a.state_dict().values(), b.state_dict().values())
+    )
 
 
 def test_two_processes_train_as_one_with_sgd(mnist_small):
@@ -119,7 +123,7 @@ def _fail() -> None:
 
 def _gather_with_padding() -> dict:
     # 3 items over 2 processes: the short last batch is padded, and the gathered result keeps each item once.
-    from nbtrain.data import ImageDataset, DataLoader
+    from nbtrain.data import DataLoader, ImageDataset
 
     ds = ImageDataset([Path(f"{i}.png") for i in range(3)], ["a", "b", "a"], ["a", "b"])
     dl = DataLoader(ds, bs=2, device="cpu", num_workers=0)
@@ -134,7 +138,11 @@ def test_launch_runs_real_processes_and_returns_rank_0s_result():
     assert distributed.launch(_ranks, 2) == {"rank": 0, "world": 2, "main": True}
     assert _ranks() == {"rank": 0, "world": 1, "main": True}  # outside: one process
     res = distributed.launch(_gather_with_padding, 2)
-    assert res["idx"].tolist() == [0, 1, 2] and res["out"].tolist() == [0.0, 1.0, 2.0] and res["targ"].tolist() == [0, 1, 0]
+    assert (
+        res["idx"].tolist() == [0, 1, 2]
+        and res["out"].tolist() == [0.0, 1.0, 2.0]
+        and res["targ"].tolist() == [0, 1, 0]
+    )
 
 
 def test_an_error_in_a_process_is_raised_in_the_notebook_with_its_message():
@@ -218,8 +226,13 @@ def test_the_same_code_runs_under_torchrun(mnist_copy, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
-                          str(script)], capture_output=True, text=True, env=env, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", str(script)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "rank 0 of 2 done" in run.stdout and "rank 1 of 2 done" in run.stdout
     assert run.stdout.count("train_loss") == 1

@@ -1,4 +1,5 @@
 """Where the code runs: mixed precision per device, Kaggle detection, read-only data, offline weights."""
+
 from __future__ import annotations
 
 import os
@@ -12,9 +13,9 @@ from torchvision import models as tvm
 import nbtrain
 from nbtrain import ImageDataLoaders, Learner, Resize, fileops
 from nbtrain.environment import autocast_dtype, mixed_precision
-from nbtrain.locations import is_kaggle, is_read_only_location, output_dir
 from nbtrain.fileops import copy_to_working
-from nbtrain.models import WeightsUnavailableError, _offline_candidates, pretrained_state_dict
+from nbtrain.locations import is_kaggle, is_read_only_location, output_dir
+from nbtrain.models import WeightsUnavailableError, offline_candidates, pretrained_state_dict
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -22,16 +23,23 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 # -- mixed precision ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("capability, dtype", [
-    ((9, 0), torch.bfloat16),   # H100
-    ((8, 0), torch.bfloat16),   # A100
-    ((7, 5), torch.float16),    # T4: is_bf16_supported() says True, through slow emulation
-    ((7, 0), torch.float16),    # V100
-    ((6, 0), torch.float16),    # P100
-    ((6, 1), None),             # GTX 1080: fp16 at a fraction of fp32's speed
-])
+@pytest.mark.parametrize(
+    "capability, dtype",
+    [
+        ((9, 0), torch.bfloat16),  # H100
+        ((8, 9), torch.bfloat16),  # L4, RTX 4090
+        ((8, 6), torch.bfloat16),  # A10, RTX 3090
+        ((8, 0), torch.bfloat16),  # A100
+        ((7, 5), torch.float16),  # T4: is_bf16_supported() says True, through slow emulation
+        ((7, 0), torch.float16),  # V100
+        ((6, 0), torch.float16),  # P100
+        ((6, 1), None),  # GTX 1080: fp16 at a fraction of fp32's speed
+    ],
+)
 def test_auto_precision_follows_the_compute_capability(capability, dtype):
     assert autocast_dtype(CUDA, capability=capability) is dtype
+    # Only fp16 needs the gradient scaler: bf16 has fp32's range.
+    assert mixed_precision(CUDA, "auto", capability=capability) == (dtype, dtype is torch.float16)
 
 
 def test_grad_scaler_only_for_fp16_on_cuda():
@@ -76,7 +84,7 @@ def test_bf16_trains_and_predicts_on_the_cpu(mnist_small):
     assert learn.model.seen == {torch.float32}
     with pytest.warns(UserWarning, match="needs a CUDA GPU; on cpu this learner trains in float32"):
         learn.to_fp16()
-    assert learn._amp_dtype() is None and learn._make_scaler() is None
+    assert learn._amp_dtype() is None and learn.make_scaler() is None
 
 
 # -- Kaggle and read-only data -------------------------------------------------------------------
@@ -165,9 +173,9 @@ def attached(tmp_path) -> Path:
 
 
 def test_weights_named_after_the_architecture_are_found_and_named(attached, tmp_path, monkeypatch, capsys):
-    names = [p.name for p in _offline_candidates("resnet18-f37072fd.pth", arch="resnet18", roots=[attached])]
+    names = [p.name for p in offline_candidates("resnet18-f37072fd.pth", arch="resnet18", roots=[attached])]
     assert names == ["resnet18-0broken.pth", "resnet18-5c106cde.pth"]
-    assert _offline_candidates("vgg16-397923af.pth", arch="vgg16", roots=[attached]) == []
+    assert offline_candidates("vgg16-397923af.pth", arch="vgg16", roots=[attached]) == []
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
     state, source = pretrained_state_dict("resnet18", search_roots=[attached])
     assert Path(source).name == "resnet18-5c106cde.pth" and "layer4.1.bn2.weight" in state

@@ -1,4 +1,5 @@
 """nbtrain.fileops on real image files: deletes, relabels, collisions, refusals, faults, tables, copies."""
+
 from __future__ import annotations
 
 import hashlib
@@ -11,9 +12,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fileops_child import digest, files_in, make_dataset, make_image
 from nbtrain import fileops
 from nbtrain.fileops import Action, apply_actions
+from testkit.fileops_child import digest, files_in, make_dataset, make_image
 
 
 @pytest.fixture
@@ -71,8 +72,9 @@ def test_relabel_onto_a_taken_name_keeps_both_files_byte_for_byte(data):
     before = digest(data)
     (data / "train/b/1_1.png").write_bytes((data / "train/c/0.png").read_bytes())  # 1_1 is taken too
     taken = sha(data / "train/b/1_1.png")
-    report = apply_actions([Action("relabel", data / "train/a/1.png", "b"),
-                            Action("relabel", data / "train/c/1.png", "b")], data)
+    report = apply_actions(
+        [Action("relabel", data / "train/a/1.png", "b"), Action("relabel", data / "train/c/1.png", "b")], data
+    )
     assert [dst.name for _, dst in report.moved] == ["1_2.png", "1_3.png"]
     assert sha(data / "train/b/1.png") == before["train/b/1.png"]
     assert sha(data / "train/b/1_1.png") == taken
@@ -90,8 +92,14 @@ def test_choosing_the_own_class_is_skipped_and_changes_nothing(data):
 
 def test_a_missing_file_is_reported_and_the_rest_applied(data):
     gone = data / "train/a/9.png"
-    report = apply_actions([Action("delete", gone), Action("delete", data / "train/a/0.png"),
-                            Action("relabel", data / "train/a/1.png", "b")], data)
+    report = apply_actions(
+        [
+            Action("delete", gone),
+            Action("delete", data / "train/a/0.png"),
+            Action("relabel", data / "train/a/1.png", "b"),
+        ],
+        data,
+    )
     assert report.missing == [gone] and "1 missing" in report.summary()
     assert not (data / "train/a/0.png").exists() and (data / "train/b/1_1.png").exists()
 
@@ -120,8 +128,10 @@ def read_only(data):
 def test_a_read_only_dataset_is_refused_before_anything_changes(read_only):
     before = digest(read_only)
     with pytest.raises(fileops.ReadOnlyDatasetError, match=r"(?s)read-only.*copy_dataset\('") as e:
-        apply_actions([Action("delete", read_only / "train/a/0.png"),
-                       Action("relabel", read_only / "train/a/1.png", "b")], read_only)
+        apply_actions(
+            [Action("delete", read_only / "train/a/0.png"), Action("relabel", read_only / "train/a/1.png", "b")],
+            read_only,
+        )
     assert isinstance(e.value, PermissionError) and "Nothing was changed" in str(e.value)
     assert digest(read_only) == before and not (read_only / ".nbtrain").exists()
     assert fileops.is_read_only(read_only / "train/a")
@@ -132,8 +142,9 @@ def test_one_read_only_class_folder_is_enough_to_refuse(data):
     try:
         before = digest(data)
         with pytest.raises(fileops.ReadOnlyDatasetError, match="train/b is read-only"):
-            apply_actions([Action("delete", data / "train/a/0.png"), Action("relabel", data / "train/a/1.png", "b")],
-                          data)
+            apply_actions(
+                [Action("delete", data / "train/a/0.png"), Action("relabel", data / "train/a/1.png", "b")], data
+            )
         assert digest(data) == before
     finally:
         os.chmod(data / "train/b", 0o755)
@@ -148,8 +159,9 @@ def test_kaggle_input_counts_as_read_only(tmp_path):
 def test_a_label_that_is_not_a_plain_folder_name_is_refused(data, label):
     before = digest(data)
     with pytest.raises(ValueError, match="plain folder name") as e:
-        apply_actions([Action("delete", data / "train/a/0.png"), Action("relabel", data / "train/a/1.png", label)],
-                      data)
+        apply_actions(
+            [Action("delete", data / "train/a/0.png"), Action("relabel", data / "train/a/1.png", label)], data
+        )
     assert repr(label) in str(e.value)
     assert digest(data) == before and not (data / ".nbtrain").exists()
     assert digest(data.parent) == {f"data/{k}": v for k, v in before.items()}  # nothing appeared beside the root
@@ -177,12 +189,20 @@ def test_a_file_outside_the_root_or_directly_in_it_is_refused(data, tmp_path):
 
 def test_dry_run_reports_the_destination_names_and_touches_nothing(data):
     before = digest(data)
-    report = apply_actions([Action("delete", data / "train/a/0.png"), Action("relabel", data / "train/a/1.png", "b"),
-                            Action("relabel", data / "train/a/2.png", "a")], data, dry_run=True)
+    report = apply_actions(
+        [
+            Action("delete", data / "train/a/0.png"),
+            Action("relabel", data / "train/a/1.png", "b"),
+            Action("relabel", data / "train/a/2.png", "a"),
+        ],
+        data,
+        dry_run=True,
+    )
     assert report.deleted == [data / "train/a/0.png"]
     assert report.moved == [(data / "train/a/1.png", data / "train/b/1_1.png")]
-    assert report.summary() == ("Dry run, nothing changed: would have 1 deleted, 1 relabelled, "
-                                "1 skipped (already in class)")
+    assert report.summary() == (
+        "Dry run, nothing changed: would have 1 deleted, 1 relabelled, 1 skipped (already in class)"
+    )
     assert digest(data) == before and not (data / ".nbtrain").exists() and report.journal is None
 
 
@@ -197,8 +217,9 @@ time.sleep(30)
 
 def test_a_dataset_locked_by_another_process_is_refused(data):
     (data / ".nbtrain").mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(data / ".nbtrain/lock")],
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(data / ".nbtrain/lock")], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         before = digest(data)
@@ -217,10 +238,15 @@ def test_a_dataset_locked_by_another_process_is_refused(data):
 
 def many_actions(root: Path) -> list[Action]:
     """Deletes and relabels, some onto taken names, some into a new class folder."""
-    return [Action("delete", root / "train/a/0.png"), Action("relabel", root / "train/a/1.png", "b"),
-            Action("delete", root / "train/b/2.png"), Action("relabel", root / "train/b/3.png", "new"),
-            Action("relabel", root / "train/c/4.png", "a"), Action("delete", root / "train/c/0.png"),
-            Action("relabel", root / "train/c/1.png", "new")]
+    return [
+        Action("delete", root / "train/a/0.png"),
+        Action("relabel", root / "train/a/1.png", "b"),
+        Action("delete", root / "train/b/2.png"),
+        Action("relabel", root / "train/b/3.png", "new"),
+        Action("relabel", root / "train/c/4.png", "a"),
+        Action("delete", root / "train/c/0.png"),
+        Action("relabel", root / "train/c/1.png", "new"),
+    ]
 
 
 def test_a_fault_halfway_then_resume_gives_the_complete_result(data, tmp_path):
@@ -287,9 +313,17 @@ def test_table_actions_rewrite_the_csv_atomically_and_keep_a_backup(tmp_path):
     original = "fname,labels\n1.png,cat\n2.png,dog\n3.png,cat\n"
     csv.write_text(original)
     df = pd.read_csv(csv)
-    out = fileops.apply_table_actions(df, [Action("delete", Path("1.png")), Action("relabel", Path("2.png"), "cat"),
-                                           Action("relabel", Path("3.png"), "cat")],
-                                      fn_col="fname", label_col="labels", csv_path=csv)
+    out = fileops.apply_table_actions(
+        df,
+        [
+            Action("delete", Path("1.png")),
+            Action("relabel", Path("2.png"), "cat"),
+            Action("relabel", Path("3.png"), "cat"),
+        ],
+        fn_col="fname",
+        label_col="labels",
+        csv_path=csv,
+    )
     assert out.to_dict("list") == {"fname": ["2.png", "3.png"], "labels": ["cat", "cat"]}
     assert pd.read_csv(csv).equals(out)
     backups = list(tmp_path.glob("labels.csv.bak-*"))
@@ -302,17 +336,23 @@ def test_table_actions_that_change_nothing_leave_the_csv_and_write_no_backup(tmp
     csv = tmp_path / "labels.csv"
     csv.write_text("fname,labels\n1.png,cat\n")
     stamp = csv.stat().st_mtime_ns
-    out = fileops.apply_table_actions(pd.read_csv(csv), [Action("relabel", Path("1.png"), "cat")],
-                                      fn_col="fname", label_col="labels", csv_path=csv)
+    out = fileops.apply_table_actions(
+        pd.read_csv(csv), [Action("relabel", Path("1.png"), "cat")], fn_col="fname", label_col="labels", csv_path=csv
+    )
     assert out.to_dict("list") == {"fname": ["1.png"], "labels": ["cat"]}
     assert [p.name for p in tmp_path.iterdir()] == ["labels.csv"] and csv.stat().st_mtime_ns == stamp
 
 
 def test_table_actions_join_several_labels_and_skip_the_own_labels(tmp_path):
     df = pd.DataFrame({"fn": ["x/1.jpg", "x/2.jpg"], "tags": ["a b", "b"]})
-    out = fileops.apply_table_actions(df, [Action("relabel", tmp_path / "x/1.jpg", ["b", "a"]),
-                                           Action("relabel", Path("x/2.jpg"), {"c", "a"})],
-                                      fn_col="fn", label_col="tags", label_delim=" ", path=tmp_path)
+    out = fileops.apply_table_actions(
+        df,
+        [Action("relabel", tmp_path / "x/1.jpg", ["b", "a"]), Action("relabel", Path("x/2.jpg"), {"c", "a"})],
+        fn_col="fn",
+        label_col="tags",
+        label_delim=" ",
+        path=tmp_path,
+    )
     assert out["tags"].tolist() == ["a b", "a c"]
     with pytest.raises(ValueError, match="several labels"):
         fileops.apply_table_actions(df, [Action("relabel", Path("x/1.jpg"), ["a", "b"])], fn_col="fn", label_col="tags")

@@ -1,6 +1,7 @@
 """The GPU paths, checked on the CPU: the device each process picks, the one training step and its
 gradient scaler, processes that stay in step when a share of a batch is unreadable, predictions that
 are never augmented, and the memory a notebook lets go of before it starts processes."""
+
 from __future__ import annotations
 
 import io
@@ -22,8 +23,9 @@ from nbtrain.scores import score_table
 class TinyCNN(nn.Module):
     def __init__(self, c: int):
         super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                 nn.Linear(8, c))
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, c)
+        )
 
     def forward(self, x):
         return self.net(x)
@@ -74,7 +76,7 @@ def test_lr_find_and_fit_take_the_same_step_with_its_gradient_scaler(mnist_small
     dls = ImageDataLoaders.from_folder(mnist_small, item_tfms=Resize(16), bs=16, seed=0, num_workers=0)
     learn = Learner(dls, TinyCNN(dls.c))
     stub = StubScaler()
-    monkeypatch.setattr(learn, "_make_scaler", lambda: stub)
+    monkeypatch.setattr(learn, "make_scaler", lambda: stub)
     learn.fit(1)
     n = len(dls.train)
     assert (stub.scaled, stub.stepped, stub.updated) == (n, n, n)
@@ -106,11 +108,13 @@ def _fit_with_an_unreadable_share(root: str) -> dict:
     files = sorted(Path(root).rglob("*.png"), key=lambda p: p.name)
     labels = [p.parent.name for p in files]
     valid = [i for i, p in enumerate(files) if p.parent.parent.name == "valid"]
-    dls = ImageDataLoaders.from_lists(root, files, labels, valid_idx=valid, bs=4, shuffle=False, num_workers=0,
-                                      item_tfms=Resize(16), device="cpu")
+    dls = ImageDataLoaders.from_lists(
+        root, files, labels, valid_idx=valid, bs=4, shuffle=False, num_workers=0, item_tfms=Resize(16), device="cpu"
+    )
     torch.manual_seed(0)
     learn = Learner(dls, TinyCNN(2), opt_func=torch.optim.SGD, lr=0.1)
     import warnings
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         learn.fit(2)
@@ -126,8 +130,9 @@ def test_processes_stay_in_step_when_one_share_of_a_batch_is_unreadable(tmp_path
 
 
 def test_two_prediction_passes_with_random_crops_agree_and_are_centre_crops(mnist_small):
-    dls = ImageDataLoaders.from_folder(mnist_small, item_tfms=RandomResizedCrop(16, min_scale=0.3), bs=16,
-                                       seed=0, num_workers=0)
+    dls = ImageDataLoaders.from_folder(
+        mnist_small, item_tfms=RandomResizedCrop(16, min_scale=0.3), bs=16, seed=0, num_workers=0
+    )
     torch.manual_seed(0)
     learn = Learner(dls, TinyCNN(dls.c))
     first, _ = learn.get_preds(ds_idx=0)
@@ -151,9 +156,13 @@ def test_starting_processes_from_a_notebook_lets_go_of_the_optimizer_and_device_
     monkeypatch.setattr(nbtrain.learner, "release_device_memory", lambda device: released.append(device))
 
     def fake_launch(fn, n, clone, method, args, kwargs, state, seed, **kw):
-        seen.update(opt=learn.opt, device=next(learn.model.parameters()).device,
-                    state_devices={t.device.type for s in state["opt"]["state"].values() for t in s.values()
-                                   if torch.is_tensor(t)})
+        seen.update(
+            opt=learn.opt,
+            device=next(learn.model.parameters()).device,
+            state_devices={
+                t.device.type for s in state["opt"]["state"].values() for t in s.values() if torch.is_tensor(t)
+            },
+        )
         return state
 
     monkeypatch.setattr(distributed, "launch", fake_launch)
@@ -169,13 +178,13 @@ def test_on_a_gpu_fp16_fit_and_lr_find_both_scale_the_loss(mnist_small):
     dls = ImageDataLoaders.from_folder(mnist_small, item_tfms=Resize(16), bs=16, seed=0, num_workers=0, device="cuda")
     learn = Learner(dls, TinyCNN(dls.c)).to_fp16()
     made = []
-    real = learn._make_scaler
+    real = learn.make_scaler
 
     def spy():
         made.append(real())
         return made[-1]
 
-    learn._make_scaler = spy
+    learn.make_scaler = spy
     learn.fit(1)
     learn.lr_find(num_it=5, show_plot=False, stop_div=False)
     assert len(made) == 2 and all(isinstance(s, torch.amp.GradScaler) and s.get_scale() > 0 for s in made)

@@ -1,4 +1,5 @@
 """PILImage.create on every kind of input a notebook has at hand, and predict on the same."""
+
 from __future__ import annotations
 
 import io
@@ -10,7 +11,7 @@ import torch
 from PIL import Image
 
 from nbtrain import DataError, ImageDataLoaders, Learner, PILImage, Resize
-from tiny_models import small_cnn
+from testkit.tiny_models import small_cnn
 
 
 @pytest.fixture(scope="module")
@@ -23,23 +24,52 @@ def digit(mnist_small):
 def _upload_value(path):
     """What an ipywidgets 8 FileUpload's `value` holds after a file is chosen."""
     data = path.read_bytes()
-    return ({"name": path.name, "type": "image/png", "size": len(data), "last_modified": datetime.now(timezone.utc),
-             "content": memoryview(data)},)
+    return (
+        {
+            "name": path.name,
+            "type": "image/png",
+            "size": len(data),
+            "last_modified": datetime.now(timezone.utc),
+            "content": memoryview(data),
+        },
+    )
 
 
-@pytest.mark.parametrize("kind", ["path", "str", "bytes", "bytearray", "memoryview", "file", "array_hwc",
-                                  "array_hw_float", "tensor_chw_uint8", "tensor_chw_float", "pil", "upload_v8",
-                                  "upload_item", "upload_v7"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "path",
+        "str",
+        "bytes",
+        "bytearray",
+        "memoryview",
+        "file",
+        "array_hwc",
+        "array_hw_float",
+        "tensor_chw_uint8",
+        "tensor_chw_float",
+        "pil",
+        "upload_v8",
+        "upload_item",
+        "upload_v7",
+    ],
+)
 def test_create_gives_the_same_rgb_pixels_for_every_kind_of_input(digit, kind):
     path, rgb = digit
     data = path.read_bytes()
     inputs = {
-        "path": lambda: path, "str": lambda: str(path), "bytes": lambda: data, "bytearray": lambda: bytearray(data),
-        "memoryview": lambda: memoryview(data), "file": lambda: open(path, "rb"), "array_hwc": lambda: rgb.copy(),
+        "path": lambda: path,
+        "str": lambda: str(path),
+        "bytes": lambda: data,
+        "bytearray": lambda: bytearray(data),
+        "memoryview": lambda: memoryview(data),
+        "file": lambda: open(path, "rb"),
+        "array_hwc": lambda: rgb.copy(),
         "array_hw_float": lambda: rgb[..., 0] / 255.0,
         "tensor_chw_uint8": lambda: torch.from_numpy(rgb.copy()).permute(2, 0, 1),
         "tensor_chw_float": lambda: torch.from_numpy(rgb.copy()).permute(2, 0, 1).float() / 255,
-        "pil": lambda: Image.open(path), "upload_v8": lambda: _upload_value(path),
+        "pil": lambda: Image.open(path),
+        "upload_v8": lambda: _upload_value(path),
         "upload_item": lambda: _upload_value(path)[0],
         "upload_v7": lambda: {path.name: {"metadata": {"name": path.name}, "content": data}},
     }
@@ -64,14 +94,17 @@ def test_create_turns_a_palette_image_with_transparency_into_rgb_on_white(tmp_pa
     assert out.mode == "RGB" and out.getpixel((0, 0)) == (255, 255, 255)
 
 
-@pytest.mark.parametrize("bad, message", [
-    (b"", "empty"),
-    (b"not an image at all", "not an image PIL can read"),
-    ((), "No file uploaded yet"),
-    (12, "Cannot make an image from int"),
-    (np.zeros((2, 3, 4, 5)), "not an image"),
-    ("a\x00b", "NUL byte"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (b"", "empty"),
+        (b"not an image at all", "not an image PIL can read"),
+        ((), "No file uploaded yet"),
+        (12, "Cannot make an image from int"),
+        (np.zeros((2, 3, 4, 5)), "not an image"),
+        ("a\x00b", "NUL byte"),
+    ],
+)
 def test_create_says_what_is_wrong_with_bad_input(bad, message):
     with pytest.raises(DataError, match=message):
         PILImage.create(bad)

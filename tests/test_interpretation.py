@@ -5,6 +5,7 @@ classification report, the loss recomputed from the probabilities). Every plot i
 file and checked to be a real, non-blank picture whose titles and labels say what they should. Set
 NBTRAIN_PLOTS_DIR to a folder to keep a copy of each PNG there, to look at them.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,10 +24,17 @@ from PIL import Image
 from sklearn import metrics as skm
 from torch import nn
 
-from nbtrain import (ClassificationInterpretation, F1ScoreMulti, ImageDataLoaders, Learner, Resize, accuracy_multi,
-                     error_rate)
+from nbtrain import (
+    ClassificationInterpretation,
+    F1ScoreMulti,
+    ImageDataLoaders,
+    Learner,
+    Resize,
+    accuracy_multi,
+    error_rate,
+)
 from nbtrain.samples import make_multilabel_mnist
-from tiny_models import small_cnn
+from testkit.tiny_models import small_cnn
 
 matplotlib.use("Agg")
 
@@ -51,8 +59,9 @@ def ml_learn(tmp_path_factory):
     """Multi-label: 300 images of two real MNIST digits side by side, labelled with both, from the CSV."""
     sample = make_multilabel_mnist(tmp_path_factory.mktemp("pairs") / "pairs", n=300, seed=0)
     torch.manual_seed(0)
-    dls = ImageDataLoaders.from_csv(sample.path, label_col="labels", label_delim=" ", valid_col="is_valid",
-                                    bs=32, seed=0)
+    dls = ImageDataLoaders.from_csv(
+        sample.path, label_col="labels", label_delim=" ", valid_col="is_valid", bs=32, seed=0
+    )
     # A threshold of 0.2, as for Kaggle's planet: this briefly trained model is rarely surer than 0.5.
     learn = Learner(dls, small_cnn(dls.c), metrics=[accuracy_multi, F1ScoreMulti(average="samples")], thresh=0.2)
     learn.fit_one_cycle(5, 1e-2)
@@ -110,8 +119,9 @@ def test_confusion_matrix_and_most_confused_match_sklearn(learn, interp):
     vocab = learn.dls.vocab
     for min_val in [1, 2]:
         rows = interp.most_confused(min_val=min_val)
-        expected = {(vocab[i], vocab[j], int(cm[i, j])) for i in range(c) for j in range(c)
-                    if i != j and cm[i, j] >= min_val}
+        expected = {
+            (vocab[i], vocab[j], int(cm[i, j])) for i in range(c) for j in range(c) if i != j and cm[i, j] >= min_val
+        }
         assert set(rows) == expected and len(rows) == len(expected)
         counts = [n for _, _, n in rows]
         assert counts == sorted(counts, reverse=True), "largest first"
@@ -144,8 +154,14 @@ def test_top_losses_are_the_largest_losses_in_order(learn, interp):
 def test_classification_report_equals_sklearns(learn, interp, capsys):
     probs, targs = learn.get_preds(ds_idx=1)
     vocab = learn.dls.vocab
-    expected = skm.classification_report(targs.numpy(), probs.numpy().argmax(axis=1), labels=list(range(len(vocab))),
-                                         target_names=vocab, output_dict=True, zero_division=0)
+    expected = skm.classification_report(
+        targs.numpy(),
+        probs.numpy().argmax(axis=1),
+        labels=list(range(len(vocab))),
+        target_names=vocab,
+        output_dict=True,
+        zero_division=0,
+    )
     df = interp.print_classification_report()
     printed = capsys.readouterr().out
     assert isinstance(df, pd.DataFrame)

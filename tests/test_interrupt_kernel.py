@@ -3,6 +3,7 @@
 `fine_tune`'s second stage never starts after an interrupt in its first; `find_label_issues` starts no
 further fold. The learner stays usable, and the notebook shows one line instead of a traceback.
 """
+
 from __future__ import annotations
 
 import os
@@ -89,8 +90,10 @@ def test_interrupting_fine_tunes_first_stage_never_starts_the_second(kernel, mni
     marks = tmp_path / "marks"
     marks.mkdir()
     assert errors(run(kc, SETUP.format(marks=str(marks), data=str(mnist_small)))) == []
-    msg_id = kc.execute("learn = vision_learner(dls, 'mobilenet_v2', pretrained=False)\n"
-                        "learn.fine_tune(2, freeze_epochs=20, cbs=Slow())")
+    msg_id = kc.execute(
+        "learn = vision_learner(dls, 'mobilenet_v2', pretrained=False)\n"
+        "learn.fine_tune(2, freeze_epochs=20, cbs=Slow())"
+    )
     wait_for(marks / "batch")
     km.interrupt_kernel()
     errs = errors(collect(kc, msg_id, 120))

@@ -1,5 +1,6 @@
 """find_label_issues and find_duplicates on real MNIST digits written as files, with planted wrong labels
 and planted copies whose truth is known."""
+
 from __future__ import annotations
 
 import shutil
@@ -13,13 +14,24 @@ from PIL import Image
 
 from nbtrain import ImageDataLoaders, Learner, Resize, vision_learner
 from nbtrain.cleaner import DELETE, ImageClassifierCleaner
-from nbtrain.scores import SORTS
+from nbtrain.embeddings import find_duplicates
+from nbtrain.label_issues import OutOfFoldProbs, auto_size, find_label_issues, fold_assignment
+from nbtrain.neighbours import nearest_neighbours
 from nbtrain.samples import make_mnist_sample
-from nbtrain.label_issues import (OutOfFoldProbs, auto_size, find_duplicates, find_label_issues, fold_assignment,
-                                  nearest_neighbours)
+from nbtrain.scores import SORTS
 
-SCORE_COLUMNS = ["path", "split", "labels", "target", "pred_idx", "prob", "loss", "self_confidence", "margin",
-                 "readable"]
+SCORE_COLUMNS = [
+    "path",
+    "split",
+    "labels",
+    "target",
+    "pred_idx",
+    "prob",
+    "loss",
+    "self_confidence",
+    "margin",
+    "readable",
+]
 
 
 def flipped_paths(sample) -> set[Path]:
@@ -130,9 +142,9 @@ def test_the_cleaner_shows_the_table_and_sorts_by_each_score(tiny_table):
     cleaner.dd_cats.value = "3"
     for key, ascending in SORTS.items():
         cleaner.dd_sort.value = key
-        shown = cleaner._view[key].tolist()
+        shown = cleaner.view[key].tolist()
         assert shown == sorted(shown, reverse=not ascending) and len(shown) > 0
-        assert list(cleaner._view["path"]) == cleaner.fns
+        assert list(cleaner.view["path"]) == cleaner.fns
 
 
 def test_the_learner_is_left_as_it_was(tiny_run):
@@ -231,18 +243,22 @@ def test_planted_copies_are_found_and_a_cross_split_copy_is_leakage(mnist_copy):
 
 def test_texture_is_the_spread_of_the_bodys_second_module_and_none_for_a_short_body(mnist_small):
     from nbtrain import ImageDataLoaders, Learner, Resize
-    from nbtrain.label_issues import image_embeddings, image_features_and_texture
+    from nbtrain.embeddings import image_embeddings, image_features_and_texture
     from nbtrain.models import VisionModel, create_head
 
     dls = ImageDataLoaders.from_folder(mnist_small, item_tfms=Resize(16), bs=16, seed=0)
     torch.manual_seed(0)
-    body = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(16, 32, 3, padding=1))
+    body = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(16, 32, 3, padding=1)
+    )
     learn = Learner(dls, VisionModel(body, create_head(32, dls.c)))
     dl = dls.train.plain()
     feats, texture = image_features_and_texture(learn, dl)
     assert torch.allclose(feats, image_embeddings(learn, dl), atol=1e-6)
     spread, _, idx = learn.outputs(dl, forward=lambda x: body[1](body[0](x)).std(dim=(2, 3), correction=0))
     assert texture.shape == (len(dl.dataset), 16) and torch.allclose(texture[idx], spread.cpu(), atol=1e-6)
-    short = Learner(dls, VisionModel(torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3), torch.nn.ReLU()), create_head(32, dls.c)))
+    short = Learner(
+        dls, VisionModel(torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3), torch.nn.ReLU()), create_head(32, dls.c))
+    )
     feats2, none = image_features_and_texture(short, dl)
     assert none is None and feats2.shape == (len(dl.dataset), 32)

@@ -2,6 +2,7 @@
 
 A new module must be given its layer here; that is the point: where it sits is a decision.
 """
+
 from __future__ import annotations
 
 import ast
@@ -13,21 +14,40 @@ PACKAGE = Path(__file__).resolve().parent.parent / "nbtrain"
 
 # Bottom first. A module may import from any earlier layer, never from its own or a later one.
 LAYERS: list[set[str]] = [
-    {"locations", "paths"},                           # Kaggle paths, read-only data, data folders; fastai's Path (no torch)
-    {"environment", "fileops", "samples", "downloads"},  # device and precision; safe file changes; sample data
-    {"augmentation", "metrics", "plots", "lr_suggestions"},  # transforms, metrics, the one image-grid plotter, lr_find's rules
-    {"image"},                                        # PILImage: any image input to a PIL image
-    {"data", "models"},                               # datasets and loaders; torchvision models
-    {"datablock"},                                    # fastai's DataBlock API over the loaders
-    {"distributed", "recipe"},                        # processes and collectives; the default training recipe
-    {"callbacks"},                                    # the events of the training loop
-    {"learner"},                                      # one training step, one prediction loop, training state
-    {"scores", "interpretation"},                     # pure scores; plots of a trained model
-    {"image_properties"},                             # image checks, no model (robust z from scores)
-    {"label_issues"},                                 # out-of-fold ranking, near-duplicates
-    {"audit"},                                        # every issue type in one table
-    {"cleaner", "app"},                               # the widgets
-    {"__main__"},                                     # the command line
+    {"locations", "paths"},  # Kaggle paths, read-only data, data folders; fastai's Path (no torch)
+    {
+        "environment",
+        "fileops",
+        "samples",
+        "downloads",  # device and precision; safe file changes; sample data
+        "image_downloads",
+        "image_search",
+    },  # image URLs to checked files; image search providers
+    {"neighbours"},  # robust z, kNN, LOF, class contrast: arrays in, arrays out
+    {
+        "augmentation",
+        "metrics",
+        "plots",
+        "lr_suggestions",
+        "housekeeping",
+    },  # transforms, metrics, the one image-grid plotter, lr_find's rules, nbtrain's own files
+    {"image"},  # PILImage: any image input to a PIL image
+    {"data", "models"},  # datasets and loaders; torchvision models
+    {"datablock", "image_resize"},  # fastai's DataBlock API over the loaders; resizing image folders
+    {"distributed", "recipe"},  # processes and collectives; the default training recipe
+    {"callbacks", "recorder"},  # the events of the training loop; what training records
+    {"schedule", "persistence", "summary", "predictions", "progress"},  # over a learner taken duck-typed
+    {"loop"},  # the one training loop, stages in their events
+    {"learner"},  # set-up, training state, the public methods
+    {"scores", "interpretation"},  # pure scores; plots of a trained model
+    {"embeddings"},  # a trained body's features; near-duplicates
+    {"image_properties"},  # image checks, no model
+    {"label_issues"},  # out-of-fold ranking
+    {"audit", "review", "views"},  # issue table; choices and undo (no widget); a view's rows
+    {"frontends"},  # the cleaner's two front ends behind one interface
+    {"cleaner", "app"},  # the widgets
+    {"v1"},  # fastai v1's names (the 2019 course) over all of the above
+    {"__main__"},  # the command line
 ]
 LAYER_OF = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 
@@ -35,7 +55,8 @@ LAYER_OF = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 def _is_type_checking(node: ast.If) -> bool:
     test = node.test
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def package_imports(source: str) -> set[str]:
@@ -99,7 +120,12 @@ def later():
 
 
 def test_the_package_has_no_star_imports():
-    stars = [p.name for p in PACKAGE.glob("*.py")
-             if any(isinstance(n, ast.ImportFrom) and any(a.name == "*" for a in n.names)
-                    for n in ast.walk(ast.parse(p.read_text())))]
+    stars = [
+        p.name
+        for p in PACKAGE.glob("*.py")
+        if any(
+            isinstance(n, ast.ImportFrom) and any(a.name == "*" for a in n.names)
+            for n in ast.walk(ast.parse(p.read_text()))
+        )
+    ]
     assert stars == []

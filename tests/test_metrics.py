@@ -1,4 +1,5 @@
 """Metrics against scikit-learn on the same predictions, the threshold rule, the threshold search, and names."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,8 +13,22 @@ import torch
 from sklearn import metrics as skm
 
 from nbtrain.metrics import (
-    AccuracyMulti, F1Score, F1ScoreMulti, FBeta, FBetaMulti, Precision, PrecisionMulti, Recall, RecallMulti,
-    TopKAccuracy, accuracy, accuracy_multi, accuracy_thresh, error_rate, find_best_threshold, metric_name,
+    AccuracyMulti,
+    F1Score,
+    F1ScoreMulti,
+    FBeta,
+    FBetaMulti,
+    Precision,
+    PrecisionMulti,
+    Recall,
+    RecallMulti,
+    TopKAccuracy,
+    accuracy,
+    accuracy_multi,
+    accuracy_thresh,
+    error_rate,
+    find_best_threshold,
+    metric_name,
     top_k_accuracy,
 )
 
@@ -44,8 +59,16 @@ def single_label_cases() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
 
     # Ties for the highest score: the first of the tied classes is the prediction (numpy's and torch's
     # argmax rule). Rows 0-1 tie every class, rows 2-4 tie two of them; class 3 is never predicted.
-    logits = torch.tensor([[0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0], [0.2, 2.0, 2.0, -1.0],
-                           [3.0, -1.0, 3.0, 3.0], [-2.0, 0.5, 0.1, 0.5], [0.1, 0.2, 0.3, 0.0]])
+    logits = torch.tensor(
+        [
+            [0.0, 0.0, 0.0, 0.0],
+            [1.0, 1.0, 1.0, 1.0],
+            [0.2, 2.0, 2.0, -1.0],
+            [3.0, -1.0, 3.0, 3.0],
+            [-2.0, 0.5, 0.1, 0.5],
+            [0.1, 0.2, 0.3, 0.0],
+        ]
+    )
     cases["argmax_ties"] = (logits, torch.tensor([0, 1, 2, 3, 3, 2]))
     return cases
 
@@ -111,13 +134,16 @@ def test_top_k_accuracy_matches_sklearn(case):
     assert top_k_accuracy(preds, targs, k=1) == accuracy(preds, targs)
 
 
-SINGLE_SCORES = [pytest.param(m, sk, id=repr(m)) for m, sk in [
-    (FBeta(0.5), functools.partial(skm.fbeta_score, beta=0.5)),
-    (FBeta(2), functools.partial(skm.fbeta_score, beta=2)),
-    (F1Score(), skm.f1_score),
-    (Precision(), skm.precision_score),
-    (Recall(), skm.recall_score),
-]]
+SINGLE_SCORES = [
+    pytest.param(m, sk, id=repr(m))
+    for m, sk in [
+        (FBeta(0.5), functools.partial(skm.fbeta_score, beta=0.5)),
+        (FBeta(2), functools.partial(skm.fbeta_score, beta=2)),
+        (F1Score(), skm.f1_score),
+        (Precision(), skm.precision_score),
+        (Recall(), skm.recall_score),
+    ]
+]
 
 
 @pytest.mark.parametrize("metric,sk", SINGLE_SCORES)
@@ -179,13 +205,16 @@ def test_accuracy_multi_is_per_label_accuracy(case):
         assert AccuracyMulti(thresh, sigmoid=False)(torch.sigmoid(preds), targs) == pytest.approx(expected, **APPROX)
 
 
-MULTI_SCORES = [pytest.param(m, sk, id=repr(m)) for m, sk in [
-    (FBetaMulti(beta=2), functools.partial(skm.fbeta_score, beta=2)),
-    (FBetaMulti(beta=0.5), functools.partial(skm.fbeta_score, beta=0.5)),
-    (F1ScoreMulti(), skm.f1_score),
-    (PrecisionMulti(), skm.precision_score),
-    (RecallMulti(), skm.recall_score),
-]]
+MULTI_SCORES = [
+    pytest.param(m, sk, id=repr(m))
+    for m, sk in [
+        (FBetaMulti(beta=2), functools.partial(skm.fbeta_score, beta=2)),
+        (FBetaMulti(beta=0.5), functools.partial(skm.fbeta_score, beta=0.5)),
+        (F1ScoreMulti(), skm.f1_score),
+        (PrecisionMulti(), skm.precision_score),
+        (RecallMulti(), skm.recall_score),
+    ]
+]
 
 
 @pytest.mark.parametrize("metric,sk", MULTI_SCORES)
@@ -206,7 +235,9 @@ def test_multi_label_scores_with_per_class_thresholds_match_sklearn():
     for average in ["samples", "macro"]:
         expected = skm.fbeta_score(targs.numpy(), yhat, beta=2, average=average, zero_division=0)
         assert FBetaMulti(thresh=thresh, average=average)(preds, targs) == pytest.approx(expected, **APPROX)
-        assert FBetaMulti(thresh=torch.tensor(thresh), average=average)(preds, targs) == pytest.approx(expected, **APPROX)
+        assert FBetaMulti(thresh=torch.tensor(thresh), average=average)(preds, targs) == pytest.approx(
+            expected, **APPROX
+        )
 
 
 def test_a_probability_at_the_threshold_is_a_negative():
@@ -247,13 +278,15 @@ def threshold_tie_case() -> tuple[torch.Tensor, torch.Tensor]:
     Row 0 has no labels (an all-negative row) but ties; column 3 is never a target. With `>=` instead of
     `>` the predictions, and so every score below, would differ.
     """
-    probs = torch.tensor([
-        [0.5, 0.2, 0.1, 0.2],
-        [0.5, 0.9, 0.2, 0.0],
-        [0.2, 0.5, 0.7, 0.5],
-        [0.1, 0.2, 0.5, 0.3],
-        [0.2, 0.05, 0.5, 0.5],
-    ])
+    probs = torch.tensor(
+        [
+            [0.5, 0.2, 0.1, 0.2],
+            [0.5, 0.9, 0.2, 0.0],
+            [0.2, 0.5, 0.7, 0.5],
+            [0.1, 0.2, 0.5, 0.3],
+            [0.2, 0.05, 0.5, 0.5],
+        ]
+    )
     targs = torch.tensor([[0, 0, 0, 0], [1, 1, 0, 0], [1, 0, 1, 0], [0, 1, 1, 0], [0, 0, 1, 0]])
     return probs, targs
 
@@ -292,10 +325,12 @@ def test_accuracy_multi_and_per_class_thresholds_at_ties_match_sklearn(thresh):
     per = [0.2, 0.5, 0.2, 0.5]
     yhat = (probs.numpy() > np.array(per, dtype=np.float32)).astype(int)
     assert accuracy_multi(probs, targs, thresh=per, sigmoid=False) == pytest.approx(
-        skm.accuracy_score(y.ravel(), yhat.ravel()), **APPROX)
+        skm.accuracy_score(y.ravel(), yhat.ravel()), **APPROX
+    )
     for average in ["samples", "macro"]:
         assert FBetaMulti(beta=2, thresh=per, sigmoid=False, average=average)(probs, targs) == pytest.approx(
-            skm.fbeta_score(y, yhat, beta=2, average=average, zero_division=0), **APPROX)
+            skm.fbeta_score(y, yhat, beta=2, average=average, zero_division=0), **APPROX
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,8 +338,17 @@ def test_accuracy_multi_and_per_class_thresholds_at_ties_match_sklearn(thresh):
 
 
 ALL_SINGLE = [accuracy, error_rate, top_k_accuracy, TopKAccuracy(3), FBeta(2), F1Score(), Precision(), Recall()]
-ALL_MULTI = [accuracy_multi, accuracy_thresh, AccuracyMulti(), FBetaMulti(), F1ScoreMulti(), PrecisionMulti(),
-             RecallMulti(), F1ScoreMulti(average="weighted"), FBetaMulti(average="micro")]
+ALL_MULTI = [
+    accuracy_multi,
+    accuracy_thresh,
+    AccuracyMulti(),
+    FBetaMulti(),
+    F1ScoreMulti(),
+    PrecisionMulti(),
+    RecallMulti(),
+    F1ScoreMulti(average="weighted"),
+    FBetaMulti(average="micro"),
+]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -408,14 +452,29 @@ class Named(MyMetric):
     name = "custom"
 
 
-@pytest.mark.parametrize("metric,name", [
-    (accuracy, "accuracy"), (error_rate, "error_rate"), (top_k_accuracy, "top_k_accuracy"),
-    (TopKAccuracy(), "top_5_accuracy"), (TopKAccuracy(k=3), "top_3_accuracy"),
-    (FBeta(2), "fbeta_score"), (F1Score(), "f1_score"), (Precision(), "precision_score"), (Recall(), "recall_score"),
-    (accuracy_multi, "accuracy_multi"), (accuracy_thresh, "accuracy_thresh"), (AccuracyMulti(0.2), "accuracy_multi"),
-    (FBetaMulti(), "fbeta_score"), (F1ScoreMulti(), "f1_score"), (PrecisionMulti(), "precision_score"),
-    (RecallMulti(), "recall_score"), (functools.partial(accuracy_multi, thresh=0.2), "accuracy_multi"),
-    (MyMetric(), "my_metric"), (Named(), "custom"),
-])
+@pytest.mark.parametrize(
+    "metric,name",
+    [
+        (accuracy, "accuracy"),
+        (error_rate, "error_rate"),
+        (top_k_accuracy, "top_k_accuracy"),
+        (TopKAccuracy(), "top_5_accuracy"),
+        (TopKAccuracy(k=3), "top_3_accuracy"),
+        (FBeta(2), "fbeta_score"),
+        (F1Score(), "f1_score"),
+        (Precision(), "precision_score"),
+        (Recall(), "recall_score"),
+        (accuracy_multi, "accuracy_multi"),
+        (accuracy_thresh, "accuracy_thresh"),
+        (AccuracyMulti(0.2), "accuracy_multi"),
+        (FBetaMulti(), "fbeta_score"),
+        (F1ScoreMulti(), "f1_score"),
+        (PrecisionMulti(), "precision_score"),
+        (RecallMulti(), "recall_score"),
+        (functools.partial(accuracy_multi, thresh=0.2), "accuracy_multi"),
+        (MyMetric(), "my_metric"),
+        (Named(), "custom"),
+    ],
+)
 def test_metric_name(metric, name):
     assert metric_name(metric) == name

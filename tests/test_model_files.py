@@ -1,5 +1,6 @@
 """Model files that are not what they seem: code in pickles, fastai exports, junk, other architectures,
 and saves killed with SIGKILL halfway."""
+
 from __future__ import annotations
 
 import os
@@ -10,9 +11,10 @@ import pytest
 import torch
 import torchvision
 
-import badzoo
 from nbtrain import ImageDataLoaders, Resize, load_learner, vision_learner
-from nbtrain.learner import CheckpointMismatchError
+from nbtrain.fileops import atomic_write
+from nbtrain.persistence import CheckpointMismatchError, atomic_torch_save, safe_load
+from testkit import badzoo
 
 
 class RunsCode:
@@ -163,3 +165,32 @@ class warnings_ignored:
 
     def __exit__(self, *exc):
         return self._ctx.__exit__(*exc)
+
+
+class FailsToPickle:
+    def __reduce__(self):
+        raise RuntimeError("cannot be written")
+
+
+def test_a_save_that_fails_halfway_leaves_the_old_file_intact_and_no_temporary_file(mobilenet, tmp_path):
+    path = tmp_path / "models" / "kept.pth"
+    weights = mobilenet.model.state_dict()
+    atomic_torch_save({"model": weights}, path)
+    old = path.read_bytes()
+    with pytest.raises(RuntimeError, match="cannot be written"):  # torch.save fails partway
+        atomic_torch_save({"model": weights, "last": FailsToPickle()}, path)
+    assert path.read_bytes() == old and [p.name for p in path.parent.iterdir()] == ["kept.pth"]
+    assert set(safe_load(path)["model"]) == set(weights)
+
+
+def test_the_one_atomic_write_keeps_a_csv_whole_when_its_writer_fails(tmp_path):
+    path = tmp_path / "labels.csv"
+    path.write_text("fname,label\na.png,cat\n")
+
+    def half_then_fail(f) -> None:
+        f.write("fname,label\n")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(path, half_then_fail, text=True)
+    assert path.read_text() == "fname,label\na.png,cat\n" and [p.name for p in tmp_path.iterdir()] == ["labels.csv"]

@@ -5,6 +5,7 @@ space-delimited digits ("3 7", or "4" for two 4s) and an `is_valid` column, as K
 A small CNN trained from scratch for a few seconds stands in for a pretrained model (the slow test at
 the end runs `vision_learner`). The cleaner is driven as a person drives it, by setting its widgets.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -21,11 +22,20 @@ import torch
 from sklearn import metrics as skm
 from torch import nn
 
-from nbtrain import (AccuracyMulti, F1ScoreMulti, FBetaMulti, ImageDataLoaders, Learner, Resize, accuracy_multi,
-                     find_best_threshold, vision_learner)
+from nbtrain import (
+    AccuracyMulti,
+    F1ScoreMulti,
+    FBetaMulti,
+    ImageDataLoaders,
+    Learner,
+    Resize,
+    accuracy_multi,
+    find_best_threshold,
+    vision_learner,
+)
 from nbtrain.cleaner import DELETE, KEEP, ImageClassifierCleaner
 from nbtrain.samples import make_multilabel_mnist
-from tiny_models import small_cnn
+from testkit.tiny_models import small_cnn
 
 DIGITS = [str(d) for d in range(10)]
 CSV_ARGS = dict(label_col="labels", label_delim=" ", valid_col="is_valid")
@@ -50,8 +60,10 @@ def trained(pairs):
 
 def digest(root: Path) -> dict[str, tuple[str, int]]:
     """Relative path -> (sha256, inode) of every image under root: any change, rewrite or move shows."""
-    return {p.relative_to(root).as_posix(): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_ino)
-            for p in sorted(root.rglob("*.png"))}
+    return {
+        p.relative_to(root).as_posix(): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_ino)
+        for p in sorted(root.rglob("*.png"))
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,8 +114,11 @@ def test_from_csv_reads_numeric_labels_and_an_empty_cell_as_text(pairs, tmp_path
     table.to_csv(tmp_path / "labels.csv", index=False)
     dls = ImageDataLoaders.from_csv(tmp_path, bs=8, seed=0, **CSV_ARGS)
     assert set(dls.vocab) <= set(DIGITS)
-    labels = {p.relative_to(tmp_path).as_posix(): lab for ds in (dls.train_ds, dls.valid_ds)
-              for p, lab in zip(ds.items, ds.labels)}
+    labels = {
+        p.relative_to(tmp_path).as_posix(): lab
+        for ds in (dls.train_ds, dls.valid_ds)
+        for p, lab in zip(ds.items, ds.labels)
+    }
     assert labels[table.loc[5, "fname"]] == []
     assert labels[table.loc[0, "fname"]] == [table.loc[0, "labels"]]
 
@@ -162,18 +177,24 @@ def test_metrics_on_the_trained_model_equal_sklearns(trained):
     for thresh in [0.2, 0.5]:
         yhat = (probs.numpy() > thresh).astype(int)
         assert accuracy_multi(probs, targs, thresh=thresh, sigmoid=False) == pytest.approx(
-            skm.accuracy_score(y.ravel(), yhat.ravel()), abs=1e-12)
+            skm.accuracy_score(y.ravel(), yhat.ravel()), abs=1e-12
+        )
         for average in ["samples", "macro"]:
             assert FBetaMulti(beta=2, thresh=thresh, sigmoid=False, average=average)(probs, targs) == pytest.approx(
-                skm.fbeta_score(y, yhat, beta=2, average=average, zero_division=0), abs=1e-12)
+                skm.fbeta_score(y, yhat, beta=2, average=average, zero_division=0), abs=1e-12
+            )
             assert F1ScoreMulti(thresh=thresh, sigmoid=False, average=average)(probs, targs) == pytest.approx(
-                skm.f1_score(y, yhat, average=average, zero_division=0), abs=1e-12)
+                skm.f1_score(y, yhat, average=average, zero_division=0), abs=1e-12
+            )
 
 
 def test_best_threshold_is_picked_on_the_validation_set_for_a_chosen_metric(trained):
     probs, targs = trained.get_preds(ds_idx=1)
-    for metric in [FBetaMulti(beta=2, sigmoid=False), F1ScoreMulti(average="macro", sigmoid=False),
-                   AccuracyMulti(sigmoid=False)]:
+    for metric in [
+        FBetaMulti(beta=2, sigmoid=False),
+        F1ScoreMulti(average="macro", sigmoid=False),
+        AccuracyMulti(sigmoid=False),
+    ]:
         t, score = find_best_threshold(probs, targs, metric)
         grid = [round(0.05 + 0.01 * i, 2) for i in range(91)]
         scores = [dataclasses.replace(metric, thresh=g)(probs, targs) for g in grid]
@@ -236,7 +257,7 @@ def test_cleaner_lists_multi_label_images_by_loss_with_toggles(cleaner_setup):
     _, targs, losses = learn.get_preds(ds_idx=1, with_loss=True)
     by_path = dict(zip(learn.dls.valid_ds.items, losses.tolist()))
     with_3 = [p for p, t in zip(learn.dls.valid_ds.items, targs) if t[3] > 0.5]
-    assert set(cleaner._view["path"]) == set(with_3)  # every valid image that has the label 3
+    assert set(cleaner.view["path"]) == set(with_3)  # every valid image that has the label 3
     shown = [by_path[p] for p in cleaner.fns]
     assert len(shown) == min(6, len(with_3)) and shown == sorted(shown, reverse=True)  # highest loss first
     assert shown[0] == pytest.approx(max(by_path[p] for p in with_3))

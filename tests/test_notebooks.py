@@ -5,6 +5,7 @@ with `NBTRAIN_FAST=1` (each notebook shrinks its data and epochs for it) in a fr
 folder, so whatever they write (datasets, exported models) goes there. A notebook that raises fails.
 A few notebooks get extra checks on what they printed or wrote (`EXTRA_CHECKS`).
 """
+
 from __future__ import annotations
 
 import json
@@ -57,11 +58,17 @@ def test_notebook_is_committed_with_outputs_cleared_and_a_kernelspec(nb_path):
     nbformat.validate(nb)
     # Without it JupyterLab opens a "Select Kernel" dialog, and nbclient would not know which kernel to start.
     assert nb.metadata.get("kernelspec") == KERNELSPEC, (
-        f"{nb_path.name}: metadata.kernelspec must be {KERNELSPEC}, not {nb.metadata.get('kernelspec')}")
-    dirty = [i for i, c in enumerate(nb.cells)
-             if c.cell_type == "code" and (c.get("outputs") or c.get("execution_count") is not None)]
-    assert not dirty, (f"{nb_path.name}: code cells {dirty} have outputs or execution counts; clear them "
-                       "(JupyterLab: Edit > Clear Outputs of All Cells) before committing")
+        f"{nb_path.name}: metadata.kernelspec must be {KERNELSPEC}, not {nb.metadata.get('kernelspec')}"
+    )
+    dirty = [
+        i
+        for i, c in enumerate(nb.cells)
+        if c.cell_type == "code" and (c.get("outputs") or c.get("execution_count") is not None)
+    ]
+    assert not dirty, (
+        f"{nb_path.name}: code cells {dirty} have outputs or execution counts; clear them "
+        "(JupyterLab: Edit > Clear Outputs of All Cells) before committing"
+    )
     assert "widgets" not in nb.metadata, f"{nb_path.name}: saved widget state in the metadata; clear it"
     assert any(c.cell_type == "code" for c in nb.cells), f"{nb_path.name} has no code"
 
@@ -94,10 +101,32 @@ def _check_04(nb, workdir: Path) -> None:
     assert (workdir / "nbtrain-kaggle-demo" / "working" / "digits" / "models" / "model.pth").is_file()
 
 
+def _check_07(nb, workdir: Path) -> None:
+    out = _outputs_text(nb)
+    assert "error_rate" in out and "accuracy_thresh" in out and "fbeta" in out  # the epoch tables
+    digits = workdir / "data" / "digits"
+    cleaned = (digits / "cleaned.csv").read_text().splitlines()
+    n_images = len(list(digits.glob("*/*/*.png")))
+    assert len(cleaned) == n_images, "cleaned.csv: a header and every image but the one deleted"  # files kept
+    assert (digits / "export.pkl").is_file()
+
+
+def _check_06(nb, workdir: Path) -> None:
+    out = _outputs_text(nb)
+    digits = workdir / "nbtrain-demo" / "get_data" / "digits"
+    for reason in ("HTML page", "not a complete image", "HTTP 404", "duplicate"):
+        assert reason in out, f"the download report does not show the planted fault: {reason}"
+    assert "0 could not be decoded" in out
+    assert (digits / "three" / ".nbtrain-downloads.jsonl").is_file()
+    assert list(workdir.rglob("export.pkl")) and "the loaded model says" in out
+
+
 EXTRA_CHECKS = {
     "01_quickstart.ipynb": _check_01,
     "02_clean_your_data.ipynb": _check_02,
     "04_kaggle.ipynb": _check_04,
+    "06_get_data.ipynb": _check_06,
+    "07_course_v1.ipynb": _check_07,
 }
 
 
@@ -105,7 +134,6 @@ EXTRA_CHECKS = {
 @pytest.mark.parametrize("nb_path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
 def test_notebook_runs_top_to_bottom_offline_on_the_cpu(nb_path, tmp_path, monkeypatch):
     import nbclient
-    import nbformat
     from nbclient.exceptions import CellExecutionError
 
     workdir = tmp_path / "work"
@@ -124,8 +152,9 @@ def test_notebook_runs_top_to_bottom_offline_on_the_cpu(nb_path, tmp_path, monke
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p))
 
     nb = _read(nb_path)
-    client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3",
-                                     resources={"metadata": {"path": str(workdir)}})
+    client = nbclient.NotebookClient(
+        nb, timeout=CELL_TIMEOUT, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}
+    )
     start = time.monotonic()
     try:
         client.execute()

@@ -1,4 +1,6 @@
-"""The training recipe: defaults that adapt to the data, explicit arguments that win, fastai's values one argument away."""
+"""The training recipe: defaults that adapt to the data, explicit arguments that win, fastai's values one
+argument away."""
+
 from __future__ import annotations
 
 import math
@@ -38,7 +40,7 @@ def test_a_given_base_lr_sets_the_near_end_and_far_data_keeps_the_far_rate():
 
 def test_no_probe_means_halfway():
     base, mult = unfrozen_rates(float("nan"), 10, NBTRAIN)
-    assert mult == pytest.approx(10 ** 0.5) and 2e-3 < base < 1e-2
+    assert mult == pytest.approx(10**0.5) and 2e-3 < base < 1e-2
     assert unfrozen_rates(None, 10, NBTRAIN) == (base, mult)
 
 
@@ -104,7 +106,8 @@ def test_default_fine_tune_probes_then_picks_the_bodys_rate(dls):
     # The probe is the frozen epoch's validation error, the same number as its error_rate column.
     assert rates["probe_error"] == pytest.approx(learn.recorder.values[0][2])
     assert (rates["head"] * 2, rates["lr_mult"]) == pytest.approx(
-        unfrozen_rates(rates["probe_error"], dls.c, NBTRAIN, bs=dls.train.bs))
+        unfrozen_rates(rates["probe_error"], dls.c, NBTRAIN, bs=dls.train.bs)
+    )
 
 
 def test_lr_find_suggests_the_recipes_rate_where_the_loss_still_falls_there(dls):

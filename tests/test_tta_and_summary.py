@@ -1,4 +1,5 @@
 """Test-time augmentation as fastai computes it, and the model summary's counts."""
+
 from __future__ import annotations
 
 import pytest
@@ -6,15 +7,16 @@ import torch
 
 import nbtrain
 from nbtrain import ImageDataLoaders, Learner, RandomResizedCrop, aug_transforms, vision_learner
-from tiny_models import small_cnn
+from testkit.tiny_models import small_cnn
 
 
 @pytest.fixture(scope="module")
 def aug_learner(mnist_small):
     """A small CNN trained one epoch on digits, with random crops and flips as its augmentation."""
     torch.manual_seed(0)
-    dls = ImageDataLoaders.from_folder(mnist_small, item_tfms=RandomResizedCrop(16, min_scale=0.5),
-                                       batch_tfms=aug_transforms(), bs=16, seed=0)
+    dls = ImageDataLoaders.from_folder(
+        mnist_small, item_tfms=RandomResizedCrop(16, min_scale=0.5), batch_tfms=aug_transforms(), bs=16, seed=0
+    )
     learn = Learner(dls, small_cnn(dls.c), metrics=nbtrain.error_rate)
     learn.fit_one_cycle(1, 1e-2)
     return learn

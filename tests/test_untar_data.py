@@ -1,4 +1,5 @@
 """`untar_data` against real archives of real image files, served from a loopback HTTP server."""
+
 from __future__ import annotations
 
 import hashlib
@@ -7,15 +8,22 @@ import socket
 import tarfile
 import threading
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Sequence
 
 import pytest
 
-from nbtrain.downloads import (DATASET_NAMES, ChecksumError, DownloadError, URLs, UnsafeArchiveError, extract_archive,
-                               untar_data)
+from nbtrain.downloads import (
+    DATASET_NAMES,
+    ChecksumError,
+    DownloadError,
+    UnsafeArchiveError,
+    URLs,
+    extract_archive,
+    untar_data,
+)
 from nbtrain.samples import make_mnist_sample
 
 
@@ -181,15 +189,19 @@ def test_a_dotdot_member_is_refused_and_nothing_is_written_outside(server, image
     assert [p.name for p in (home / "data").iterdir()] == [], "no temporary folder is left"
 
 
-@pytest.mark.parametrize("member", [
-    _evil("../evil.txt"),
-    _evil("/tmp/nbtrain-absolute-evil.txt"),
-    _evil("tiny/link", type=tarfile.SYMTYPE, linkname="../../outside"),
-    _evil("tiny/abs_link", type=tarfile.SYMTYPE, linkname="/etc"),
-    _evil("tiny/hard", type=tarfile.LNKTYPE, linkname="../../etc/passwd"),
-    _evil("tiny/dev", type=tarfile.CHRTYPE, devmajor=1, devminor=3),
-    _evil("tiny/fifo", type=tarfile.FIFOTYPE),
-], ids=["dotdot", "absolute", "symlink-out", "symlink-absolute", "hardlink-out", "device", "fifo"])
+@pytest.mark.parametrize(
+    "member",
+    [
+        _evil("../evil.txt"),
+        _evil("/tmp/nbtrain-absolute-evil.txt"),
+        _evil("tiny/link", type=tarfile.SYMTYPE, linkname="../../outside"),
+        _evil("tiny/abs_link", type=tarfile.SYMTYPE, linkname="/etc"),
+        _evil("tiny/hard", type=tarfile.LNKTYPE, linkname="../../etc/passwd"),
+        _evil("tiny/dev", type=tarfile.CHRTYPE, devmajor=1, devminor=3),
+        _evil("tiny/fifo", type=tarfile.FIFOTYPE),
+    ],
+    ids=["dotdot", "absolute", "symlink-out", "symlink-absolute", "hardlink-out", "device", "fifo"],
+)
 def test_unsafe_tar_members_are_refused(member, images, tmp_path):
     archive = tmp_path / "evil.tgz"
     archive.write_bytes(_tgz(images, extra=[member]))
@@ -202,10 +214,15 @@ def test_unsafe_tar_members_are_refused(member, images, tmp_path):
 def test_chained_symlinks_cannot_climb_out(images, tmp_path):
     # Each link looks harmless by name, but writing through the first makes the second point outside.
     archive = tmp_path / "chain.tgz"
-    archive.write_bytes(_tgz(images, extra=[
-        _evil("tiny/d/l1", type=tarfile.SYMTYPE, linkname=".."),
-        _evil("tiny/d/l1/l2", type=tarfile.SYMTYPE, linkname="../.."),
-    ]))
+    archive.write_bytes(
+        _tgz(
+            images,
+            extra=[
+                _evil("tiny/d/l1", type=tarfile.SYMTYPE, linkname=".."),
+                _evil("tiny/d/l1/l2", type=tarfile.SYMTYPE, linkname="../.."),
+            ],
+        )
+    )
     with pytest.raises(UnsafeArchiveError, match="inside a symlink"):
         extract_archive(archive, tmp_path / "out" / "chain")
     assert list((tmp_path / "out").iterdir()) == []
@@ -214,8 +231,9 @@ def test_chained_symlinks_cannot_climb_out(images, tmp_path):
 def test_a_symlink_inside_the_archive_is_allowed(images, tmp_path):
     first = sorted(p.relative_to(images.parent).as_posix() for p in images.rglob("*.png"))[0]
     archive = tmp_path / "ok.tgz"
-    archive.write_bytes(_tgz(images, extra=[_evil("tiny/first.png", type=tarfile.SYMTYPE,
-                                                  linkname=first.split("/", 1)[1])]))
+    archive.write_bytes(
+        _tgz(images, extra=[_evil("tiny/first.png", type=tarfile.SYMTYPE, linkname=first.split("/", 1)[1])])
+    )
     out = extract_archive(archive, tmp_path / "ok")
     assert (out / "first.png").is_symlink() and (out / "first.png").read_bytes() == (images.parent / first).read_bytes()
 

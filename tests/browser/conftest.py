@@ -15,6 +15,7 @@ Recipe: /work/shared/browser-testing.md. Summary of what lives here:
 Missing Chromium or Playwright skips the tests, unless ``NBTRAIN_REQUIRE_BROWSER=1`` (CI), which fails them.
 All tests here must carry ``@pytest.mark.browser``; run with ``pytest -m browser tests/browser``.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,9 +28,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional
 
 import pytest
 
@@ -101,7 +102,7 @@ def _safe_name(name: str) -> str:
     return name if name.endswith(".png") else name + ".png"
 
 
-def save_screenshot(page, name: str, full_page: bool = True) -> Optional[Path]:
+def save_screenshot(page, name: str, full_page: bool = True) -> Path | None:
     """Save ``artifacts/<name>.png`` and return its path (None if the page could not be captured)."""
     path = artifacts_dir() / _safe_name(name)
     try:
@@ -281,9 +282,7 @@ def start_jupyter_server(base: Path) -> JupyterServer:
         f"--LabApp.workspaces_dir={env['JUPYTERLAB_WORKSPACES_DIR']}",
     ]  # fmt: skip
     logf = open(log_path, "wb")
-    proc = subprocess.Popen(
-        cmd, cwd=str(root), env=env, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True
-    )
+    proc = subprocess.Popen(cmd, cwd=str(root), env=env, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
     logf.close()  # the child holds its own copy
     server = JupyterServer(url=f"http://127.0.0.1:{port}", root=root, log_path=log_path, proc=proc)
     try:
@@ -447,7 +446,7 @@ def cell_prompt(page, index: int) -> str:
     return cell_states(page)[index]["prompt"]
 
 
-def wait_for_cells_done(page, timeout: float = RUN_TIMEOUT, before: Optional[list[dict]] = None) -> None:
+def wait_for_cells_done(page, timeout: float = RUN_TIMEOUT, before: list[dict] | None = None) -> None:
     """Wait until no cell is running or queued ('[*]'), every non-empty code cell shows '[n]', and (when
     ``before`` = an earlier :func:`cell_states` is given) at least one prompt has changed since; then wait
     for the kernel to be idle."""
@@ -461,9 +460,7 @@ def wait_for_cells_done(page, timeout: float = RUN_TIMEOUT, before: Optional[lis
         if done and changed:
             break
         if time.monotonic() > deadline:
-            _fail_with_screenshot(
-                page, "cells-done", TimeoutError(f"cell prompts: {[c['prompt'] for c in states]}")
-            )
+            _fail_with_screenshot(page, "cells-done", TimeoutError(f"cell prompts: {[c['prompt'] for c in states]}"))
         time.sleep(0.25)
     wait_for_kernel_idle(page, max(10.0, deadline - time.monotonic()))
 

@@ -4,6 +4,7 @@ upload button and its file chooser, as a person would, and see each file with th
 A kernel trains a small CNN on real MNIST digit files for a few seconds, shows the app, and writes
 what `learn.predict` says for two files; the page must show those two files with those classes.
 """
+
 from __future__ import annotations
 
 import json

@@ -6,6 +6,7 @@ among them, with a pretrained mobilenet_v2 (its ImageNet features find the outli
 shows the cleaner with the audit table. Everything is done through the page; the files on disk must
 show exactly those two changes.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -16,7 +17,15 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from .conftest import wait_until, ACTIVE_PANEL, cell_output_text, open_notebook, run_cell, save_screenshot, wait_for_kernel_idle
+from .conftest import (
+    ACTIVE_PANEL,
+    cell_output_text,
+    open_notebook,
+    run_cell,
+    save_screenshot,
+    wait_for_kernel_idle,
+    wait_until,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -61,8 +70,11 @@ CARD_SELECTS = f"{ACTIVE_PANEL} .widget-gridbox .widget-dropdown select"
 
 
 def _hashes(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and p.relative_to(root).parts[0] != ".nbtrain"}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.relative_to(root).parts[0] != ".nbtrain"
+    }
 
 
 def _plant(data: Path) -> tuple[Path, Path]:

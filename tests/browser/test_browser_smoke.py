@@ -1,4 +1,5 @@
 """End-to-end smoke test of the browser harness: real JupyterLab + Chromium + ipywidgets 8."""
+
 from __future__ import annotations
 
 import sys
@@ -10,7 +11,7 @@ from .conftest import open_notebook, run_all_cells, run_cell, save_screenshot, w
 
 pytestmark = pytest.mark.browser
 
-CELL_WIDGETS = '''
+CELL_WIDGETS = """
 import os, sys
 from pathlib import Path
 import ipywidgets as widgets
@@ -32,13 +33,13 @@ def apply(_):
 
 button.on_click(apply)
 display(widgets.VBox([*dropdowns.values(), button, status]))
-'''
+"""
 
-CELL_SECOND = '''
+CELL_SECOND = """
 from pathlib import Path
 Path("second_cell_ran.txt").write_text(str(sorted(p.name for p in Path(".").glob("*.txt"))))
 print("second cell ran")
-'''
+"""
 
 
 def _wait_for(pred, timeout=20.0, what="condition"):

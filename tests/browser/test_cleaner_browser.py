@@ -7,6 +7,7 @@ new class with its menu; "Accept all predictions shown" and then Undo leave thos
 were. Then the apply cell runs, and the files on disk must show exactly those two changes: the deleted
 file gone, the relabelled one in its new class folder with the same bytes, every other file untouched.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -15,8 +16,16 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import (wait_until, ACTIVE_PANEL, REPO_ROOT, cell_output_text, open_notebook, run_cell, save_screenshot,
-                       wait_for_kernel_idle)
+from .conftest import (
+    ACTIVE_PANEL,
+    REPO_ROOT,
+    cell_output_text,
+    open_notebook,
+    run_cell,
+    save_screenshot,
+    wait_for_kernel_idle,
+    wait_until,
+)
 
 pytestmark = pytest.mark.browser
 

@@ -9,6 +9,7 @@ its plan, asks for confirmation, applies, and its "Undo this apply" puts every f
 It also takes the screenshot of the cleaner for the README: `artifacts/cleaner.png` on every run, copied to
 `docs/cleaner.png` when that file is missing or `NBTRAIN_UPDATE_DOCS=1`.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,7 +37,7 @@ cleaner
 
 # What each card shows, so the test knows what it decides on.
 CELL_PAGE = """
-rows = cleaner._view.set_index("path", drop=False).loc[cleaner.fns]
+rows = cleaner.view.set_index("path", drop=False).loc[cleaner.fns]
 Path("page.json").write_text(json.dumps({
     "fns": [str(p) for p in cleaner.fns], "labels": [r[0] for r in rows["labels"]],
     "preds": [cleaner.vocab[i] for i in rows["pred_idx"]], "page": cleaner.page}))
@@ -63,7 +64,10 @@ def _card_has(page, i: int, cls: str, present: bool = True, timeout: float = 15_
     page.wait_for_function(
         "([sel, i, cls, present]) => { const c = document.querySelectorAll(sel)[i];"
         " return !!c && c.classList.contains(cls) === present; }",
-        arg=[CARDS, i, cls, present], timeout=timeout, polling=50)
+        arg=[CARDS, i, cls, present],
+        timeout=timeout,
+        polling=50,
+    )
 
 
 def _page_token(page) -> int:
@@ -71,8 +75,12 @@ def _page_token(page) -> int:
 
 
 def _wait_page(page, token: int) -> None:
-    page.wait_for_function("([sel, t]) => Number(document.querySelector(sel)?.dataset.pageToken) >= t",
-                           arg=[GRID, token], timeout=15_000, polling=50)
+    page.wait_for_function(
+        "([sel, t]) => Number(document.querySelector(sel)?.dataset.pageToken) >= t",
+        arg=[GRID, token],
+        timeout=15_000,
+        polling=50,
+    )
 
 
 def test_keys_and_clicks_decide_undo_and_apply_then_undo_apply_restores_every_file(jupyter_server, page):
