@@ -80,7 +80,7 @@ from .image_resize import resize_image, resize_images
 from .image_search import RateLimitError, SearchError, search_images, search_images_bing, search_images_ddg
 from .interpretation import ClassificationInterpretation
 from .label_issues import find_label_issues
-from .learner import Learner, TrainingState, load_learner, unet_learner, vision_learner
+from .learner import Learner, TrainingState, unet_learner, vision_learner
 from .locations import is_colab, is_kaggle
 from .lr_suggestions import minimum, slide, steep, valley
 from .metrics import (
@@ -131,6 +131,7 @@ from .models import (
     wide_resnet50_2,
 )
 from .paths import Path
+from .predictions import DatasetType
 from .v1 import (
     DatasetFormatter,
     ImageCleaner,
@@ -139,8 +140,10 @@ from .v1 import (
     cnn_learner,
     create_cnn,
     defaults,
+    doc,
     get_transforms,
     imagenet_stats,
+    load_learner,
     open_image,
     verify_images,
 )
@@ -290,11 +293,13 @@ __all__ = [
     "search_images_ddg",
     # fastai v1's names, as the 2019 course types them
     "DatasetFormatter",
+    "DatasetType",
     "ImageCleaner",
     "ImageDataBunch",
     "ImageList",
     "cnn_learner",
     "defaults",
+    "doc",
     "get_transforms",
     "imagenet_stats",
     "open_image",

@@ -451,14 +451,15 @@ class Learner:
         with_loss: bool = False,
         act: Callable | None = None,
         with_bar: bool = False,
+        ds_type: predictions.DatasetType | None = None,
     ):
         """`(probs, targets)`, or `(probs, targets, losses)` with one loss per item.
 
         Items come in dataset order and without augmentation, the training set (ds_idx=0) included.
         A file that cannot be decoded gets a row of NaN. `dl` is another loader, or batches already
-        made, as fastai's `learn.get_preds(dl=[(x,y)])`.
+        made, as fastai's `learn.get_preds(dl=[(x,y)])`; `ds_type` is fastai v1's name of the set.
         """
-        return predictions.get_preds(self, ds_idx, dl, with_loss, act, with_bar)
+        return predictions.get_preds(self, ds_idx, dl, with_loss, act, with_bar, ds_type)
 
     def predict(self, item: object):
         """`(label, index, probs)` for one image: anything `PILImage.create` takes (a path, bytes, an

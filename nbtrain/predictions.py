@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable, Sequence
+from enum import Enum
 from typing import TYPE_CHECKING
 
 import torch
@@ -88,6 +89,34 @@ def plain_loader(learn: Learner, ds_idx: int) -> DataLoader:
     return dl.plain() if ds_idx == 0 else dl
 
 
+class DatasetType(Enum):
+    """fastai v1's names of a learner's sets: `learn.get_preds(ds_type=DatasetType.Test)`."""
+
+    Train = 1
+    Valid = 2
+    Test = 3
+    Single = 4
+    Fix = 5
+
+
+def loader_of(learn: Learner, ds_type: DatasetType) -> DataLoader:
+    """The loader `ds_type` names: the training set (Train and Fix: in order, without augmentation),
+    the validation set, or the test set the loaders hold (fastai v1's `load_learner(path, test=...)`)."""
+    if ds_type is DatasetType.Test:
+        test = getattr(learn.dls, "test", None)
+        if test is None:
+            raise ValueError(
+                "These loaders have no test set. Load the learner with one, load_learner(path, "
+                "test=ImageList.from_folder(folder)), or give the files: get_preds(dl=learn.dls.test_dl(files))."
+            )
+        return test
+    if ds_type is DatasetType.Single:
+        raise ValueError("DatasetType.Single is one item: predict it with learn.predict(img).")
+    if not isinstance(ds_type, DatasetType):
+        raise ValueError(f"ds_type={ds_type!r} is not a DatasetType: give e.g. DatasetType.Test.")
+    return plain_loader(learn, 1 if ds_type is DatasetType.Valid else 0)
+
+
 def activation(learn: Learner, out: torch.Tensor) -> torch.Tensor:
     """Probabilities from raw outputs: sigmoid for multi-label data, softmax otherwise."""
     return torch.sigmoid(out) if learn.dls.multi_label else torch.softmax(out, dim=1)
@@ -111,13 +140,21 @@ def get_preds(
     with_loss: bool = False,
     act: Callable | None = None,
     with_bar: bool = False,
+    ds_type: DatasetType | None = None,
 ):
     """`(probs, targets)`, or `(probs, targets, losses)` with one loss per item.
 
     Items come in dataset order and without augmentation, the training set (ds_idx=0) included.
     A file that cannot be decoded gets a row of NaN. `dl` is another loader, or batches already
-    made, as fastai's `learn.get_preds(dl=[(x,y)])`.
+    made, as fastai's `learn.get_preds(dl=[(x,y)])`. `ds_type` (also as the first argument) is
+    fastai v1's name of the set, `DatasetType.Test` the test set the loaders hold.
     """
+    if isinstance(ds_idx, DatasetType):
+        ds_idx, ds_type = 1, ds_idx
+    if ds_type is not None:
+        if dl is not None:
+            raise ValueError("Give get_preds either ds_type= or dl=, not both.")
+        dl = loader_of(learn, ds_type)
     dl = plain_loader(learn, ds_idx) if dl is None else dl
     out, targ, idx = outputs(learn, dl, with_bar=with_bar)
     if isinstance(dl, DataLoader):  # every item, an unreadable one included (as NaN)

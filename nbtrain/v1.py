@@ -13,6 +13,7 @@ naming it and what to use instead.
 from __future__ import annotations
 
 import copy
+import inspect
 import os
 import shutil
 import time
@@ -28,7 +29,7 @@ from torch import nn
 
 from .augmentation import IMAGENET_STATS, Normalize, Resize, aug_transforms
 from .cleaner import ImageClassifierCleaner
-from .data import DataError, DataLoaders, ImageDataLoaders, TableSource, get_image_files, random_split
+from .data import DataError, DataLoader, DataLoaders, ImageDataLoaders, TableSource, get_image_files, random_split
 from .data import verify_images as _verify_files
 from .datablock import RegexLabeller
 from .embeddings import DUPLICATE_COLUMNS, find_duplicates
@@ -37,6 +38,7 @@ from .fileops import atomic_write
 from .image import PILImage
 from .image_resize import resize_images
 from .learner import Learner, vision_learner
+from .learner import load_learner as _load_learner
 from .paths import PathList
 from .scores import score_table
 
@@ -125,7 +127,11 @@ def _loader_args(
 ) -> dict:
     """v1's loader arguments as `ImageDataLoaders.from_lists`' keyword arguments."""
     refused = {
-        "test": (test, "predict a test folder with learn.get_preds(dl=data.test_dl(get_image_files(folder)))."),
+        "test": (
+            test,
+            "add a test set with data.add_test(ImageList.from_folder(folder)), or predict a folder with "
+            "learn.get_preds(dl=data.test_dl(get_image_files(folder))).",
+        ),
         "tfm_y": (tfm_y, "nbtrain's targets are labels, never images; leave it out."),
         "collate_fn": (collate_fn, "nbtrain collates image batches itself; leave it out."),
         "no_check": (no_check, "nbtrain always checks the files when it builds the loaders; leave it out."),
@@ -169,7 +175,10 @@ class ImageDataBunch(DataLoaders):
 
     Every constructor takes v1's `ds_tfms` (e.g. `get_transforms()`), `size`, `bs`, `val_bs`,
     `num_workers`, `dl_tfms`, `device`, `resize_method` ('crop', 'squish', 'pad') and `padding_mode`.
+    `add_test(items)` adds a test set (`test_ds`), which `get_preds(ds_type=DatasetType.Test)` predicts.
     """
+
+    test: DataLoader | None = None
 
     @classmethod
     def of(cls, dls: DataLoaders) -> ImageDataBunch:
@@ -324,6 +333,20 @@ class ImageDataBunch(DataLoaders):
 
     classes = property(lambda self: self.vocab, doc="The class names (v1's name for `vocab`).")
 
+    def add_test(self, items: Sequence[Path | str]) -> None:
+        """Unlabelled images (an `ImageList` or files) as the test set, with the validation set's
+        transforms, in their order: `learn.get_preds(ds_type=DatasetType.Test)` predicts them."""
+        self.test = self.test_dl(list(items))
+
+    @property
+    def test_ds(self):
+        """The test set (`.items` are its paths), which `add_test` or `load_learner(test=)` gave."""
+        if self.test is None:
+            raise DataError(
+                "These loaders have no test set: add one with data.add_test(ImageList.from_folder(folder))."
+            )
+        return self.test.dataset
+
     def batch_stats(self) -> tuple[list[float], list[float]]:
         """The mean and standard deviation of each channel over one training batch, before normalising."""
         x, _ = self.train.new(normalize=None, num_workers=0).one_batch()
@@ -464,6 +487,13 @@ class ImageList:
             raise DataError(f"No CSV file at {csv_path}.")
         df = pd.read_csv(csv_path, header=header, delimiter=delimiter or ",", dtype=str, keep_default_na=False)
         return cls.from_df(df, path, csv_path=csv_path, **kwargs)
+
+    def add(self, items: ImageList) -> ImageList:
+        """These items followed by those of `items` (the course's test set from two folders), before
+        any split or label."""
+        if any(il.valid_idx is not None or il.df is not None for il in (self, items)):
+            raise DataError("ImageList.add joins lists of files (from_folder), before any split or label.")
+        return replace(self, items=self.items + list(items.items))
 
     # -- splits ------------------------------------------------------------------------------------
 
@@ -667,6 +697,30 @@ def cnn_learner(
 
 
 create_cnn = cnn_learner  # the name of the 2018-2019 course notes
+
+
+def load_learner(
+    fname: Path | str, cpu: bool = True, file: str = "export.pkl", test: Sequence[Path | str] | None = None
+) -> Learner:
+    """A Learner rebuilt from `export()`'s file (`nbtrain.learner.load_learner`; given a folder, as
+    v1's, the file is `fname/file`), its loaders an `ImageDataBunch` (`learn.data.classes`). v1's
+    `test=` (an `ImageList` or files) becomes their test set: `learn.data.test_ds`, predicted by
+    `learn.get_preds(ds_type=DatasetType.Test)` in the same order."""
+    learn = _load_learner(fname, cpu=cpu, file=file)
+    learn.data = ImageDataBunch.of(learn.dls)
+    if test is not None:
+        learn.data.add_test(test)
+    return learn
+
+
+def doc(elt: Any) -> None:
+    """Print the signature and the documentation of `elt` (fastai's `doc(learn.fit_one_cycle)`)."""
+    name = getattr(elt, "__qualname__", None) or getattr(elt, "__name__", None) or type(elt).__name__
+    try:
+        name += str(inspect.signature(elt))
+    except (TypeError, ValueError):  # some builtins and objects have no signature
+        pass
+    print(f"{name}\n\n{inspect.getdoc(elt) or 'No documentation.'}")
 
 
 # ---------------------------------------------------------------------------------------------

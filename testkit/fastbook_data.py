@@ -140,3 +140,16 @@ def make_course_planet(root: Path, n: int = 120) -> Path:
         names.append(name)
     pd.DataFrame({"image_name": names, "tags": df["labels"]}).to_csv(dest / "train_v2.csv", index=False)
     return Path(dest)
+
+
+def make_course_planet_test(path: Path, n: int = 12) -> Path:
+    """`path/test-jpg/test_<k>.jpg` and `path/test-jpg-additional/file_<k>.jpg` (`path` from
+    `make_course_planet`), the unlabelled images of Kaggle's planet test download."""
+    sample = make_multilabel_mnist(path.parent / "_planet_test", n=2 * n, seed=2)
+    files = sorted(sample.path.glob("**/*.png"))[: 2 * n]
+    for k, f in enumerate(files):
+        folder, name = ("test-jpg", f"test_{k}") if k < n else ("test-jpg-additional", f"file_{k - n}")
+        (path / folder).mkdir(exist_ok=True)
+        with Image.open(f) as img:
+            img.convert("RGB").save(path / folder / f"{name}.jpg", quality=95)
+    return path

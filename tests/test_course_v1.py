@@ -1,7 +1,7 @@
 # ruff: noqa: F403, F405, E701, E702, E703, E231, B018, F841
 """The 2019 course's (fastai v1) lessons 1, 2 and 3, as written, on nbtrain: fastai's course-v3,
 nbs/dl1/lesson1-pets.ipynb (pets and the MNIST sample), lesson2-download.ipynb (from the folder of
-downloaded files on) and lesson3-planet.ipynb (up to the export; the test set is a second download).
+downloaded files on) and lesson3-planet.ipynb (its test set included).
 
 Each test is one notebook's cells in order. Only what cannot run here is swapped, and a `# swap:`
 comment names each swap: the downloads become offline stand-ins written as real image files in the
@@ -19,7 +19,13 @@ import os
 import pytest
 
 from nbtrain import *  # noqa: F403  (the course's `from fastai.vision import *`)
-from testkit.fastbook_data import make_course_bears, make_course_mnist_sample, make_course_pets, make_course_planet
+from testkit.fastbook_data import (
+    make_course_bears,
+    make_course_mnist_sample,
+    make_course_pets,
+    make_course_planet,
+    make_course_planet_test,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -70,6 +76,7 @@ def test_lesson1_pets(in_tmp):
 
     assert len(data.valid_ds) == len(losses) == len(idxs)
     interp.plot_top_losses(9, figsize=(15, 11))
+    doc(interp.plot_top_losses)
     interp.plot_confusion_matrix(figsize=(12, 12), dpi=60)
     interp.most_confused(min_val=2)
     learn.unfreeze()
@@ -304,6 +311,23 @@ def test_lesson3_planet(in_tmp):
     learn.save("stage-2-256-rn50")
     learn.export()
     assert (path / "export.pkl").exists() and learn.recorder.metric_names[-2:] == ["accuracy_thresh", "fbeta"]
+    classes = learn.data.classes
+
+    make_course_planet_test(path)  # swap: the Kaggle download of test-jpg.tar.7z and test-jpg-additional.tar.7z
+    test = ImageList.from_folder(path / "test-jpg").add(ImageList.from_folder(path / "test-jpg-additional"))
+    len(test)
+    learn = load_learner(path, test=test)
+    preds, _ = learn.get_preds(ds_type=DatasetType.Test)
+    thresh = 0.2
+    labelled_preds = [" ".join([learn.data.classes[i] for i, p in enumerate(pred) if p > thresh]) for pred in preds]
+    labelled_preds[:5]
+    fnames = [f.name[:-4] for f in learn.data.test_ds.items]
+    df = pd.DataFrame({"image_name": fnames, "tags": labelled_preds}, columns=["image_name", "tags"])
+    df.to_csv(path / "submission.csv", index=False)
+    submission = pd.read_csv(path / "submission.csv", keep_default_na=False)
+    assert len(test) == 24 and preds.shape == (24, 10) and learn.data.classes == classes
+    assert list(submission["image_name"]) == [p.stem for p in test.items] and fnames[0] == "test_0"
+    assert fnames[-1].startswith("file_") and list(submission["tags"]) == labelled_preds
 
 
 # -- what each v1 name maps to, and the v1 arguments nbtrain refuses --------------------------------
@@ -426,3 +450,36 @@ def test_defaults_device_is_where_new_loaders_go(mnist_small, monkeypatch):
 def test_open_image_gives_what_predict_takes(mnist_small):
     img = open_image(get_image_files(mnist_small)[0], after_open=lambda im: im.resize((20, 20)))
     assert isinstance(img, PILImage) and img.size == (20, 20) and img.mode == "RGB"
+
+
+def test_get_preds_takes_v1s_dataset_type_and_load_learners_test_set(small_learner, mnist_small, tmp_path):
+    small_learner.export(tmp_path / "export.pkl")
+    folders = [mnist_small / "valid" / "3", mnist_small / "valid" / "7"]
+    test = ImageList.from_folder(folders[0]).add(ImageList.from_folder(folders[1]))
+    assert test.items == get_image_files(folders[0]) + get_image_files(folders[1])
+    learn = load_learner(tmp_path, test=test)
+    assert learn.data.test_ds.items == test.items and learn.data.classes == small_learner.dls.vocab
+    preds, _ = learn.get_preds(ds_type=DatasetType.Test)
+    by_file = torch.stack([learn.predict(f)[2] for f in test.items[:3]])
+    assert preds.shape == (len(test), 10) and torch.allclose(preds[:3], by_file, atol=1e-5)
+    assert torch.equal(learn.get_preds(DatasetType.Test)[0], preds)  # v1's positional ds_type
+    for ds_type, ds_idx in ((DatasetType.Train, 0), (DatasetType.Valid, 1), (DatasetType.Fix, 0)):
+        got, want = small_learner.get_preds(ds_type=ds_type), small_learner.get_preds(ds_idx=ds_idx)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    with pytest.raises(ValueError, match="no test set"):
+        small_learner.get_preds(ds_type=DatasetType.Test)
+    with pytest.raises(ValueError, match=r"learn.predict\(img\)"):
+        learn.get_preds(ds_type=DatasetType.Single)
+    with pytest.raises(DataError, match="add_test"):
+        load_learner(tmp_path).data.test_ds
+    with pytest.raises(DataError, match="before any split or label"):
+        test.split_none().add(test)
+
+
+def test_doc_prints_the_signature_and_the_documentation(capsys, small_learner):
+    doc(small_learner.fit_one_cycle)
+    out = capsys.readouterr().out
+    assert out.startswith("Learner.fit_one_cycle(") and "max_lr" in out
+    assert small_learner.fit_one_cycle.__doc__.strip().splitlines()[0] in out
+    doc(untar_data)
+    assert capsys.readouterr().out.startswith("untar_data(url_or_name")
