@@ -180,6 +180,15 @@ def _to_input(learn: Learner, item: object) -> torch.Tensor:
     return learn.dls.valid.new(augment=False).to_model_input(TF.pil_to_tensor(img)[None])
 
 
+class Category(str):
+    """A predicted class name, as fastai's own `Category`: a str, and `.obj` the name, as the 2019
+    course's `pred_class.obj` reads it."""
+
+    @property
+    def obj(self) -> str:
+        return str(self)
+
+
 def predict(learn: Learner, item: object):
     """`(label, index, probs)` for one image: anything `PILImage.create` takes (a path, bytes, an
     open file, an array, a tensor, a PIL image, an ipywidgets FileUpload's value).
@@ -194,7 +203,9 @@ def predict(learn: Learner, item: object):
         mask = probs > learn.thresh
         return [learn.dls.vocab[i] for i in torch.nonzero(mask).flatten().tolist()], mask, probs
     idx = probs.argmax()
-    return learn.dls.vocab[int(idx)], idx, probs
+    label = learn.dls.vocab[int(idx)]
+    # A class named by text comes back as a Category (a str); another label (the book's bool is_cat) as itself.
+    return (Category(label) if isinstance(label, str) else label), idx, probs
 
 
 def show_results(learn: Learner, ds_idx: int = 1, max_n: int = 9, figsize: tuple[float, float] | None = None):

@@ -228,7 +228,8 @@ def test_lesson2_download_clean_and_train(in_tmp, capsys):
     img
     learn = load_learner(path)
     pred_class, pred_idx, outputs = learn.predict(img)
-    pred_class  # swap: pred_class.obj (v1's Category; nbtrain's predict gives the class name itself)
+    pred_class.obj
+    assert pred_class.obj == pred_class and isinstance(pred_class, str)
     assert pred_class in data.classes and outputs.shape == (3,) and defaults.device == torch.device("cpu")
 
     learn = cnn_learner(data, models.mobilenet_v2, metrics=error_rate)  # swap: models.resnet34
