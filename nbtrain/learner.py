@@ -457,7 +457,8 @@ class Learner:
 
         Items come in dataset order and without augmentation, the training set (ds_idx=0) included.
         A file that cannot be decoded gets a row of NaN. `dl` is another loader, or batches already
-        made, as fastai's `learn.get_preds(dl=[(x,y)])`; `ds_type` is fastai v1's name of the set.
+        made, as fastai's `learn.get_preds(dl=[(x,y)])`; `ds_type` (also as the first argument) is fastai v1's
+        name of the set, `DatasetType.Test` the test set the loaders hold.
         """
         return predictions.get_preds(self, ds_idx, dl, with_loss, act, with_bar, ds_type)
 

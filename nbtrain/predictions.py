@@ -123,7 +123,7 @@ def activation(learn: Learner, out: torch.Tensor) -> torch.Tensor:
 
 
 def item_losses(learn: Learner, out: torch.Tensor, targ: torch.Tensor) -> torch.Tensor:
-    """One loss per item, with this learner's loss function."""
+    """The work of `Learner.item_losses`."""
     fn = copy.copy(learn.loss_func)
     if hasattr(fn, "reduction"):
         fn.reduction = "none"
@@ -142,13 +142,7 @@ def get_preds(
     with_bar: bool = False,
     ds_type: DatasetType | None = None,
 ):
-    """`(probs, targets)`, or `(probs, targets, losses)` with one loss per item.
-
-    Items come in dataset order and without augmentation, the training set (ds_idx=0) included.
-    A file that cannot be decoded gets a row of NaN. `dl` is another loader, or batches already
-    made, as fastai's `learn.get_preds(dl=[(x,y)])`. `ds_type` (also as the first argument) is
-    fastai v1's name of the set, `DatasetType.Test` the test set the loaders hold.
-    """
+    """The work of `Learner.get_preds`, through the one prediction loop (`outputs`)."""
     if isinstance(ds_idx, DatasetType):
         ds_idx, ds_type = 1, ds_idx
     if ds_type is not None:
@@ -190,11 +184,7 @@ class Category(str):
 
 
 def predict(learn: Learner, item: object):
-    """`(label, index, probs)` for one image: anything `PILImage.create` takes (a path, bytes, an
-    open file, an array, a tensor, a PIL image, an ipywidgets FileUpload's value).
-
-    For multi-label data the label is the list of classes above `thresh`, and index a boolean mask.
-    """
+    """The work of `Learner.predict` (its docstring says what it returns)."""
     x = _to_input(learn, item)
     learn.model.eval()
     with torch.inference_mode(), learn.autocast():
@@ -209,7 +199,7 @@ def predict(learn: Learner, item: object):
 
 
 def show_results(learn: Learner, ds_idx: int = 1, max_n: int = 9, figsize: tuple[float, float] | None = None):
-    """Images with their label and the prediction (green when right, red when wrong); returns the figure."""
+    """The work of `Learner.show_results`."""
     dl = plain_loader(learn, ds_idx).new(num_workers=0)
     x, y, _ = next(dl.iter_with_index(fill_cache=False))
     x, y = x[:max_n], y[:max_n]
@@ -238,12 +228,7 @@ def tta(
     beta: float | None = 0.25,
     use_max: bool = False,
 ):
-    """Test-time augmentation, as fastai's: `(preds, targs)` from `n` passes with the training
-    augmentation (random crops, flips...) averaged, then mixed with the plain pass as
-    `(1 - beta) * augmented + beta * plain`. `use_max` takes the element-wise maximum of all
-    passes instead; `beta=None` returns `((augmented, plain), targs)`. `item_tfms`/`batch_tfms`
-    replace the loader's augmentation for the augmented passes.
-    """
+    """The work of `Learner.tta` (its docstring says what it returns)."""
     if n < 1:
         raise ValueError(
             f"n is the number of augmented passes and must be 1 or more, not {n}. "
