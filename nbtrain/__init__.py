@@ -6,7 +6,6 @@ The public names follow fastai's, so code from the fastai course runs with littl
 # What the course's `from fastai.vision import *` also gives: its lessons use them from their first cell.
 from functools import partial
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
@@ -310,3 +309,13 @@ __all__ = [
     "plt",
     "torch",
 ]
+
+
+def __getattr__(name: str):
+    """`plt` on first use (the star import asks for it): pyplot is slow to import, and scripts that
+    never draw should not pay for it."""
+    if name == "plt":
+        import matplotlib.pyplot as plt
+
+        return plt
+    raise AttributeError(f"module 'nbtrain' has no attribute {name!r}")
