@@ -54,10 +54,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from PIL import Image, ImageFilter  # noqa: E402
+from PIL import Image  # noqa: E402
 
-PROPERTY_TYPES = ["dark", "overexposed", "blurry", "low_information", "odd_size", "odd_aspect", "grayscale"]
-COPY_TYPES = ["exact_duplicate", "near_duplicate", "leakage"]
+from testkit.photo_panel import COPY_TYPES, PROPERTY_TYPES, Planter, save_image  # noqa: E402
+
 CLEANVISION_NAMES = {
     "dark": "dark",
     "overexposed": "light",
@@ -71,107 +71,6 @@ CLEANVISION_NAMES = {
 
 # ---------------------------------------------------------------------------------------------
 # Planting
-
-
-def _rgb_or_l(img: Image.Image) -> Image.Image:
-    return img if img.mode in ("L", "RGB") else img.convert("RGB")
-
-
-def plant_property(img: Image.Image, kind: str, rng: np.random.Generator) -> Image.Image:
-    img = _rgb_or_l(img)
-    a = np.asarray(img, dtype=np.float32)
-    w, h = img.size
-    if kind == "dark":
-        return Image.fromarray((a * 0.22).astype(np.uint8), img.mode)
-    if kind == "overexposed":
-        return Image.fromarray((255 - (255 - a) * 0.2).astype(np.uint8), img.mode)
-    if kind == "blurry":
-        return img.filter(ImageFilter.GaussianBlur(radius=max(1.5, 1.5 * w / 28 / 2) if w > 28 else 1.5))
-    if kind == "low_information":
-        mean = a.reshape(-1, a.shape[-1] if a.ndim == 3 else 1).mean(0)
-        flat = np.broadcast_to(mean, a.shape) + rng.normal(0, 1.5, a.shape)
-        return Image.fromarray(flat.clip(0, 255).astype(np.uint8), img.mode)
-    if kind == "odd_size":
-        # Nearest-neighbour up and area down: the size changes, the sharpness does not (a smooth 3x
-        # upscale is blurry too, and would be planting two problems in one file).
-        f = 3 if rng.random() < 0.5 else 1 / 3
-        return img.resize(
-            (max(4, round(w * f)), max(4, round(h * f))), Image.Resampling.NEAREST if f > 1 else Image.Resampling.BOX
-        )
-    if kind == "odd_aspect":
-        return img.resize((round(w * 2.5), h), Image.Resampling.BICUBIC)
-    if kind == "grayscale":
-        return img.convert("L").convert("RGB")
-    raise ValueError(kind)
-
-
-def _save(img: Image.Image, path: Path, **kw) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path, **kw)
-
-
-class Planter:
-    """Changes files of a dataset in place and adds copies, recording the truth as it goes."""
-
-    def __init__(self, root: Path, seed: int):
-        self.root = root
-        self.rng = np.random.default_rng(seed)
-        self.truth: dict[str, set] = {k: set() for k in PROPERTY_TYPES + ["outlier", "label"]}
-        self.pairs: dict[str, set] = {k: set() for k in COPY_TYPES}  # (copy, original)
-        self.used: set[Path] = set()
-
-    def pick(self, n: int, files: list[Path]) -> list[Path]:
-        free = [f for f in files if f not in self.used]
-        out = [free[i] for i in self.rng.choice(len(free), size=min(n, len(free)), replace=False)]
-        self.used.update(out)
-        return out
-
-    def properties(self, files: list[Path], n: int, kinds: list[str]) -> None:
-        for kind in kinds:
-            for f in self.pick(n, files):
-                with Image.open(f) as im:
-                    out = plant_property(im, kind, self.rng)
-                out.save(f, quality=95) if f.suffix.lower() == ".jpg" else out.save(f)
-                self.truth[kind].add(f)
-
-    def copies(self, files: list[Path], n: int) -> None:
-        for kind in ("exact_bytes", "exact_pixels", "near_jpeg", "near_resize"):
-            for j, f in enumerate(self.pick(n, files)):
-                # Half of the copies go to valid: leakage (when the original is in train).
-                split = "valid" if j % 2 == 0 else f.relative_to(self.root).parts[0]
-                dest_dir = self.root / split / f.parent.name
-                dest_dir.mkdir(parents=True, exist_ok=True)
-                with Image.open(f) as im:
-                    im.load()
-                    img = _rgb_or_l(im)
-                if kind == "exact_bytes":
-                    dest = dest_dir / f"copy_{f.stem}{f.suffix}"
-                    shutil.copyfile(f, dest)
-                elif kind == "exact_pixels":
-                    dest = dest_dir / f"resaved_{f.stem}.png"
-                    _save(img, dest, compress_level=1, optimize=False)
-                    if f.suffix.lower() == ".png" and dest.read_bytes() == f.read_bytes():
-                        _save(img, dest, compress_level=9)
-                elif kind == "near_jpeg":
-                    dest = dest_dir / f"jpeg_{f.stem}.jpg"
-                    _save(img, dest, quality=75)
-                else:
-                    dest = dest_dir / f"resized_{f.stem}.png"
-                    w, h = img.size
-                    _save(img.resize((max(4, round(w * 0.9)), max(4, round(h * 0.9))), Image.Resampling.BICUBIC), dest)
-                self.used.add(dest)
-                typ = "exact_duplicate" if kind.startswith("exact") else "near_duplicate"
-                self.pairs[typ].add((dest, f))
-                if (split == "valid") != (f.relative_to(self.root).parts[0] == "valid"):
-                    self.pairs["leakage"].add((dest, f))
-
-    def outliers(self, images: list[Image.Image], classes: list[str]) -> None:
-        for j, img in enumerate(images):
-            cls = classes[int(self.rng.integers(len(classes)))]
-            dest = self.root / "train" / cls / f"outlier_{j:03d}.png"
-            _save(img, dest)
-            self.used.add(dest)
-            self.truth["outlier"].add(dest)
 
 
 def build_digits(root: Path, n: int, n_plant: int, n_outliers: int, seed: int) -> Planter:
@@ -227,7 +126,7 @@ def build_sklearn_digits(root: Path, n_outliers: int, seed: int) -> Planter:
     for i, (img, y) in enumerate(zip(data.images, data.target)):
         a = (img / 16 * 255).astype(np.uint8)
         split = "valid" if rng.random() < 0.2 else "train"
-        _save(Image.fromarray(a).resize((28, 28), Image.Resampling.BILINEAR), ds / split / str(y) / f"{i:05d}.png")
+        save_image(Image.fromarray(a).resize((28, 28), Image.Resampling.BILINEAR), ds / split / str(y) / f"{i:05d}.png")
     p = Planter(ds, seed)
     photos, crops = _sample_photos(), []
     for j in range(n_outliers):
@@ -251,7 +150,7 @@ def build_photos(root: Path, n_plant: int, n_outliers: int, seed: int) -> Plante
             im = im.convert("RGB").resize((224, 224), Image.Resampling.BICUBIC)
             for q, (x, y) in enumerate([(0, 0), (112, 0), (0, 112), (112, 112)]):
                 split = "valid" if q == 3 else "train"
-                _save(im.crop((x, y, x + 112, y + 112)), ds / split / label / f"{src.stem}_q{q}.jpg", quality=90)
+                save_image(im.crop((x, y, x + 112, y + 112)), ds / split / label / f"{src.stem}_q{q}.jpg", quality=90)
     p = Planter(ds, seed)
     train = sorted((ds / "train").rglob("*.jpg"))
     p.properties(train, n_plant, PROPERTY_TYPES)
@@ -489,12 +388,15 @@ def evaluate(name: str, planter: Planter, learn, args, rows: list[dict]) -> None
     rows.append(dict(dataset=name, type="(whole audit)", method="nbtrain", wall_s=wall, peak_mb=peak_mb()))
     flagged = table[table["flagged"]]
 
+    strays = planter.truth["outlier"]
     for typ in PROPERTY_TYPES + ["outlier", "label"]:
         truth = planter.truth[typ]
         if not truth:
             continue
         sub = table[table["issue"] == typ].sort_values("score", ascending=False)
         found = set(flagged.loc[flagged["issue"] == typ, "path"])
+        if typ in PROPERTY_TYPES:  # a stray's grey or blur is not a planted property fault, for either tool
+            found -= strays
         p, r, f = prf(found, truth)
         rows.append(
             dict(
@@ -527,7 +429,7 @@ def evaluate(name: str, planter: Planter, learn, args, rows: list[dict]) -> None
                 )
             )
         if cv and typ in cv["flags"]:
-            cf = {Path(x) for x in cv["flags"][typ]}
+            cf = {Path(x) for x in cv["flags"][typ]} - (strays if typ in PROPERTY_TYPES else set())
             p, r, f = prf(cf, truth)
             rows.append(
                 dict(dataset=name, type=typ, method="cleanvision", planted=len(truth), flagged=len(cf), P=p, R=r, F1=f)
@@ -654,7 +556,7 @@ def small_sets(root: Path, sizes: list[int], draws: int, rows: list[dict]) -> No
             for j, src in enumerate(rng.choice(foolbox_photos(), 3, replace=False)):
                 dest = ds / "train" / str(int(rng.integers(10))) / f"photo_{j}.png"
                 with Image.open(src) as im:
-                    _save(im.convert("RGB").resize((28, 28), Image.Resampling.BILINEAR), dest)
+                    save_image(im.convert("RGB").resize((28, 28), Image.Resampling.BILINEAR), dest)
                 strays.add(dest.absolute())
             table = audit(untrained_learner(ds, 32), label_method="loss", with_bar=False)
             out = table[(table["issue"] == "outlier") & ~table["reason"].str.contains("instead")]
@@ -727,6 +629,134 @@ def scale_pass(root: Path, n: int, args, rows: list[dict]) -> None:
     shutil.rmtree(dest, ignore_errors=True)
 
 
+def existing_sets(root: Path, args, rows: list[dict]) -> None:
+    """MNIST digits (a trained learner), the foolbox photo quarters and scikit-learn's digits."""
+    import importlib.util
+
+    digits = build_digits(root, args.n, args.plant, max(10, args.plant), args.seed)
+    t0 = time.perf_counter()
+    learn = train_digits(digits.root, args.epochs)
+    print(f"trained the digits' learner in {time.perf_counter() - t0:.0f} s", flush=True)
+    evaluate("digits", digits, learn, args, rows)
+    photos = build_photos(root, 4, 6, args.seed)
+    evaluate("photos", photos, untrained_learner(photos.root, 112), args, rows)
+    if args.extra and importlib.util.find_spec("sklearn") is not None:
+        extra = build_sklearn_digits(root, 15, args.seed)
+        evaluate("sklearn-digits", extra, untrained_learner(extra.root, 32), args, rows)
+
+
+HELD_OUT = ["tones", "few-large", "many-small"]
+
+
+def panel_sets(root: Path, args, rows: list[dict]) -> None:
+    """The photo panel's held-out sets (the outlier combination was chosen on "dev"): each with the
+    property faults, copies and ten digits spread over the classes planted, and each again clean,
+    where every flag of either tool is a false one."""
+    from nbtrain.audit import audit
+    from testkit.photo_panel import build_panel, write_panel
+
+    for name in HELD_OUT:
+        planted = build_panel(root / f"panel-{name}", name, args.seed + 7, faults=4, strays=10, together=False)
+        evaluate(f"panel {name}", planted, untrained_learner(planted.root, 96), args, rows)
+        clean = write_panel(root / f"panel-{name}-clean", name, args.seed + 17)
+        n = sum(1 for _ in clean.rglob("*.jpg"))
+        table = audit(untrained_learner(clean, 96), label_method="loss", n_workers=args.workers, with_bar=False)
+        flagged = table[table["flagged"] & (table["issue"] != "label")]
+        print(f"clean {name}: flagged", flagged.groupby("issue").size().to_dict(), flush=True)
+        rows.append(
+            dict(
+                dataset=f"panel {name} clean",
+                type="any flag",
+                method="nbtrain",
+                planted=0,
+                flagged=flagged["path"].nunique(),
+                rate=flagged["path"].nunique() / n,
+            )
+        )
+        if args.cleanvision:
+            cv = run_child("cleanvision", {"path": str(clean), "workers": args.workers})
+            if not cv.get("error"):
+                cf = {x for v in cv["flags"].values() for x in v}
+                cf |= {x for sets in cv["dups"].values() for s in sets for x in s[1:]}
+                rows.append(
+                    dict(
+                        dataset=f"panel {name} clean",
+                        type="any flag",
+                        method="cleanvision",
+                        planted=0,
+                        flagged=len(cf),
+                        rate=len(cf) / n,
+                    )
+                )
+
+
+def stray_groups(root: Path, args, rows: list[dict]) -> None:
+    """P@k of groups of 1, 3, 10 and 30 digits among each held-out panel's clean photos, spread over the
+    classes or all in one: the features and measurements taken once, each group scored by the audit's
+    own `outlier_evidence`, beside Datalab's outlier ranking in the same (pretrained) features."""
+    import torch
+
+    import nbtrain
+    from nbtrain.audit import outlier_evidence, outlier_k
+    from nbtrain.embeddings import image_features_and_texture
+    from nbtrain.image_properties import measure_images
+    from testkit.photo_panel import digit_strays, write_panel
+
+    for name in HELD_OUT:
+        d = write_panel(root / f"groups-{name}", name, args.seed + 27)
+        for j, img in enumerate(digit_strays(30, args.seed + 37)):
+            save_image(img, d / "train" / "zz_strays" / f"stray_{j:02d}.png")
+        dls = nbtrain.ImageDataLoaders.from_folder(d, item_tfms=nbtrain.Resize(96), bs=32, seed=0)
+        learn = nbtrain.vision_learner(dls, "mobilenet_v2")
+        parts = [image_features_and_texture(learn, dl.plain()) for dl in (dls.train, dls.valid)]
+        feats, tex = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        paths = [Path(x) for dl in (dls.train, dls.valid) for x in dl.dataset.items]
+        stats = measure_images(paths, n_workers=args.workers)
+        is_stray = np.array([p.parent.name == "zz_strays" for p in paths])
+        classes = sorted({p.parent.name for p in paths} - {"zz_strays"})
+        rng = np.random.default_rng(args.seed)
+        for n in (1, 3, 10, 30):
+            for together in (False, True) if n > 1 else (False,):
+                pick = rng.choice(np.flatnonzero(is_stray), n, replace=False)
+                keep = np.concatenate([np.flatnonzero(~is_stray), pick])
+                labels = [paths[i].parent.name for i in keep]
+                one = classes[int(rng.integers(len(classes)))]
+                labels[-n:] = [one if together else classes[int(rng.integers(len(classes)))] for _ in range(n)]
+                targets = np.array([classes.index(lab) for lab in labels])
+                ev = outlier_evidence(
+                    feats[keep], tex[keep], stats.iloc[keep].reset_index(drop=True), targets, outlier_k(len(keep))
+                )
+                truth = set(range(len(keep) - n, len(keep)))
+                ranked = list(np.argsort(-ev["score"].to_numpy(), kind="stable"))
+                where = f"panel {name}: {n} {'in one class' if together else 'spread'}"
+                rows.append(
+                    dict(dataset=where, type="outlier group", method="nbtrain", planted=n, Pk=p_at_k(ranked, truth))
+                )
+                if args.datalab:
+                    rows.append(
+                        dict(
+                            dataset=where,
+                            type="outlier group",
+                            method="datalab",
+                            planted=n,
+                            Pk=p_at_k(datalab_outliers(feats[keep].numpy(), targets), truth),
+                        )
+                    )
+
+
+def datalab_outliers(feats: np.ndarray, targets: np.ndarray) -> list[int]:
+    """Datalab's outlier ranking (most unusual first) of unit features."""
+    import contextlib
+    import io
+
+    from cleanlab import Datalab
+
+    lab = Datalab(data={"label": targets}, label_name="label")
+    with contextlib.redirect_stdout(io.StringIO()):
+        lab.find_issues(features=feats, issue_types={"outlier": {}})
+    return list(lab.get_issues().sort_values("outlier_score").index)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
@@ -753,6 +783,10 @@ def main() -> None:
         action="store_false",
         help="skip the set the thresholds were not chosen on (scikit-learn's digits)",
     )
+    ap.add_argument(
+        "--no-panel", dest="panel", action="store_false", help="skip the photo panel (testkit/photo_panel.py)"
+    )
+    ap.add_argument("--only-panel", action="store_true", help="the photo panel alone")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--child-arg", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -774,19 +808,14 @@ def main() -> None:
     rows: list[dict] = []
     try:
         torch.manual_seed(args.seed)
-        digits = build_digits(root, args.n, args.plant, max(10, args.plant), args.seed)
-        t0 = time.perf_counter()
-        learn = train_digits(digits.root, args.epochs)
-        print(f"trained the digits' learner in {time.perf_counter() - t0:.0f} s", flush=True)
-        evaluate("digits", digits, learn, args, rows)
-        photos = build_photos(root, 4, 6, args.seed)
-        evaluate("photos", photos, untrained_learner(photos.root, 112), args, rows)
-        if args.extra and importlib.util.find_spec("sklearn") is not None:
-            extra = build_sklearn_digits(root, 15, args.seed)
-            evaluate("sklearn-digits", extra, untrained_learner(extra.root, 32), args, rows)
-        if args.small:
+        if not args.only_panel:
+            existing_sets(root, args, rows)
+        if args.panel or args.only_panel:
+            panel_sets(root, args, rows)
+            stray_groups(root, args, rows)
+        if args.small and not args.only_panel:
             small_sets(root, [int(x) for x in args.small.split(",")], args.draws, rows)
-        if args.scale:
+        if args.scale and not args.only_panel:
             scale_pass(root, args.scale, args, rows)
     finally:
         if not args.keep:

@@ -69,6 +69,7 @@ from .datablock import (
     using_attr,
 )
 from .downloads import URLs, untar_data
+from .dynamics import TrainingDynamics
 from .embeddings import find_duplicates
 from .environment import default_device
 from .fileops import copy_to_working
@@ -78,7 +79,8 @@ from .image_downloads import download_images, image_sources
 from .image_resize import resize_image, resize_images
 from .image_search import RateLimitError, SearchError, search_images, search_images_bing, search_images_ddg
 from .interpretation import ClassificationInterpretation
-from .label_issues import find_label_issues
+from .label_issues import find_label_issues, rank_labels
+from .label_table import LabelTableError, cleaned_copy, read_label_table
 from .learner import Learner, TrainingState, unet_learner, vision_learner
 from .locations import is_colab, is_kaggle
 from .lr_suggestions import minimum, slide, steep, valley
@@ -162,6 +164,9 @@ __all__ = [
     "ClassificationInterpretation",
     "DataError",
     "copy_to_working",
+    "cleaned_copy",
+    "read_label_table",
+    "LabelTableError",
     "DataLoader",
     "DataLoaders",
     "F1Score",
@@ -229,6 +234,8 @@ __all__ = [
     "fbeta",
     "find_duplicates",
     "find_label_issues",
+    "rank_labels",
+    "TrainingDynamics",
     # lr_find's suggestion functions, fastai's Path with ls(), and fastai names nbtrain refuses with advice
     "minimum",
     "slide",

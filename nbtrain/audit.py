@@ -17,6 +17,7 @@ is left unflagged, so deleting every flagged copy keeps one of each picture.
 
 from __future__ import annotations
 
+import html
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,12 +37,23 @@ from .image_properties import (
     hash_neighbours,
     measure_images,
     property_issues,
+    relative_sharpness,
     thresholds_with,
 )
-from .label_issues import find_label_issues
+from .label_issues import rank_labels
 from .learner import Learner
 from .models import VisionModel, pretrained_body
-from .neighbours import nearest_neighbours, outlier_scores
+from .neighbours import (
+    class_cores,
+    combined_evidence,
+    cosine_knn,
+    distance_to_class_core,
+    group_robust_z,
+    label_diversity,
+    nearest_neighbours,
+    outlier_scores,
+    robust_z,
+)
 
 # `source`: the web address an image was downloaded from, where a `download_images` manifest says.
 COLUMNS = [
@@ -60,27 +72,70 @@ COLUMNS = [
 
 # The outlier threshold holds from this many images up and rises by the slope per e-fold fewer.
 OUTLIER_FULL_N = 1000
-OUTLIER_SMALL_SLOPE = 4.0
+OUTLIER_SMALL_SLOPE = 0.0
+
+# The most one piece of evidence adds to the outlier score: a stray is unusual in several ways at once,
+# a clean image that is extreme in one way (a night sky's darkness, a texture) gains no more than this.
+OUTLIER_CAP = 8.0
 
 # Rules that need a model, with why each default (see image_properties for the others).
 MODEL_THRESHOLDS: dict[str, float] = {
     "label": 0.5,
-    "outlier": 23.0,
+    "outlier": 32.0,
     "near_duplicate_similarity": 0.97,
 }
 MODEL_THRESHOLD_NOTES: dict[str, str] = {
     "label": "normalised margin (p[given] - max p[other] + 1) / 2 below this: another class is more likely "
     "than the given one",
-    "outlier": "the larger of the local outlier factor and the distance to the nearest images, plus twice the "
-    "class contrast and a quarter of the texture score, each in robust standard deviations above the "
-    f"median; above this from {OUTLIER_FULL_N:,} images up, and higher for smaller sets "
-    "(outlier_threshold), whose clean images' outlier factors have a longer tail",
+    "outlier": "the sum of the independent evidence (outlier_evidence: features, texture, neighbours' labels, "
+    "colour and detail for the class, distance to the class's core, a group apart), each counted up to "
+    f"{OUTLIER_CAP:g} robust standard deviations: above the scores of about 98% of clean photo tiles (99.5% in "
+    "the larger classes), below those of photos among digits at any size",
     "near_duplicate_similarity": "cosine similarity of the model's features at or above this: as find_duplicates",
 }
 OUTLIER_K = 10
-# The texture score's share of the outlier score: enough to rank drawings among photos first, little
-# enough that stroke widths do not flag clean digits.
-OUTLIER_TEXTURE_WEIGHT = 0.25
+
+
+NEIGHBOURS_FOR_LABELS = 10
+
+
+def outlier_evidence(
+    feats: torch.Tensor, texture: torch.Tensor | None, stats: pd.DataFrame, targets: np.ndarray, k: int
+) -> pd.DataFrame:
+    """The independent evidence that an image does not belong, one robust z-score a column (NaN where
+    not scored), and `score`, their capped sum (neighbours.combined_evidence):
+
+    - `features`: far from its nearest images and nearer other classes than its own (outlier_scores);
+    - `texture`: the same in the body's first-block texture;
+    - `labels`: how many labels its nearest images carry, which a group of strays spread over the
+      classes raises, as each other's neighbours;
+    - `colour`: grey among its class's colour (or colour among grey), judged against the class's core;
+    - `detail`: sharpness unusual for its class's core, either way (enlarged or drawn among photos);
+    - `core`: far from the core of its class (neighbours.distance_to_class_core), for a group of
+      strays all in one class;
+    - `group`: in a part of its class that looks unlike the whole dataset, grey or blurred, and sits
+      apart from the other classes (neighbours.class_cores): strays that may outnumber their class.
+    Rows of `stats` are the images' measurements (image_properties.measure_images), in `feats`' order."""
+    z = outlier_scores(feats, targets, k)[0]
+    zt = outlier_scores(texture, targets, k)[0] if texture is not None else np.full(len(z), np.nan)
+    _, idx = cosine_knn(feats, NEIGHBOURS_FOR_LABELS)
+    labels = robust_z(label_diversity(idx, targets), floor=0.5)
+    ok = (stats["error"] == "").to_numpy()
+    looks = np.full((2, len(z)), np.nan)
+    looks[0, ok] = np.log(stats["colour"].to_numpy()[ok] + 0.01)
+    looks[1, ok] = np.log(relative_sharpness(stats[ok]) + 1e-3)
+    # Grey or blurred for the dataset: which part of a split class is ordinary, and which a group of strays.
+    unusual = np.clip(np.abs(robust_z(looks[0], floor=0.1)), 0, OUTLIER_CAP)
+    unusual += np.clip(np.abs(robust_z(looks[1], floor=0.1)), 0, OUTLIER_CAP)
+    cores, group = class_cores(feats, targets, unusual)
+    # A class is judged by its images outside a group of strays, which may be most of it.
+    colour, detail = (np.abs(group_robust_z(x, targets, floor=0.1, reference=group == 0)) for x in looks)
+    core = distance_to_class_core(feats, targets, cores)
+    parts = {"features": z, "texture": zt, "labels": labels, "colour": colour, "detail": detail, "core": core}
+    parts["group"] = group
+    table = pd.DataFrame(parts)
+    table["score"] = np.where(np.isnan(z), np.nan, combined_evidence(parts, OUTLIER_CAP))
+    return table
 
 
 def outlier_k(n: int) -> int:
@@ -102,15 +157,22 @@ class BalanceSummary:
     tables, which a DataFrame cannot be."""
 
     table: pd.DataFrame
+    # One line per class whose look would pass for a fault: "class 'night': 80% of its images are dark".
+    notes: tuple[str, ...] = ()
 
     def __deepcopy__(self, memo: dict) -> BalanceSummary:
         return self
 
     def __repr__(self) -> str:
-        return repr(self.table)
+        return "\n".join([repr(self.table), *self.notes])
 
     def _repr_html_(self) -> str:
-        return self.table._repr_html_()
+        return self.table._repr_html_() + "".join(f"<p>{html.escape(n)}</p>" for n in self.notes)
+
+
+def trait_notes(traits: list[tuple[str, str, float]]) -> tuple[str, ...]:
+    """The balance summary's line for each class most of whose images are past a property's fixed level."""
+    return tuple(f"class '{c}': {100 * share:.0f}% of its images are {issue}" for c, issue, share in traits)
 
 
 def threshold_notes() -> dict[str, tuple[float, str]]:
@@ -299,11 +361,12 @@ def _label_probs(
     learn: Learner, items: _Items, method: str, with_bar: bool, oof_kwargs: dict
 ) -> tuple[np.ndarray, str]:
     """Probabilities per item (rows in `items` order, NaN for unreadable files) and how they were had."""
-    if method == "oof":
-        table = find_label_issues(learn, with_bar=with_bar, **oof_kwargs)
-        probs = table.attrs["oof"].for_paths(table["path"])
+    if method not in ("loss", "dynamics"):  # the rankings whose tables carry their probabilities
+        table = rank_labels(learn, method, with_bar=with_bar, **oof_kwargs)
+        probs = table.attrs.get("oof", table.attrs.get("probs")).for_paths(table["path"])
         row = {Path(p).absolute(): i for i, p in enumerate(table["path"])}
-        return probs[[row[p] for p in items.paths]], "out-of-fold"
+        how = "out-of-fold" if "oof" in table.attrs else table.attrs["ranking"]["name"]
+        return probs[[row[p] for p in items.paths]], how
     if method == "loss":
         parts = [learn.get_preds(dl=dl.plain())[0] for dl in (learn.dls.train, learn.dls.valid) if len(dl.dataset)]
         return torch.cat(parts).numpy(), "the model's own"
@@ -348,36 +411,51 @@ def _label_rows(items: _Items, probs: np.ndarray, how: str, t: dict[str, float])
     return rows, np.where(ok, pred, -1)
 
 
+# The evidence a property flag already accounts for: a blurred photo's unusual detail is its blur. Either
+# also accounts for `group`, the group it forms with other grey or blurred images of its class.
+PROPERTY_EVIDENCE = {"blurry": "detail", "grayscale": "colour"}
+
+
 def _outlier_rows(
     items: _Items,
     feats: torch.Tensor,
     texture: torch.Tensor | None,
+    stats: pd.DataFrame,
     t: dict[str, float],
-    explained: dict[int, str],
+    explained: dict[int, list[str]],
     source: str,
 ) -> list[dict]:
-    """Outlier scores (neighbours.outlier_scores: local outlier factor plus class contrast) as rows, in the
-    features plus OUTLIER_TEXTURE_WEIGHT times the same score in the texture. An image already flagged
-    for a property (uniform, dark, odd size...) is not flagged again as an outlier: that property says
-    why it is unlike the rest."""
+    """Outlier rows from `outlier_evidence`. An image also flagged grey or blurry keeps its outlier flag
+    when the evidence those do not account for (PROPERTY_EVIDENCE) still passes the threshold's share
+    for the pieces left, and its reason names both: a digit among photos is grey and smooth, and it is
+    also a stray. One flagged dark, blank or of odd shape is reported as that alone."""
     k = outlier_k(len(feats))
     index = {c: i for i, c in enumerate(items.vocab)}
     targets = np.array([index.get(lab, -1) for lab in items.labels])
-    z, lof, knn, contrast = outlier_scores(feats, targets, k)
-    zt = outlier_scores(texture, targets, k)[0] if texture is not None else np.zeros(len(z))
-    z = z + OUTLIER_TEXTURE_WEIGHT * np.nan_to_num(zt)
-    scored = np.flatnonzero(~np.isnan(lof))
+    ev = outlier_evidence(feats, texture, stats, targets, k)
+    z = ev["score"].to_numpy()
+    scored = np.flatnonzero(~np.isnan(z))
     thr = outlier_threshold(t["outlier"], len(scored))
     which = (
         f"outlier threshold {t['outlier']:g}, raised for {len(scored)} images"
         if thr > t["outlier"]
         else "outlier threshold"
     )
+    parts = [c for c in ev.columns if c != "score"]
     rows = []
     for i in scored:
-        flagged = bool(z[i] > thr) and i not in explained
-        note = f"; flagged as {explained[i]} instead" if z[i] > thr and i in explained else ""
-        tex = f", texture {zt[i]:.1f} (x{OUTLIER_TEXTURE_WEIGHT:g})" if texture is not None else ""
+        props = explained.get(int(i), [])
+        accounted = [PROPERTY_EVIDENCE[p] for p in props if p in PROPERTY_EVIDENCE]
+        # Without the evidence a property accounts for, against the threshold's share of what is left
+        # (the share among the pieces other than `group`, which only adds to the others').
+        rest = z[i] - sum(min(max(float(np.nan_to_num(ev.at[i, c])), 0.0), OUTLIER_CAP) for c in accounted)
+        rest -= min(float(ev.at[i, "group"]), OUTLIER_CAP) if accounted else 0.0
+        # A dark, blank or stretched image is unlike the rest for that reason alone: reported as that.
+        instead = [p for p in props if p not in PROPERTY_EVIDENCE]
+        flagged = bool(rest > thr * (1 - len(accounted) / (len(parts) - 1))) and not instead
+        strongest = sorted(parts, key=lambda c: -np.nan_to_num(ev.at[i, c]))[:3]
+        also = f"; also flagged {' and '.join(props)}" if props and not instead else ""
+        also += f"; flagged as {' and '.join(instead)} instead" if instead and z[i] > thr else ""
         rows.append(
             dict(
                 idx=int(i),
@@ -386,18 +464,17 @@ def _outlier_rows(
                 flagged=flagged,
                 threshold=thr,
                 reason=(
-                    f"in {source} features: local outlier factor {lof[i]:.2f} and mean cosine "
-                    f"distance {knn[i]:.2f} to its {k} nearest images, distance to its class '{items.labels[i]}' "
-                    "over distance to the others "
-                    f"{contrast[i]:.2f}{tex}; score {z[i]:.1f} {'>' if z[i] > thr else '<='} {thr:.3g} "
-                    f"({which}){note}"
+                    f"in {source} features, unlike its class '{items.labels[i]}' by "
+                    + ", ".join(f"{c} {ev.at[i, c]:.1f}" for c in strongest)
+                    + f" (robust SD, each counted up to {OUTLIER_CAP:g}); score {z[i]:.1f} "
+                    f"{'>' if z[i] > thr else '<='} {thr:.3g} ({which}){also}"
                 ),
             )
         )
     return rows
 
 
-def _balance(items: _Items, pred: np.ndarray | None) -> BalanceSummary:
+def _balance(items: _Items, pred: np.ndarray | None, notes: tuple[str, ...] = ()) -> BalanceSummary:
     labels = pd.Series(items.labels)
     splits = pd.Series(items.splits)
     vocab = items.vocab or sorted(set(items.labels) - {""})
@@ -421,7 +498,7 @@ def _balance(items: _Items, pred: np.ndarray | None) -> BalanceSummary:
         worst = table["error"].nlargest(3).index
         table["worst"] = table.index.isin(worst) & (table["error"] >= 1.5 * overall) & (table["error"] > 0)
         table = table.sort_values("error", ascending=False, kind="stable")
-    return BalanceSummary(table)
+    return BalanceSummary(table, notes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -435,6 +512,7 @@ def audit(
     n_workers: int | None = None,
     with_bar: bool = True,
     outlier_features: str = "pretrained",
+    ranking: str | None = None,
     **oof_kwargs,
 ) -> pd.DataFrame:
     """Every problem of an image dataset, in one table (see the module's notes for the columns).
@@ -447,6 +525,8 @@ def audit(
         label_method: "oof" ranks labels with `find_label_issues` (K fold models: slower, and the
             model has not memorised the labels it judges); "loss" uses the trained model's own
             predictions (the fast way). Extra keyword arguments go to `find_label_issues`.
+        ranking: the cleaner's name for `label_method`, which it overrides when given: also "auto",
+            "neighbours" or "oof-linear" (see `rank_labels`; "dynamics" has no probabilities to judge by).
         thresholds: overrides of the defaults by name, e.g. `{"dark": 0.2, "outlier": 8}`;
             `threshold_notes()` (in nbtrain.audit) lists them with why each default.
         near_duplicates: how near copies are found: "hash" (a perceptual hash of the pixels, the
@@ -464,10 +544,11 @@ def audit(
         notes="THRESHOLD_NOTES in nbtrain.image_properties and nbtrain.audit",
     )
     items, learn = _items_and_learner(learn_or_path_or_dls)
+    label_method = ranking or label_method
     _check_choices(near_duplicates, outlier_features, label_method, learn is not None)
 
     stats = measure_images(items.paths, n_workers=n_workers)
-    props = property_issues(stats, {k: v for k, v in t.items() if k in THRESHOLDS})
+    props = property_issues(stats, {k: v for k, v in t.items() if k in THRESHOLDS}, labels=items.labels)
     row_of = {p: i for i, p in enumerate(items.paths)}
     props["idx"] = [row_of[p] for p in props["path"]]
 
@@ -481,7 +562,9 @@ def audit(
         if len(feats) == len(items.paths):
             emb = feats
             fl = props[props["flagged"]]
-            explained = dict(zip(fl["idx"], fl["issue"]))
+            explained: dict[int, list[str]] = {}
+            for i, issue in zip(fl["idx"], fl["issue"]):
+                explained.setdefault(int(i), []).append(issue)
             # Outliers in the pretrained body's features: fine-tuning pulls every image, a stray
             # photo among digits too, into the clusters of the classes it was taught.
             body = pretrained_body(learn.model) if outlier_features == "pretrained" else None
@@ -490,7 +573,7 @@ def audit(
                 if body is not None
                 else ((feats, texture), "the trained model's")
             )
-            rows += _outlier_rows(items, of, otex, t, explained, source)
+            rows += _outlier_rows(items, of, otex, stats, t, explained, source)
         probs, how = _label_probs(learn, items, label_method, with_bar, oof_kwargs)
         label_rows, pred = _label_rows(items, probs, how, t)
         rows += label_rows
@@ -498,7 +581,7 @@ def audit(
         items, stats, t, emb if near_duplicates != "hash" else None, use_hash=near_duplicates != "features"
     )
 
-    return _one_table(items, props, rows, pred)
+    return _one_table(items, props, rows, pred, trait_notes(props.attrs.get("class_traits", [])))
 
 
 def _check_choices(near_duplicates: str, outlier_features: str, label_method: str, has_learner: bool) -> None:
@@ -508,10 +591,10 @@ def _check_choices(near_duplicates: str, outlier_features: str, label_method: st
         raise ValueError("near_duplicates='features' needs a model's features: pass a Learner, or use 'hash'.")
     if outlier_features not in ("pretrained", "trained"):
         raise ValueError(f"outlier_features must be 'pretrained' or 'trained', not {outlier_features!r}.")
-    if label_method not in ("oof", "loss"):
+    if label_method not in ("oof", "loss", "auto", "neighbours", "oof-linear"):
         raise ValueError(
-            f"label_method must be 'oof' (out-of-fold models, slower, finds more) or 'loss' (the "
-            f"trained model's own loss, fast), not {label_method!r}."
+            f"label_method must be 'oof' (out-of-fold models, slower, finds more) or 'loss' (the trained "
+            f"model's own loss, fast), or a ranking 'auto', 'neighbours' or 'oof-linear', not {label_method!r}."
         )
 
 
@@ -537,7 +620,9 @@ def _items_and_learner(source: Learner | DataLoaders | str | Path) -> tuple[_Ite
     return items, learn
 
 
-def _one_table(items: _Items, props: pd.DataFrame, rows: list[dict], pred: np.ndarray | None) -> pd.DataFrame:
+def _one_table(
+    items: _Items, props: pd.DataFrame, rows: list[dict], pred: np.ndarray | None, notes: tuple[str, ...] = ()
+) -> pd.DataFrame:
     """The property rows and the other checks' rows as one table, in `COLUMNS`, sorted by issue and score."""
     extra = pd.DataFrame(
         rows, columns=["idx", "issue", "score", "flagged", "threshold", "reason", "prediction", "other"]
@@ -555,7 +640,7 @@ def _one_table(items: _Items, props: pd.DataFrame, rows: list[dict], pred: np.nd
     table["score"] = table["score"].astype(float)
     table["threshold"] = table["threshold"].astype(float)
     table = table.sort_values(["issue", "score"], ascending=[True, False], kind="stable").reset_index(drop=True)
-    table.attrs["balance"] = _balance(items, pred)
+    table.attrs["balance"] = _balance(items, pred, notes)
     return table
 
 

@@ -22,13 +22,14 @@ import ipywidgets as W
 import pandas as pd
 from IPython.display import display
 
-from . import fileops, views
+from . import fileops, label_table, views
 from .data import TableSource
+from .decisions import DecisionLog, dataset_root
 from .frontends import FRONTENDS, ThumbnailCache, choose_frontend, make_frontend
 from .image_downloads import image_sources
 from .learner import Learner
 from .review import DELETE, KEEP, ReviewState, plan_lines
-from .scores import SORTS, SPLITS, score_table
+from .scores import SORTS, SPLITS
 from .views import ANY, ISSUE_COLUMNS, check_issue_table
 
 # Names callers import from here: the choices, the menu's "any", the front ends and the issue table's columns.
@@ -45,115 +46,11 @@ __all__ = [
 ]
 
 
-class ImageClassifierCleaner:
-    """Review the images of a dataset worst first, choose `<Keep>`, `<Delete>` or a new class for each,
-    then `apply()` the choices to the files.
+class ReviewNames:
+    """The review state (`self.state`, a `review.ReviewState`) under the names of fastai's cleaner:
+    the widget class adds the menus and the page around them."""
 
-    Args:
-        learn: a trained Learner; its data and model give the images and their scores.
-        max_n: images per page; Next and Previous go further.
-        height, width: the size of each thumbnail, in pixels.
-        ranking: "loss" ranks by the trained model's own loss (fastai's way, fast), "oof" by
-            out-of-fold predictions (see `find_label_issues`; slower, finds more wrong labels), or a
-            table of scores that `find_label_issues` returned.
-        sort_by: "loss", "self_confidence" or "margin"; the widget's Sort menu changes it.
-        trash: whether `apply()` moves deleted files into a trash folder inside the dataset rather than unlinking them.
-        duplicates: pairs from `find_duplicates(learn)`; the View menu then offers them side by
-            side, so one copy of each can be deleted. `show_duplicates()` finds and shows them later.
-        issues: the table `audit()` returns; the View menu then offers each issue type with its
-            flagged images, worst first. `show_issues(table)` adds it later.
-        frontend: "keys" (click a card, keyboard shortcuts; needs anywidget's browser code), "plain"
-            (ipywidgets only, a button per decision) or "auto" (keys unless it cannot load: Kaggle).
-    """
-
-    def __init__(
-        self,
-        learn: Learner,
-        max_n: int = 30,
-        height: int = 128,
-        width: int = 256,
-        ranking: str | pd.DataFrame = "loss",
-        sort_by: str = "loss",
-        trash: bool = False,
-        scores: pd.DataFrame | None = None,
-        duplicates: pd.DataFrame | None = None,
-        issues: pd.DataFrame | None = None,
-        frontend: str = "auto",
-    ):
-        if sort_by not in SORTS:
-            raise ValueError(f"sort_by must be one of {list(SORTS)}, not {sort_by!r}.")
-        self.learn, self.max_n, self.trash = learn, max_n, trash
-        self.multi_label = learn.dls.multi_label
-        self.frontend = choose_frontend(frontend, self.multi_label)
-        self.issues = None if issues is None else check_issue_table(issues)
-        self.duplicates = duplicates
-        # The classes by name, as shown and chosen: a bool or int label (the book's is_cat gives
-        # True/False) shows as "True"; the state gives back the dataset's own label.
-        table = with_sources(ranked(learn, ranking) if scores is None else scores)
-        self.state = ReviewState(table, learn.dls.vocab, self.multi_label, max_n)
-        self.vocab = self.state.vocab
-        self.thumbs = ThumbnailCache(height, width, capacity=max(512, 3 * max_n))
-        self._before_apply: tuple | None = None  # the loaders and tables an undo_apply() brings back
-        self._make_controls(sort_by)
-        self.front = make_frontend(self.frontend, self.state, self, self.thumbs, max_n, height, width)
-        self.grid = self.front.widget
-        self.help.value = self.front.help_html
-        self.widget = W.VBox(
-            [
-                W.HBox([self.dd_view, self.dd_cats, self.dd_ds]),
-                W.HBox([self.dd_pred, self.dd_sort]),
-                W.HBox(
-                    [self.prev_button, self.page_label, self.next_button, self.summary],
-                    layout=W.Layout(align_items="center", grid_gap="12px"),
-                ),
-                W.HBox(
-                    [self.delete_all_button, self.accept_all_button, self.undo_button, self.apply_button],
-                    layout=W.Layout(grid_gap="6px"),
-                ),
-                self.apply_box,
-                self.status,
-                self.help,
-                self.grid,
-            ]
-        )
-        self._on_view_change()
-
-    def _make_controls(self, sort_by: str) -> None:
-        """The menus and buttons around the grid, each wired to the method it calls."""
-        self.dd_view = W.Dropdown(
-            options=views.view_options(self.duplicates, self.issues), value="classes", description="View"
-        )
-        self.dd_cats = W.Dropdown(options=views.category_options(self.scores, self.vocab), description="Category")
-        self.dd_ds = W.Dropdown(options=list(SPLITS), description="Set")
-        self.dd_pred = W.Dropdown(options=[ANY, *self.vocab], description="Predicted")
-        self.dd_sort = W.Dropdown(
-            options=[("highest loss", "loss"), ("lowest confidence", "self_confidence"), ("lowest margin", "margin")],
-            value=sort_by,
-            description="Sort by",
-        )
-        for dd in (self.dd_view, self.dd_cats, self.dd_ds, self.dd_pred, self.dd_sort):
-            dd.observe(self._on_view_change, names="value")
-        self.prev_button = W.Button(description="◀ Previous", layout=W.Layout(width="110px"))
-        self.next_button = W.Button(description="Next ▶", layout=W.Layout(width="110px"))
-        self.page_label, self.summary, self.status, self.help = W.HTML(), W.HTML(), W.HTML(), W.HTML()
-        self.delete_all_button = W.Button(description="Delete all shown", icon="trash", layout=W.Layout(width="160px"))
-        self.accept_all_button = W.Button(
-            description="Accept all predictions shown",
-            icon="check",
-            layout=W.Layout(width="230px"),
-            disabled=self.multi_label,
-        )
-        self.undo_button = W.Button(description="Undo", icon="undo", layout=W.Layout(width="90px"), disabled=True)
-        self.apply_button = W.Button(description="Apply…", button_style="warning", layout=W.Layout(width="100px"))
-        self.apply_box = W.VBox()
-        self.prev_button.on_click(lambda _: self.previous_page())
-        self.next_button.on_click(lambda _: self.next_page())
-        self.delete_all_button.on_click(lambda _: self.delete_all_shown())
-        self.accept_all_button.on_click(lambda _: self.accept_all_shown())
-        self.undo_button.on_click(lambda _: self.undo())
-        self.apply_button.on_click(lambda _: self.show_plan())
-
-    # -- the review state, as fastai's cleaner names it ----------------------------------------------
+    state: ReviewState
 
     @property
     def scores(self) -> pd.DataFrame:
@@ -202,16 +99,6 @@ class ImageClassifierCleaner:
         """The report of the last apply() that changed files (None once undone)."""
         return self.state.last_report
 
-    @property
-    def cells(self) -> list:
-        """The plain front end's cells (none for the keys front end)."""
-        return getattr(self.front, "cells", [])
-
-    @property
-    def grid_widget(self):
-        """The keys front end's anywidget (None for the plain front end)."""
-        return self.front.widget if self.frontend == "keys" else None
-
     def values(self) -> list[str | frozenset]:
         """The choice shown under each image of the current page."""
         return self.state.values()
@@ -232,6 +119,145 @@ class ImageClassifierCleaner:
     def actions(self) -> list[fileops.Action]:
         """The pending choices as file operations."""
         return self.state.actions()
+
+
+class ImageClassifierCleaner(ReviewNames):
+    """Review the images of a dataset worst first, choose `<Keep>`, `<Delete>` or a new class for each,
+    then `apply()` the choices to the files.
+
+    Args:
+        learn: a trained Learner; its data and model give the images and their scores.
+        max_n: images per page; Next and Previous go further.
+        height, width: the size of each thumbnail, in pixels.
+        ranking: "auto" (the default) ranks by linear classifiers on the model's own and on
+            pretrained features, the best measured without training another network, and says so;
+            "loss" by the trained model's own loss (fastai's way); "dynamics" by each image's loss over
+            the epochs of training; "neighbours" by the labels of its nearest images in pretrained
+            features; "oof-linear" by out-of-fold linear classifiers on those features; "oof" by
+            out-of-fold models (see `find_label_issues`; slower); or a table of scores that
+            `find_label_issues` or `rank_labels` returned (see `nbtrain.label_issues.rank_labels`).
+        sort_by: "loss", "self_confidence" or "margin"; the widget's Sort menu changes it.
+        trash: whether `apply()` moves deleted files into a trash folder inside the dataset rather than unlinking them.
+        duplicates: pairs from `find_duplicates(learn)`; the View menu then offers them side by
+            side, so one copy of each can be deleted. `show_duplicates()` finds and shows them later.
+        issues: the table `audit()` returns; the View menu then offers each issue type with its
+            flagged images, worst first. `show_issues(table)` adds it later.
+        frontend: "keys" (click a card, keyboard shortcuts; needs anywidget's browser code), "plain"
+            (ipywidgets only, a button per decision) or "auto" (keys unless it cannot load: Kaggle).
+        log: where each decision is saved as it is made: True (the dataset's `.nbtrain` folder, or the
+            output folder when the dataset is read-only), a file path, or False (memory only). A new
+            cleaner over the same dataset takes up the pending choices the log holds.
+        choices: a choices file (`save_choices` writes one) to take up, as a review made by hand.
+    """
+
+    def __init__(
+        self,
+        learn: Learner,
+        max_n: int = 30,
+        height: int = 128,
+        width: int = 256,
+        ranking: str | pd.DataFrame = "auto",
+        sort_by: str = "loss",
+        trash: bool = False,
+        scores: pd.DataFrame | None = None,
+        duplicates: pd.DataFrame | None = None,
+        issues: pd.DataFrame | None = None,
+        frontend: str = "auto",
+        log: bool | str | Path = True,
+        choices: str | Path | None = None,
+    ):
+        if sort_by not in SORTS:
+            raise ValueError(f"sort_by must be one of {list(SORTS)}, not {sort_by!r}.")
+        self.learn, self.max_n, self.trash = learn, max_n, trash
+        self.multi_label = learn.dls.multi_label
+        self.frontend = choose_frontend(frontend, self.multi_label)
+        self.issues = None if issues is None else check_issue_table(issues)
+        self.duplicates = duplicates
+        # The classes by name, as shown and chosen: a bool or int label (the book's is_cat gives
+        # True/False) shows as "True"; the state gives back the dataset's own label.
+        table = with_sources(ranked(learn, ranking) if scores is None else scores)
+        root = dataset_root(table["path"], learn.dls.root)
+        saved = (DecisionLog.beside(root) if log is True else DecisionLog(log, root)) if log else None
+        self.state = ReviewState(table, learn.dls.vocab, self.multi_label, max_n, root, saved)
+        notes = [self.state.restored] if self.state.restored else []
+        if choices is not None:
+            notes.append(f"Took up {self.state.load_choices(choices)} choices from {choices}.")
+        self.vocab = self.state.vocab
+        self.thumbs = ThumbnailCache(height, width, capacity=max(512, 3 * max_n))
+        self._before_apply: tuple | None = None  # the loaders and tables an undo_apply() brings back
+        self._make_controls(sort_by)
+        self.front = make_frontend(self.frontend, self.state, self, self.thumbs, max_n, height, width)
+        self.grid = self.front.widget
+        self.help.value = self.front.help_html
+        self.widget = W.VBox(
+            [
+                W.HBox([self.dd_view, self.dd_cats, self.dd_ds]),
+                W.HBox([self.dd_pred, self.dd_sort]),
+                W.HBox(
+                    [self.prev_button, self.page_label, self.next_button, self.summary],
+                    layout=W.Layout(align_items="center", grid_gap="12px"),
+                ),
+                W.HBox(
+                    [self.delete_all_button, self.accept_all_button, self.undo_button, self.apply_button],
+                    layout=W.Layout(grid_gap="6px"),
+                ),
+                self.apply_box,
+                self.status,
+                self.help,
+                self.grid,
+            ]
+        )
+        self._on_view_change()
+        if notes:  # said in the widget, and as a message that stays in the cell's output
+            print(" ".join(notes))
+            self.status.value = html.escape(" ".join(notes))
+
+    def _make_controls(self, sort_by: str) -> None:
+        """The menus and buttons around the grid, each wired to the method it calls."""
+        self.dd_view = W.Dropdown(
+            options=views.view_options(self.duplicates, self.issues), value="classes", description="View"
+        )
+        self.dd_cats = W.Dropdown(options=views.category_options(self.scores, self.vocab), description="Category")
+        self.dd_ds = W.Dropdown(options=list(SPLITS), description="Set")
+        self.dd_pred = W.Dropdown(options=[ANY, *self.vocab], description="Predicted")
+        self.dd_sort = W.Dropdown(
+            options=[("highest loss", "loss"), ("lowest confidence", "self_confidence"), ("lowest margin", "margin")],
+            value=sort_by,
+            description="Sort by",
+        )
+        for dd in (self.dd_view, self.dd_cats, self.dd_ds, self.dd_pred, self.dd_sort):
+            dd.observe(self._on_view_change, names="value")
+        self.prev_button = W.Button(description="◀ Previous", layout=W.Layout(width="110px"))
+        self.next_button = W.Button(description="Next ▶", layout=W.Layout(width="110px"))
+        self.page_label, self.summary, self.status, self.help = W.HTML(), W.HTML(), W.HTML(), W.HTML()
+        self.delete_all_button = W.Button(description="Delete all shown", icon="trash", layout=W.Layout(width="160px"))
+        self.accept_all_button = W.Button(
+            description="Accept all predictions shown",
+            icon="check",
+            layout=W.Layout(width="230px"),
+            disabled=self.multi_label,
+        )
+        self.undo_button = W.Button(description="Undo", icon="undo", layout=W.Layout(width="90px"), disabled=True)
+        self.apply_button = W.Button(description="Apply…", button_style="warning", layout=W.Layout(width="100px"))
+        self.apply_box = W.VBox()
+        self.prev_button.on_click(lambda _: self.previous_page())
+        self.next_button.on_click(lambda _: self.next_page())
+        self.delete_all_button.on_click(lambda _: self.delete_all_shown())
+        self.accept_all_button.on_click(lambda _: self.accept_all_shown())
+        self.undo_button.on_click(lambda _: self.undo())
+        self.apply_button.on_click(lambda _: self.show_plan())
+
+    # -- the front end's parts ---------------------------------------------------------------------
+
+    @property
+    def cells(self) -> list:
+        """The plain front end's cells (none for the keys front end)."""
+        return getattr(self.front, "cells", [])
+
+    @property
+    def grid_widget(self):
+        """The keys front end's anywidget (None for the plain front end)."""
+        return self.front.widget if self.frontend == "keys" else None
 
     # -- views and pages -------------------------------------------------------------------------
 
@@ -348,20 +374,46 @@ class ImageClassifierCleaner:
             self.status.value = "Nothing to undo."
         return self._shown(paths)
 
+    # -- the choices kept on disk ------------------------------------------------------------------------
+
+    def save_choices(self, path: str | Path) -> Path:
+        """Write the pending choices as a CSV (path relative to the dataset, label, choice, time), for
+        `load_choices` or `ImageClassifierCleaner(learn, choices=path)` in another run."""
+        return self.state.save_choices(path)
+
+    def load_choices(self, path: str | Path) -> int:
+        """Take up a choices file as one decision (one Undo takes it back); a file that does not fit the
+        dataset is refused whole, with what is wrong. Returns how many rows it held."""
+        n = self.state.load_choices(path)
+        self.show_page(self.page)
+        return n
+
+    def discard_choices(self) -> int:
+        """Forget every pending choice, restored or new, and the log's: start afresh."""
+        n = self.state.discard_choices()
+        self.show_page(self.page)
+        self.status.value = f"Discarded {n} pending choices."
+        return n
+
     # -- applying ------------------------------------------------------------------------------------
 
     def plan_text(self, limit: int = 40) -> str:
         """What Apply would do, as HTML: each file deleted, each file moved and where to."""
+        return self._plan(limit)[0]
+
+    def _plan(self, limit: int = 40) -> tuple[str, bool]:
+        """The plan as HTML, and whether the files can take it (read-only data, or labels not from
+        folder names, cannot: the label table can)."""
         if not self.choices:
-            return "Nothing to apply: no image is marked."
+            return "Nothing to apply: no image is marked.", False
         if self.learn.dls.table is not None:
             lines = self.state.table_plan_lines()
             head = f"Apply rewrites the table: {len(self.choices)} rows change (a backup is kept)."
         else:
             try:
                 report = self.apply(dry_run=True)
-            except ValueError as e:  # nothing can be applied as it stands; say why
-                return html.escape(str(e))
+            except (ValueError, PermissionError) as e:  # nothing can be applied as it stands; say why
+                return html.escape(str(e)), False
             root = self.learn.dls.root
             lines = plan_lines(report, root)
             head = (
@@ -369,20 +421,38 @@ class ImageClassifierCleaner:
                 f"Undo apply can bring them back) and move {len(report.moved)} into other class folders:"
             )
         more = f"<br>… and {len(lines) - limit} more" if len(lines) > limit else ""
-        return f"{head}<br><code>" + "<br>".join(html.escape(x) for x in lines[:limit]) + f"</code>{more}"
+        return f"{head}<br><code>" + "<br>".join(html.escape(x) for x in lines[:limit]) + f"</code>{more}", True
 
     def show_plan(self) -> None:
-        """The Apply button: show the plan, with a button to confirm it and one to cancel."""
+        """The Apply button: show the plan, with a button to confirm it, one to write the choices as a
+        label table instead (no image touched: the way for read-only data), and one to cancel."""
+        text, can_apply = self._plan()
         confirm = W.Button(
             description=f"Yes, apply {len(self.choices)} changes",
             button_style="danger",
             layout=W.Layout(width="220px"),
-            disabled=not self.choices,
+            disabled=not can_apply,
         )
+        table = W.Button(description="Write a label table instead", layout=W.Layout(width="220px"))
+        table.disabled = not self.choices
         cancel = W.Button(description="Cancel", layout=W.Layout(width="90px"))
         confirm.on_click(lambda _: self._confirm_apply())
+        table.on_click(lambda _: self._write_table_clicked())
         cancel.on_click(lambda _: setattr(self.apply_box, "children", ()))
-        self.apply_box.children = (W.HTML(self.plan_text()), W.HBox([confirm, cancel]))
+        self.apply_box.children = (W.HTML(text), W.HBox([confirm, table, cancel]))
+
+    def _write_table_clicked(self) -> None:
+        try:
+            path = self.write_label_table()
+        except Exception as e:
+            self.apply_box.children = (W.HTML(_error_html(str(e))),)
+            return
+        self.apply_box.children = (
+            W.HTML(
+                f"<b>Wrote the label table {html.escape(str(path))}; no image was changed.</b> Build the next "
+                f"run's loaders with <code>label_table={html.escape(repr(str(path)))}</code>."
+            ),
+        )
 
     def _confirm_apply(self) -> None:
         self.apply_box.children = (W.HTML("Applying…"),)
@@ -457,6 +527,14 @@ class ImageClassifierCleaner:
             self.status.value = html.escape(f"Applied: {report.summary()}. Journal: {report.journal}")
         return report
 
+    def write_label_table(self, dest: Path | str | None = None) -> Path:
+        """Apply without touching an image: write the dataset as the pending choices leave it as a label
+        table (deleted files left out) in the output folder, or at `dest`; see `nbtrain.label_table`. The
+        next run's loaders read it with `label_table=` the path returned. The choices stay pending."""
+        deleted = {p for p, c in self.choices.items() if c == DELETE}
+        relabelled = {p: c for p, c in self.choices.items() if c != DELETE}
+        return label_table.write_choices(self.learn.dls, deleted, relabelled, dest)
+
     def undo_apply(self) -> fileops.ApplyReport:
         """Put back every file the last `apply()` touched, through its journal, and make its choices
         pending again. Deleted files come back when that apply kept them (`trash=True`, as the Apply
@@ -498,16 +576,10 @@ def with_sources(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def ranked(learn: Learner, ranking: str | pd.DataFrame) -> pd.DataFrame:
-    """The score table a ranking names: "loss" (the model's own), "oof" (out-of-fold), or a table as it is."""
-    if isinstance(ranking, pd.DataFrame):
-        return ranking
-    if ranking == "loss":
-        return score_table(learn)
-    if ranking == "oof":
-        from .label_issues import find_label_issues
+    """The score table a ranking names (`nbtrain.label_issues.rank_labels`), or a table as it is."""
+    from .label_issues import rank_labels
 
-        return find_label_issues(learn)
-    raise ValueError(f"ranking must be 'loss', 'oof' or a table from find_label_issues(), not {ranking!r}.")
+    return rank_labels(learn, ranking)
 
 
 def _error_html(text: str) -> str:

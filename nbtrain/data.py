@@ -34,6 +34,7 @@ from torchvision.transforms.v2 import functional as TF
 from .augmentation import BatchTransform, Normalize, Resize
 from .environment import available_memory, check_device, default_device, default_num_workers, guard_workers, worker_plan
 from .image import DataError, load_image
+from .label_table import FILE, LabelTableError, apply_label_table
 from .paths import PathList
 from .plots import image_grid
 
@@ -870,12 +871,23 @@ class ImageDataLoaders:
         bad_files: str = "error",
         table: TableSource | None = None,
         root: Path | str | None = None,
+        label_table: Path | str | None = None,
     ) -> DataLoaders:
         """Loaders from parallel lists of files and labels (a label list per file for multi-label);
-        `root` is the folder of the files when it is not `path` (see `DataLoaders`)."""
+        `root` is the folder of the files when it is not `path` (see `DataLoaders`).
+
+        `label_table`: a label table (see `nbtrain.label_table`, written by the cleaner's
+        `write_label_table()`): its labels replace the labeller's and the files it leaves out are left
+        out, with a line that says so; the cleaner's `apply()` on these loaders then rewrites it. Every
+        `from_*` and `DataBlock.dataloaders` take it, as they all end here.
+        """
         path, fnames, labels = Path(path), [Path(f) for f in fnames], list(labels)
         if len(fnames) != len(labels):
             raise DataError(f"{len(fnames)} files but {len(labels)} labels: give one label per file.")
+        if label_table is not None:
+            fnames, labels, valid_idx, vocab, table = _with_label_table(
+                label_table, fnames, labels, valid_idx, vocab, multi_label, Path(root) if root is not None else path
+            )
         if not fnames:
             raise DataError(
                 f"No image files found under {path}. Check the path, and that the images have an "
@@ -1143,6 +1155,29 @@ class ImageDataLoaders:
         if unmatched:
             raise DataError(f"The pattern {pat!r} does not match {len(unmatched)} path(s):{_listing(unmatched)}")
         return cls.from_path_func(path, fnames, lambda f: regex.search(str(f)).group(1), **kwargs)
+
+
+def _with_label_table(
+    label_table: Path | str,
+    fnames: list[Path],
+    labels: list,
+    valid_idx: Sequence[int] | None,
+    vocab: Sequence | None,
+    multi_label: bool,
+    root: Path,
+) -> tuple[list[Path], list, list[int] | None, Sequence | None, TableSource]:
+    """The files, labels, validation indices and vocabulary after a label table, and the table as the
+    source the cleaner rewrites. A vocabulary given keeps its classes (a model trained on it still fits),
+    with the table's new labels added at the end."""
+    try:
+        out = apply_label_table(label_table, fnames, labels, valid_idx, multi_label, root)
+    except LabelTableError as e:
+        raise DataError(str(e)) from None
+    if vocab is not None:
+        seen = [lab for labs in out.labels for lab in labs] if multi_label else out.labels
+        vocab = [*vocab, *sorted({str(v) for v in seen} - {str(v) for v in vocab})]
+    source = TableSource(out.table, FILE, out.label_col, " " if multi_label else None, out.folder, "", out.path)
+    return out.fnames, out.labels, out.valid_idx, vocab, source
 
 
 def _without_bad_files(

@@ -532,7 +532,7 @@ class Datasets:
 
 
 # The keyword arguments of ImageDataLoaders.from_lists that dataloaders() passes on.
-_LOADER_ARGS = {"val_bs", "shuffle", "device", "num_workers", "bad_files", "seed"}
+_LOADER_ARGS = {"val_bs", "shuffle", "device", "num_workers", "bad_files", "seed", "label_table"}
 
 
 def _listify(t: Any) -> list:
@@ -778,9 +778,11 @@ class DataBlock:
         """Loaders from `source`, through `ImageDataLoaders.from_lists` (so they are the same as its).
 
         Other keyword arguments are `from_lists`': `val_bs`, `shuffle`, `device`, `num_workers`,
-        `bad_files`, `seed` (of the loaders' shuffling). `path` is where the learner saves: the working
-        folder, as fastai's (so the book's `learn.export()` then `load_learner(Path()/'export.pkl')`
-        runs); the cleaner changes the files under the source folder (`dls.root`).
+        `bad_files`, `seed` (of the loaders' shuffling), `label_table` (a cleaned dataset's labels in
+        place of get_y's; the classes are then found from its labels). `path` is where the learner
+        saves: the working folder, as fastai's (so the book's `learn.export()` then
+        `load_learner(Path()/'export.pkl')` runs); the cleaner changes the files under the source
+        folder (`dls.root`).
         """
         unknown = sorted(set(kwargs) - _LOADER_ARGS)
         if unknown:
@@ -803,7 +805,9 @@ class DataBlock:
             raise DataError("dataloaders needs image files; get_x gave in-memory images. Save them to files first.")
         labels = [dsets.ys[i] for i in keep]
         root = source if isinstance(source, (str, Path)) and Path(source).is_dir() else None
-        table = None
+        table, vocab = None, dsets.vocab
+        if kwargs.get("label_table") is not None and y_block.vocab is None and y_block.sort and not y_block.add_na:
+            vocab = None  # found after the table's labels replace get_y's, as from_lists finds them
         if isinstance(dsets.items, pd.DataFrame):
             table = _table_source(dsets.items, keep, fnames, labels, self.get_x, self.get_y, y_block.multi_label)
         return ImageDataLoaders.from_lists(
@@ -811,7 +815,7 @@ class DataBlock:
             fnames,
             labels,
             valid_idx=list(range(len(train), len(keep))),
-            vocab=dsets.vocab,
+            vocab=vocab,
             multi_label=y_block.multi_label,
             item_tfms=self.item_tfms,
             batch_tfms=self.batch_tfms,

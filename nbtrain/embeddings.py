@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .data import DataLoader
+from .dynamics import pooled_features
 from .learner import Learner
 from .models import VisionModel
 from .neighbours import nearest_neighbours
@@ -29,11 +30,6 @@ def _body_of(learn: Learner, body: nn.Module | None) -> nn.Module:
     if body is None:
         return learn.model.body
     return body.to(next(learn.model.parameters()).device).eval()
-
-
-def _pooled(f: torch.Tensor) -> torch.Tensor:
-    f = f.float()
-    return nn.functional.normalize(f.mean(dim=(2, 3)) if f.ndim == 4 else f.flatten(1), dim=1)
 
 
 def _in_dataset_order(learn: Learner, dl: DataLoader, forward: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
@@ -50,7 +46,7 @@ def image_embeddings(learn: Learner, dl: DataLoader, body: nn.Module | None = No
     order, unit length, on the CPU; a file that cannot be decoded gets a row of NaN. `body` replaces
     the learner's own body (e.g. the same architecture as pretrained)."""
     body = _body_of(learn, body)
-    return _in_dataset_order(learn, dl, lambda x: _pooled(body(x)))
+    return _in_dataset_order(learn, dl, lambda x: pooled_features(body(x)))
 
 
 def image_features_and_texture(
@@ -73,7 +69,7 @@ def image_features_and_texture(
             if i == 1:
                 spread = x.float().std(dim=(2, 3), correction=0) if x.ndim == 4 else x.float().flatten(1)
         width[:] = [spread.shape[1]]
-        return torch.cat([_pooled(x), spread], dim=1)
+        return torch.cat([pooled_features(x), spread], dim=1)
 
     both = _in_dataset_order(learn, dl, forward)
     if not both.numel():

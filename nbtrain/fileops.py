@@ -175,7 +175,8 @@ def _refuse_read_only(root: Path, folders: Iterable[Path]) -> None:
                 f"{folder} is read-only, so the cleaning choices cannot be applied to the dataset at {root}. "
                 f"Nothing was changed. Copy the dataset somewhere writable and use the copy:\n"
                 f"    {_suggest_copy(root)}\n"
-                f"then build the DataLoaders from `path`, train, and clean again."
+                f"then build the DataLoaders from `path`, train, and clean again. Or leave every file as it is: "
+                f"the cleaner's write_label_table() writes the choices as a table the next run reads (label_table=)."
             )
 
 

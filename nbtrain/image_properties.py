@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
 
-from .neighbours import robust_z
+from .neighbours import group_robust_z, robust_z, share_less_extreme
 
 # Images are measured at most this many pixels on their longer side: enough to see blur and exposure,
 # and small enough that a photo costs about what a digit does once JPEG's draft mode has decoded it.
@@ -42,6 +42,13 @@ THRESHOLDS: dict[str, float] = {
     "odd_aspect": 1.6,
     "grayscale": 0.015,
     "near_duplicate_bits": 18,
+    "class_z": 5.0,
+    "class_trait": 0.5,
+    "class_rare": 0.03,
+    "class_share": 0.97,
+    "class_spread_floor": 0.3,
+    "dark_floor": 0.04,
+    "low_information_floor": 0.006,
 }
 THRESHOLD_NOTES: dict[str, str] = {
     "dark": "brightest 1% of pixels below this (0..1): between real digits and photos and the same images at a "
@@ -56,6 +63,19 @@ THRESHOLD_NOTES: dict[str, str] = {
     "odd_aspect": "width/height this many times wider or taller than the dataset's median shape",
     "grayscale": "colour (99th percentile of max-min over the channels, 0..1) below this, counted only when most of "
     "the dataset is in colour: above a grey JPEG's noise, below faded colour photos",
+    "class_z": "robust standard deviations (in log terms) past its class's median that an image must also be "
+    "to be flagged dark, overexposed, blurry or almost uniform: set from the false flags on clean photo "
+    "tiles, so a class that is dark or smooth as a whole keeps its images",
+    "class_spread_floor": "least robust standard deviation (in log terms) of a class's values, so a class of "
+    "alike images (most of them saturated white) does not make every small difference extreme",
+    "class_rare": "share of a class (at least one image) past a fixed level up to which being past it is "
+    "extreme for the class by itself; above it an image must also be class_z out",
+    "class_share": "share of its class an image must be more extreme than, besides class_z out: a tail of "
+    "several alike images (the dark patches of a class of faces) is the class's look",
+    "class_trait": "share of a class past a fixed level at which that is the class's look, noted once in the "
+    "balance summary instead of flagged per image",
+    "dark_floor": "brightest 1% of pixels below this is dark in any class: a black file",
+    "low_information_floor": "grey-level spread below this is almost uniform in any class: a blank file",
     "near_duplicate_bits": "perceptual hashes (255 bits) differing in at most this many bits: re-encoded and "
     "resized copies fall under it, the closest distinct digits above it",
 }
@@ -293,10 +313,17 @@ def _rows(
     )
 
 
-def property_issues(stats: pd.DataFrame, thresholds: dict[str, float] | None = None) -> pd.DataFrame:
+def property_issues(
+    stats: pd.DataFrame, thresholds: dict[str, float] | None = None, labels: Sequence[str] | None = None
+) -> pd.DataFrame:
     """One row per image and property (`path, issue, score, flagged, reason, threshold`) from
-    `measure_images`' table; higher scores are worse. Size, shape and sharpness are judged against the
-    dataset's own median, the rest against fixed levels."""
+    `measure_images`' table; higher scores are worse. Size and shape are judged against the dataset's
+    medians. Exposure, sharpness, information and colour are judged twice: past a fixed level, and
+    extreme for the image's own class (`labels`, one per row; classes under CLASS_MIN images and
+    unlabelled images by the fixed level alone), so the look of a dark, smooth or grey class is not a
+    fault of its images. The floors catch a black or blank file in any class.
+    `table.attrs["class_traits"]` lists the classes most of whose images are past a fixed level:
+    (class, issue, share)."""
     t = thresholds_with(thresholds)
     ok = (stats["error"] == "").to_numpy()
     frames = []
@@ -311,87 +338,153 @@ def property_issues(stats: pd.DataFrame, thresholds: dict[str, float] | None = N
             math.nan,
         )
     )
-    if not ok.any():
-        return pd.concat(frames, ignore_index=True)
-    s = stats[ok]
-    low, found = _exposure_checks(s, t)
-    found += _blur_checks(s, t, low) + _shape_checks(s, t) + _colour_checks(s, t)
-    frames += [_rows(s, *check) for check in found]
-    return pd.concat(frames, ignore_index=True)
+    traits: list[tuple[str, str, float]] = []
+    if ok.any():
+        s = stats[ok]
+        names = np.array(["" if labels is None else str(x) for x in (labels if labels is not None else ok)])[ok]
+        judge = _ClassJudge(names, t)
+        found = _exposure_checks(s, t, judge) + _blur_checks(s, t, judge) + _shape_checks(s, t)
+        found += _colour_checks(s, t, judge)
+        frames += [_rows(s, *check) for check in found]
+        traits = judge.traits
+    table = pd.concat(frames, ignore_index=True)
+    table.attrs["class_traits"] = traits
+    return table
 
 
 Check = tuple  # (issue, score, flagged, reasons, threshold) for every readable image
 
+# Classes of fewer images are judged by the fixed levels alone: their own spread says too little.
+CLASS_MIN = 5
 
-def _exposure_checks(s: pd.DataFrame, t: dict[str, float]) -> tuple[np.ndarray, list[Check]]:
-    """Almost uniform, dark and overexposed; and which images are almost uniform."""
+
+class _ClassJudge:
+    """Whether each image is extreme for its class as well as past a fixed level, and how unusual."""
+
+    def __init__(self, names: np.ndarray, t: dict[str, float]):
+        vocab = sorted(set(names) - {""})
+        index = {c: i for i, c in enumerate(vocab)}
+        self.vocab, self.t = vocab, t
+        self.groups = np.array([index.get(n, -1) for n in names], dtype=np.int64)
+        sizes = np.bincount(self.groups[self.groups >= 0], minlength=len(vocab))
+        self.own = np.array([g >= 0 and sizes[g] >= CLASS_MIN for g in self.groups], dtype=bool)
+        self.traits: list[tuple[str, str, float]] = []
+
+    def judge(self, issue: str, bad: np.ndarray, past: np.ndarray, floor: np.ndarray) -> tuple[np.ndarray, list[str]]:
+        """(flagged, how unusual) for `bad` (higher is worse, in log terms) of images `past` the fixed
+        level: flagged when also more than class_z robust deviations out for the class, or past `floor`.
+        A class most of whose images are past the level is noted once as a class trait."""
+        z = group_robust_z(bad, self.groups, CLASS_MIN, floor=self.t["class_spread_floor"])
+        share = share_less_extreme(bad, self.groups, CLASS_MIN)
+        # Where few of a class (or one image) are past the level, being past it is extreme for that class.
+        rare = np.full(len(bad), past.sum() <= max(1.0, self.t["class_rare"] * len(past)))
+        for g, c in enumerate(self.vocab):
+            m = self.groups == g
+            if m.sum() >= CLASS_MIN:
+                rare[m] = past[m].sum() <= max(1.0, self.t["class_rare"] * m.sum())
+                if past[m].mean() >= self.t["class_trait"]:
+                    self.traits.append((c, issue, float(past[m].mean())))
+        # A class too small to show its look is judged by the fixed level alone, as is unlabelled data.
+        # Extreme means alone in its tail too: a class with several such images has that look.
+        alone = share >= self.t["class_share"]
+        flagged = (past & (((z > self.t["class_z"]) & alone) | rare | ~self.own)) | floor
+        where = np.where(self.own, "its class", "the dataset")
+        past_share = np.array(
+            [past[self.groups == g].mean() if o else past.mean() for g, o in zip(self.groups, self.own)]
+        )
+        return flagged, [
+            f"{100 * p:.1f}% of {w} ({v:.1f} robust SD, class_z {self.t['class_z']:g}; {100 * q:.0f}% of {w} past "
+            f"the {issue} threshold, class_rare {100 * self.t['class_rare']:g}%)"
+            + (f"; past the {issue}_floor" if f else "")
+            for p, w, v, q, f in zip(share, where, z, past_share, floor)
+        ]
+
+
+def _exposure_checks(s: pd.DataFrame, t: dict[str, float], judge: _ClassJudge) -> list[Check]:
+    """Almost uniform, dark and overexposed. An almost uniform image is reported as that alone: its
+    brightness says nothing more."""
     found: list[Check] = []
-    add = lambda *check: found.append(check)  # noqa: E731
     con = s["contrast"].to_numpy()
-    low = con < t["low_information"]
-    add(
-        "low_information",
-        1 - con,
-        low,
-        [
-            f"grey-level spread {v:.3f} {'<' if v < t['low_information'] else '>='} {t['low_information']:.3f} "
-            "(low_information threshold)"
-            for v in con
-        ],
-        t["low_information"],
+    past_low = con < t["low_information"]
+    low, how = judge.judge("low_information", -np.log(con + 1e-4), past_low, con < t["low_information_floor"])
+    found.append(
+        (
+            "low_information",
+            1 - con,
+            low,
+            [
+                f"grey-level spread {v:.3f} {'<' if v < t['low_information'] else '>='} "
+                f"{t['low_information']:.3f} (low_information threshold); flatter than {h}"
+                for v, h in zip(con, how)
+            ],
+            t["low_information"],
+        )
     )
-
-    # An almost uniform image is reported as that alone: its brightness and sharpness say nothing more.
     hi, lo = s["bright_hi"].to_numpy(), s["bright_lo"].to_numpy()
-    dark = (hi < t["dark"]) & ~low
-    add(
-        "dark",
-        1 - hi,
-        dark,
-        [
-            f"brightest pixels {v:.2f} {'<' if v < t['dark'] else '>='} {t['dark']:.2f} (dark threshold)"
-            + ("; almost uniform, reported as low_information" if u and v < t["dark"] else "")
-            for v, u in zip(hi, low)
-        ],
-        t["dark"],
+    dark, how = judge.judge("dark", -np.log(hi + 1e-3), hi < t["dark"], hi < t["dark_floor"])
+    dark &= ~low
+    found.append(
+        (
+            "dark",
+            1 - hi,
+            dark,
+            [
+                f"brightest pixels {v:.2f} {'<' if v < t['dark'] else '>='} {t['dark']:.2f} (dark threshold); "
+                f"darker than {h}" + ("; almost uniform, reported as low_information" if u else "")
+                for v, u, h in zip(hi, low, how)
+            ],
+            t["dark"],
+        )
     )
-    over = (lo > t["overexposed"]) & ~low
-    add(
-        "overexposed",
-        lo,
-        over,
-        [
-            f"darkest pixels {v:.2f} {'>' if v > t['overexposed'] else '<='} {t['overexposed']:.2f} "
-            "(overexposed threshold)"
-            + ("; almost uniform, reported as low_information" if u and v > t["overexposed"] else "")
-            for v, u in zip(lo, low)
-        ],
-        t["overexposed"],
-    )
-    return low, found
-
-
-def _blur_checks(s: pd.DataFrame, t: dict[str, float], low: np.ndarray) -> list[Check]:
-    found: list[Check] = []
-    add = lambda *check: found.append(check)  # noqa: E731
-    # Against the medians of the images with something to be sharp about: uniform ones would drag them anywhere.
-    ref = ~low if (~low).any() else np.ones(len(low), bool)
-    sharp = s["sharpness"].to_numpy()
-    fine = s["fine_detail"].to_numpy()
-    fine_med = float(np.nanmedian(fine[ref])) if np.isfinite(fine[ref]).any() else 1.0
-    rel = sharp / max(float(np.median(sharp[ref])), 1e-9) * np.nan_to_num(fine / max(fine_med, 1e-9), nan=1.0)
-    blurry = (rel < t["blurry"]) & ~low
-    add(
-        "blurry",
-        1 - rel,
-        blurry,
-        [
-            f"sharpness {v:.2f} of the dataset's median {'<' if f else '>='} {t['blurry']:.2f} (blurry threshold)"
-            for v, f in zip(rel, blurry)
-        ],
-        t["blurry"],
+    over, how = judge.judge("overexposed", -np.log(1 - lo + 1e-3), lo > t["overexposed"], np.zeros(len(lo), bool))
+    over &= ~low
+    found.append(
+        (
+            "overexposed",
+            lo,
+            over,
+            [
+                f"darkest pixels {v:.2f} {'>' if v > t['overexposed'] else '<='} {t['overexposed']:.2f} "
+                f"(overexposed threshold); lighter than {h}"
+                + ("; almost uniform, reported as low_information" if u else "")
+                for v, u, h in zip(lo, low, how)
+            ],
+            t["overexposed"],
+        )
     )
     return found
+
+
+def relative_sharpness(stats: pd.DataFrame) -> np.ndarray:
+    """Sharpness times fine detail, each over the dataset's median among the images that are not almost
+    uniform (those would drag the medians anywhere): about 1 for a typical image, low for a blurred one."""
+    con = stats["contrast"].to_numpy()
+    ref = con >= THRESHOLDS["low_information"]
+    ref = ref if ref.any() else np.ones(len(con), bool)
+    sharp = stats["sharpness"].to_numpy()
+    fine = stats["fine_detail"].to_numpy()
+    fine_med = float(np.nanmedian(fine[ref])) if np.isfinite(fine[ref]).any() else 1.0
+    return sharp / max(float(np.median(sharp[ref])), 1e-9) * np.nan_to_num(fine / max(fine_med, 1e-9), nan=1.0)
+
+
+def _blur_checks(s: pd.DataFrame, t: dict[str, float], judge: _ClassJudge) -> list[Check]:
+    rel = relative_sharpness(s)
+    low = s["contrast"].to_numpy() < t["low_information"]
+    blurry, how = judge.judge("blurry", -np.log(rel + 1e-3), rel < t["blurry"], np.zeros(len(rel), bool))
+    blurry &= ~low
+    return [
+        (
+            "blurry",
+            1 - rel,
+            blurry,
+            [
+                f"sharpness {v:.2f} of the dataset's median {'<' if v < t['blurry'] else '>='} {t['blurry']:.2f} "
+                f"(blurry threshold); blurrier than {h}"
+                for v, h in zip(rel, how)
+            ],
+            t["blurry"],
+        )
+    ]
 
 
 def _shape_checks(s: pd.DataFrame, t: dict[str, float]) -> list[Check]:
@@ -431,25 +524,34 @@ def _shape_checks(s: pd.DataFrame, t: dict[str, float]) -> list[Check]:
     return found
 
 
-def _colour_checks(s: pd.DataFrame, t: dict[str, float]) -> list[Check]:
-    found: list[Check] = []
-    add = lambda *check: found.append(check)  # noqa: E731
+def _colour_checks(s: pd.DataFrame, t: dict[str, float], judge: _ClassJudge) -> list[Check]:
+    """Grey among colour: flagged when most of its class (the dataset, for a small class) is in colour;
+    a class that is grey as a whole is noted once as a class trait."""
     colour = s["colour"].to_numpy()
     grey = s["is_grey"].to_numpy() | (colour < t["grayscale"])
-    mostly_colour = (~grey).mean() > 0.5
+    mostly_colour_set = (~grey).mean() > 0.5
+    mostly_colour = np.full(len(grey), mostly_colour_set)
+    for g, c in enumerate(judge.vocab):
+        m = judge.groups == g
+        if m.sum() >= 3:  # a class's colour is plain from a few images, unlike its spread
+            mostly_colour[m] = (~grey[m]).mean() > 1 - t["class_trait"]
+            if mostly_colour_set and grey[m].mean() >= t["class_trait"]:
+                judge.traits.append((c, "grayscale", float(grey[m].mean())))
     flag_grey = grey & mostly_colour
-    why = "most of the dataset is in colour" if mostly_colour else "most of the dataset is grey, so none is flagged"
-    add(
-        "grayscale",
-        1 - np.minimum(colour / max(t["grayscale"], 1e-9), 1.0),
-        flag_grey,
-        [
-            f"colour {c:.3f} {'<' if g else '>='} {t['grayscale']:.3f} (grayscale threshold); {why}"
-            for c, g in zip(colour, grey)
-        ],
-        t["grayscale"],
-    )
-    return found
+    where = np.where(np.bincount(judge.groups + 1)[judge.groups + 1] >= 3, "its class", "the dataset")
+    return [
+        (
+            "grayscale",
+            1 - np.minimum(colour / max(t["grayscale"], 1e-9), 1.0),
+            flag_grey,
+            [
+                f"colour {c:.3f} {'<' if g else '>='} {t['grayscale']:.3f} (grayscale threshold); "
+                + (f"most of {w} is in colour" if m else f"most of {w} is grey, so none is flagged")
+                for c, g, m, w in zip(colour, grey, mostly_colour, where)
+            ],
+            t["grayscale"],
+        )
+    ]
 
 
 # ---------------------------------------------------------------------------------------------

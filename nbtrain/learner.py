@@ -32,6 +32,7 @@ from .callbacks import (
 )
 from .data import DataError, DataLoader, DataLoaders
 from .datablock import MaskBlock
+from .dynamics import TrainingDynamics
 from .environment import mixed_precision, release_device_memory
 from .locations import output_dir
 from .loop import FitLoop, as_list
@@ -68,6 +69,7 @@ class TrainingState:
     epochs_trained: int
     body_frozen: bool | None
     loader_rng: list[torch.Tensor]
+    dynamics: dict | None = None  # the TrainingDynamics records, when the learner keeps them
 
     def to_dict(self) -> dict:
         """Plain data and tensors only, so `torch.load(weights_only=True)` can read it."""
@@ -145,13 +147,15 @@ class Learner:
         self.amp: str | torch.dtype | None = "auto"
         self.scaler: torch.amp.GradScaler | None = None
         self.cbs: list[Callback] = []
-        self.add_cbs(cbs)
+        # On by default: recording each image's margin costs little next to a step, and ranks labels later.
+        self.add_cbs([TrainingDynamics(), *as_list(cbs)])
         self.epochs_trained = 0
         # What callbacks read during a fit (fastai's names).
         self.epoch = self.n_epoch = self.iter = self.n_iter = 0
         self.training = False
         self.xb: tuple = ()
         self.yb: tuple = ()
+        self.idx: torch.Tensor | None = None  # the batch's dataset indices; None for a stand-in batch
         self.pred = self.loss = self.loss_grad = None
 
     # -- set-up ---------------------------------------------------------------------------------
@@ -264,6 +268,7 @@ class Learner:
             epochs_trained=self.epochs_trained,
             body_frozen=getattr(self.model, "body_frozen", None),
             loader_rng=[dl.rng_state() for dl in self.dls.loaders],
+            dynamics=self.dynamics.state_dict() if self.dynamics is not None else None,
         )
 
     def load_training_state(self, state: TrainingState) -> None:
@@ -279,8 +284,15 @@ class Learner:
         self.epochs_trained = state.epochs_trained
         for dl, rng in zip(self.dls.loaders, state.loader_rng):
             dl.set_rng_state(rng)
+        if state.dynamics is not None and self.dynamics is not None:
+            self.dynamics.load_state_dict(state.dynamics)
 
     # -- callbacks and their events ---------------------------------------------------------------
+
+    @property
+    def dynamics(self) -> TrainingDynamics | None:
+        """The recorder of each training image's margin and loss (`nbtrain.dynamics`), None when removed."""
+        return next((cb for cb in self.cbs if isinstance(cb, TrainingDynamics)), None)
 
     def add_cbs(self, cbs: Sequence[Callback] | Callback | None) -> None:
         for cb in as_list(cbs):

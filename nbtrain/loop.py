@@ -173,6 +173,7 @@ class FitLoop:
         """The one training step: every fit (lr_find's too) and the fold models take it."""
         learn = self.learn
         learn.xb, learn.yb = (batch.x,), (batch.y,)
+        learn.idx = None if batch.stand_in else batch.idx
         learn.events.run(
             lambda: self._forward_backward_step(model, batch.stand_in), "batch", CancelBatchException, after="always"
         )

@@ -252,9 +252,10 @@ class VisionModel(nn.Module):
     pass through it. Its batch-norm layers still follow the new data's statistics, as fastai's do.
     """
 
-    def __init__(self, body: nn.Module, head: nn.Module, arch: str = ""):
+    def __init__(self, body: nn.Module, head: nn.Module, arch: str = "", pretrained: bool = False):
         super().__init__()
         self.body, self.head, self.arch = body, head, arch
+        self.pretrained = pretrained  # the body started from pretrained weights (not random ones)
         self.body_frozen = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -298,7 +299,7 @@ def create_vision_model(
     cut = BODIES.get(name, _generic_body)
     body = cut(model)
     head = create_head(_num_features(body), n_out)
-    return VisionModel(body, head, name), source
+    return VisionModel(body, head, name, pretrained=source is not None), source
 
 
 def _generic_body(model: nn.Module) -> nn.Module:

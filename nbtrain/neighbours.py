@@ -127,3 +127,154 @@ def outlier_scores(feats: torch.Tensor, targets: np.ndarray, k: int) -> tuple[np
     contrast = class_contrast(feats, targets)
     score = np.maximum(robust_z(lof), robust_z(knn)) + 2 * np.nan_to_num(robust_z(contrast), nan=0.0)
     return score, lof, knn, contrast
+
+
+def group_robust_z(
+    x: np.ndarray,
+    groups: np.ndarray,
+    min_size: int = 8,
+    floor: float = 1e-9,
+    reference: np.ndarray | None = None,
+) -> np.ndarray:
+    """`robust_z` of `x` within each group (a class) of at least `min_size` values, and against the whole
+    of `x` for the smaller groups and the rows of group -1, whose own spread says too little. With a
+    boolean `reference`, each group's median and spread come from its reference rows alone (its core),
+    so a large group of strays in a class does not set what the class looks like; a group with too few
+    reference rows is judged against the whole."""
+    x = np.asarray(x, dtype=float)
+    groups = np.asarray(groups)
+    ref = np.ones(len(x), bool) if reference is None else np.asarray(reference, bool)
+    out = robust_z(x, floor)
+    for g in np.unique(groups[groups >= 0]):
+        m = groups == g
+        base = m & ref & ~np.isnan(x)
+        if np.count_nonzero(base) >= min_size:
+            out[m] = _z_against(x[m], x[base], floor)
+    return out
+
+
+def _z_against(x: np.ndarray, base: np.ndarray, floor: float) -> np.ndarray:
+    """`x` in robust standard deviations of `base` above the median of `base`."""
+    med = float(np.median(base))
+    return (x - med) / max(1.4826 * float(np.median(np.abs(base - med))), floor)
+
+
+def share_less_extreme(x: np.ndarray, groups: np.ndarray, min_size: int = 8) -> np.ndarray:
+    """For each value, the share of the other values of its group (as `group_robust_z` chooses it) that
+    are lower: 0.995 reads "higher than 99.5% of its class"."""
+    x = np.asarray(x, dtype=float)
+    groups = np.asarray(groups)
+    out = np.full(len(x), np.nan)
+    everyone = np.sort(x[~np.isnan(x)])
+    for g in np.unique(groups):
+        rows = np.flatnonzero(groups == g)
+        own = x[rows][~np.isnan(x[rows])]
+        values = np.sort(own) if len(own) >= min_size and g >= 0 else everyone
+        for i in rows:
+            if not np.isnan(x[i]):
+                out[i] = np.searchsorted(values, x[i], side="left") / max(len(values) - 1, 1)
+    return np.minimum(out, 1.0)
+
+
+def label_diversity(idx: torch.Tensor | np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """How many different labels an image's nearest neighbours (rows of `idx`, -1 for none) carry. A
+    group of strays spread over the classes are each other's neighbours and carry all their labels;
+    an image among its own class sees one or two."""
+    idx = np.asarray(idx)
+    targets = np.asarray(targets)
+    out = np.full(len(idx), np.nan)
+    for i, row in enumerate(idx):
+        row = row[row >= 0]
+        if len(row):
+            out[i] = len(np.unique(targets[row]))
+    return out
+
+
+def combined_evidence(parts: dict[str, np.ndarray], cap: float, weights: dict[str, float] | None = None) -> np.ndarray:
+    """The sum of independent pieces of evidence, each a robust z-score counted only above 0 and at
+    most `cap`: a stray is unusual in several ways at once, while a clean image that is extreme in one
+    (a night sky's darkness) gains only `cap` from it. NaN parts count 0."""
+    weights = weights or {}
+    total = None
+    for name, z in parts.items():
+        part = weights.get(name, 1.0) * np.clip(np.nan_to_num(np.asarray(z, dtype=float), nan=0.0), 0.0, cap)
+        total = part if total is None else total + part
+    return total if total is not None else np.zeros(0)
+
+
+def two_means(m: torch.Tensor, steps: int = 10, first: int | None = None) -> np.ndarray:
+    """A split of unit rows `m` in two by cosine 2-means, started from row `first` (by default the least
+    typical row) and the row least like it: the part (0 or 1) of each row."""
+    first = int((m @ m.mean(0)).argmin()) if first is None else first
+    centres = torch.stack([m[first], m[int((m @ m[first]).argmin())]])
+    for _ in range(steps):
+        part = (m @ centres.T).argmax(1)
+        centres = torch.stack([m[part == j].mean(0) if (part == j).any() else centres[j] for j in (0, 1)])
+    return (m @ centres.T).argmax(1).numpy()
+
+
+def class_cores(
+    feats: torch.Tensor, targets: np.ndarray, unusual: np.ndarray, margin: float = 3.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Which images form the core of their class (True), and for each image in a group of strays found
+    as below, how much more unusual its group is than the core (the difference in medians; else 0).
+
+    The core is by default the larger part of a 2-means split of each class of four or more
+    (`two_means`). A second split starts from the class's most unusual image in `unusual` (dataset-level
+    evidence, such as grey or blurred among colour photos), and keeps of its part only the images more
+    unusual than `margin`. When three or more, further from the other classes' images and more unusual
+    than the rest by over `margin` in the medians, they are a group of strays, even one that outnumbers
+    its class's own images, and the rest is the core. Unreadable, unlabelled rows and small classes: all
+    core."""
+    ok = ~torch.isnan(feats).any(dim=1)
+    t = np.asarray(targets)
+    e = torch.nn.functional.normalize(torch.where(ok[:, None], feats, torch.zeros_like(feats)).double(), dim=1)
+    e[~ok] = 0
+    core = np.ones(len(t), bool)
+    group = np.zeros(len(t))
+    use = ok.numpy() & (t >= 0)
+    for c in np.unique(t[use]):
+        rows = np.flatnonzero((t == c) & use)
+        if len(rows) < 4:
+            continue
+        part = two_means(e[rows])
+        core[rows] = part == int((part == 1).sum() > (part == 0).sum())
+        odd = np.nan_to_num(unusual[rows], nan=0.0)
+        rest = torch.as_tensor(use & (t != c))
+        if not bool(rest.any()):
+            continue
+        # Only its unusual members: a diverse class's split also takes in ordinary images alike in content.
+        stray = (two_means(e[rows], first=int(odd.argmax())) == 0) & (odd > margin)
+        if stray.all() or stray.sum() < 3:
+            continue
+        near = (e[rows] @ e[rest].mean(0)).numpy()
+        gap = float(np.median(odd[stray]) - np.median(odd[~stray]))
+        if near[stray].mean() < near[~stray].mean() and gap > margin:
+            core[rows] = ~stray
+            group[rows[stray]] = gap
+    return core, group
+
+
+def distance_to_class_core(feats: torch.Tensor, targets: np.ndarray, core: np.ndarray | None = None) -> np.ndarray:
+    """How far each image sits from the core of its class, in robust deviations of the core's own
+    distances to its centre. The core (`class_cores`, or the larger part of a 2-means split of each class
+    without `core`) leaves out a group of strays, even all in one class and alike among themselves.
+    NaN for unreadable or unlabelled rows and classes under four images."""
+    ok = ~torch.isnan(feats).any(dim=1)
+    t = np.asarray(targets)
+    e = torch.nn.functional.normalize(torch.where(ok[:, None], feats, torch.zeros_like(feats)).double(), dim=1)
+    out = np.full(len(t), np.nan)
+    for c in np.unique(t[t >= 0]):
+        rows = np.flatnonzero((t == c) & ok.numpy())
+        if len(rows) < 4:
+            continue
+        m = e[rows]
+        if core is None:
+            part = two_means(m)
+            mine = part == int((part == 1).sum() > (part == 0).sum())
+        else:
+            mine = np.asarray(core)[rows]
+        centre = torch.nn.functional.normalize(m[torch.as_tensor(mine)].mean(0), dim=0)
+        dist = (1 - m @ centre).numpy()
+        out[rows] = _z_against(dist, dist[mine], 1e-3)
+    return out

@@ -62,6 +62,7 @@ def outputs(
     idx, n = torch.empty(size, dtype=torch.long), 0
     with torch.inference_mode(), learn.autocast():
         for b in batches:
+            learn.idx = None if b.stand_in else b.idx  # the batch's dataset indices, for callbacks' hooks
             if b.stand_in:
                 o = forward(b.x)  # every process runs the same number of forward passes
                 bar.update(1)
@@ -76,6 +77,7 @@ def outputs(
             n += len(o)
             bar.update(1)
     bar.close()
+    learn.idx = None
     if out is None:
         out, targ, idx = torch.empty(0, learn.dls.c), torch.empty(0), torch.empty(0, dtype=torch.long)
     else:

@@ -11,6 +11,7 @@ predicted class indices). `scores.score_table` makes it from a learner; a test w
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import fileops
+from . import decisions, fileops
 
 KEEP, DELETE = "<Keep>", "<Delete>"
 
@@ -75,9 +76,20 @@ class ReviewState:
             are shown and chosen by name, and `change()` gives back the dataset's own value.
         multi_label: whether each image has a set of labels.
         max_n: images per page.
+        root: the dataset's folder; the log and the choices file name files relative to it.
+        log: a `decisions.DecisionLog`: each decision is appended to it as it is made, and the decisions
+            it holds still pending are taken up now (`restored` says how many, from when).
     """
 
-    def __init__(self, scores: pd.DataFrame, vocab: Sequence[Any], multi_label: bool = False, max_n: int = 30):
+    def __init__(
+        self,
+        scores: pd.DataFrame,
+        vocab: Sequence[Any],
+        multi_label: bool = False,
+        max_n: int = 30,
+        root: Path | str | None = None,
+        log: decisions.DecisionLog | None = None,
+    ):
         if max_n < 1:
             raise ValueError(f"max_n is the number of images per page, at least 1, not {max_n!r}.")
         self.vocab = [str(v) for v in vocab]
@@ -97,6 +109,13 @@ class ReviewState:
         self.last_report: fileops.ApplyReport | None = None
         self.changes = Changes()  # what the last apply changed on disk
         self._before_apply: tuple | None = None
+        if root is None:  # by default the folder that holds every image
+            root = log.root if log is not None else decisions.dataset_root(scores["path"])
+        self.root = Path(root)
+        self.log = log
+        self.decided_at: dict[Path, float] = {}  # when each path's choice was made
+        self._times_before: list[dict[Path, float | None]] = []  # beside `history`: the times a step replaced
+        self.restored = self.restore() if log is not None else ""
 
     # -- the score table --------------------------------------------------------------------------
 
@@ -182,12 +201,21 @@ class ReviewState:
             return KEEP
         return choice
 
-    def decide(self, new: dict[Path, str | frozenset]) -> list[Path]:
-        """Record several checked choices as one decision (one undo step); returns the paths it touched."""
+    def decide(
+        self, new: dict[Path, str | frozenset], times: dict[Path, float] | None = None, log: bool = True
+    ) -> list[Path]:
+        """Record several checked choices as one decision (one undo step), in the log first; returns the
+        paths it touched. `times`: when each was made, if not now."""
         if not new:
             return []
+        now, times = time.time(), times or {}
+        when = {p: times.get(p, now) for p in new}
+        if log and self.log is not None:
+            self.log.decide([self._item(p, c, when[p]) for p, c in new.items()], now)
         step = {p: self.choices.get(p, KEEP) for p in new}
         self.history.append((step, set(new) - self.reviewed))
+        self._times_before.append({p: self.decided_at.get(p) for p in new})
+        self.decided_at.update(when)
         self._record(new)
         self.reviewed.update(new)
         return list(new)
@@ -244,9 +272,69 @@ class ReviewState:
         if not self.history:
             return []
         step, first_seen = self.history.pop()
+        if self.log is not None:
+            self.log.undo()
         self.reviewed -= first_seen
         self._record(step)
+        for p, t in self._times_before.pop().items():
+            if t is None:
+                self.decided_at.pop(p, None)
+            else:
+                self.decided_at[p] = t
         return list(step)
+
+    # -- the decisions kept on disk: the log, and the choices file ----------------------------------
+
+    def _item(self, path: Path, choice: str | frozenset, when: float) -> dict:
+        return decisions.make_item(self.root, path, self._labels_of(path) or (), choice, when)
+
+    def _log_reset(self, why: str) -> None:
+        if self.log is not None:
+            now = time.time()
+            self.log.reset(why, [self._item(p, c, self.decided_at.get(p, now)) for p, c in self.choices.items()])
+
+    def _labels_of(self, path: Path) -> tuple[str, ...] | None:
+        i = self._row_at.get(path)  # one cell, not a row: a restore asks once per logged file
+        return None if i is None else tuple(self.scores["labels"].iat[i])
+
+    def restore(self) -> str:
+        """Take up the decisions the log holds still pending, one undo step each; a decision about a
+        file that changed or went since is dropped (and the log rewritten without it). Returns a note."""
+        contents = self.log.take_up()
+        kept, dropped = decisions.still_pending(contents, self.root, self._labels_of, self.vocab)
+        for new, times in kept:
+            self.decide(new, times, log=False)
+        if dropped:
+            self.history.clear()
+            self._times_before.clear()
+            self._log_reset("dropped decisions about files changed or gone")
+        when = [self.decided_at[p] for p in self.choices]
+        return decisions.restore_note(len(self.choices), when, self.log.path, dropped, contents)
+
+    def discard_choices(self) -> int:
+        """Forget every pending choice, restored or new, here and in the log: a fresh start. Returns how
+        many there were."""
+        n = len(self.choices)
+        self.choices.clear()
+        self.history.clear()
+        self._times_before.clear()
+        self.reviewed.clear()
+        self._log_reset("discarded")
+        return n
+
+    def save_choices(self, path: Path | str) -> Path:
+        """Write the pending choices as a CSV (path relative to the dataset, label, choice, time) that
+        `load_choices` takes up in another run or on another machine."""
+        return decisions.write_choices(path, self.root, self.choices, self.own_labels, self.decided_at)
+
+    def load_choices(self, path: Path | str) -> int:
+        """Take up a choices file as one decision (one undo step), after checking every row against
+        this dataset: nothing is taken when a row names a file not under review, a label the file no
+        longer has, or an unknown class. Returns how many rows it holds."""
+        rows = decisions.read_choices(path)
+        new, times = decisions.checked_choices(rows, path, self.root, self._labels_of, self.vocab, self.multi_label)
+        self.decide({p: self.normalise(p, c) for p, c in new.items()}, times)
+        return len(new)
 
     def mark(self, path: Path) -> dict:
         """How a card shows `path`: {"kind": "delete" | "relabel" | "kept" | "keep"}, with the new label."""
@@ -317,7 +405,8 @@ class ReviewState:
             f"do not come from folder names ({p.name} is labelled {', '.join(self.own_labels(p))!r} in the folder "
             f"{p.parent.name!r}: a label_func or a pattern on the file name). Rename those files, or fix the "
             "labelling, then build the loaders again; or keep them (set_choice(path, '<Keep>')) and apply the "
-            "deletions."
+            "deletions; or write every choice as a label table, touching no file (the cleaner's "
+            "write_label_table()), for the next run's loaders (label_table=)."
         )
 
     def table_plan_lines(self) -> list[str]:
@@ -372,7 +461,9 @@ class ReviewState:
         done = gone | set(moved) | set(relabelled)
         self.choices = {p: c for p, c in self.choices.items() if p not in done and p.exists()}
         self.history.clear()  # the files the steps named have moved
+        self._times_before.clear()
         self.changes = Changes(moved, gone, {p: self.label_value(lab) for p, lab in relabelled.items()})
+        self._log_reset("applied")  # a rerun does not replay what is done; what failed stays pending
         return self.changes
 
     def undo_apply(self) -> fileops.ApplyReport:
@@ -387,7 +478,9 @@ class ReviewState:
         self.scores, self.choices = self._before_apply
         self.last_report, self._before_apply = None, None
         self.history.clear()
+        self._times_before.clear()
         self.changes = Changes()
+        self._log_reset("apply undone")
         lost = {Path(p) for p in report.unrecoverable}
         if lost:
             self.applied({}, lost)

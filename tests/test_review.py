@@ -25,8 +25,11 @@ def write_png(path: Path, shade: int) -> Path:
 
 @pytest.fixture
 def folder(tmp_path) -> Path:
+    return make_pets(tmp_path / "pets")
+
+
+def make_pets(root: Path) -> Path:
     """train/cat, train/dog and valid/cat with a few real PNGs."""
-    root = tmp_path / "pets"
     for i in range(3):
         write_png(root / "train" / "cat" / f"c{i}.png", 10 * i)
         write_png(root / "train" / "dog" / f"d{i}.png", 100 + 10 * i)

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from nbtrain.views import (
+    ALL_ISSUES,
     ANY,
     category_options,
     check_issue_table,
@@ -18,6 +19,7 @@ from nbtrain.views import (
     view_options,
     without_duplicates_of,
     without_issues_of,
+    worst_first,
 )
 
 ROOT = Path("/data/pets")
@@ -139,6 +141,7 @@ def test_the_menus_count_images_per_class_and_flagged_images_per_issue():
         ("near-duplicates (2 pairs)", "duplicates"),
         ("blurry (3)", "issue:blurry"),
         ("dark (1)", "issue:dark"),
+        ("worst first, all issues (4)", f"issue:{ALL_ISSUES}"),
     ]
 
 
@@ -153,3 +156,20 @@ def test_an_issue_table_without_the_needed_columns_is_refused():
         check_issue_table(issues().drop(columns="reason"))
     with pytest.raises(TypeError, match="DataFrame that audit\\(\\) returns"):
         check_issue_table([("a.png", "blurry")])
+
+
+def test_worst_first_ranks_images_by_how_many_issues_flag_them_and_joins_their_reasons():
+    t = pd.DataFrame(
+        {
+            "path": [ROOT / "a.png", ROOT / "a.png", ROOT / "b.png", ROOT / "c.png", ROOT / "c.png"],
+            "issue": ["outlier", "grayscale", "outlier", "outlier", "grayscale"],
+            "score": [30.0, 1.0, 40.0, 5.0, 0.2],
+            "flagged": [True, True, True, False, False],
+            "reason": ["unlike its class", "colour 0.001", "far from all", "typical", "in colour"],
+        }
+    )
+    view = worst_first(t)
+    assert list(view["path"]) == [ROOT / "a.png", ROOT / "b.png"]  # two issues before one; c flags none
+    assert "outlier: unlike its class" in view.iloc[0]["reason"] and "grayscale: colour" in view.iloc[0]["reason"]
+    shown = issue_view(pd.DataFrame({"path": [ROOT / "b.png", ROOT / "a.png"], "loss": [1.0, 2.0]}), t, ALL_ISSUES)
+    assert list(shown["path"]) == [ROOT / "a.png", ROOT / "b.png"] and "grayscale" in shown.iloc[0]["reason"]

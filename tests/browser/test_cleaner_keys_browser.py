@@ -45,7 +45,7 @@ Path("page.json").write_text(json.dumps({
 
 # The same decisions, made from code on a second cleaner over the same scores, must give the same choices.
 CELL_TWIN = f"""
-twin = ImageClassifierCleaner(learn, scores=cleaner.scores, max_n={MAX_N}, frontend="plain")
+twin = ImageClassifierCleaner(learn, scores=cleaner.scores, max_n={MAX_N}, frontend="plain", log=False)
 twin.dd_cats.value = "(any)"
 for call, index, label in json.loads(Path("decisions.json").read_text()):
     path = twin.fns[index] if index is not None else None
