@@ -89,8 +89,8 @@ MODEL_THRESHOLD_NOTES: dict[str, str] = {
     "than the given one",
     "outlier": "the sum of the independent evidence (outlier_evidence: features, texture, neighbours' labels, "
     "colour and detail for the class, distance to the class's core, a group apart), each counted up to "
-    f"{OUTLIER_CAP:g} robust standard deviations: above the scores of about 98% of clean photo tiles (99.5% in "
-    "the larger classes), below those of photos among digits at any size",
+    f"{OUTLIER_CAP:g} robust standard deviations: set from the tail of clean real photos' scores, so few clean "
+    "images pass it while photos among digits do (docs/audit.md has the figures)",
     "near_duplicate_similarity": "cosine similarity of the model's features at or above this: as find_duplicates",
 }
 OUTLIER_K = 10
