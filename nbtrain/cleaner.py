@@ -15,7 +15,7 @@ overwrites, never leaves the dataset's root, and can resume or undo a cut-off ru
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import ipywidgets as W
@@ -441,42 +441,43 @@ class ImageClassifierCleaner(ReviewNames):
         cancel.on_click(lambda _: setattr(self.apply_box, "children", ()))
         self.apply_box.children = (W.HTML(text), W.HBox([confirm, table, cancel]))
 
-    def _write_table_clicked(self) -> None:
+    def _in_apply_box(self, action: Callable[[], object], shown: Callable[[object], tuple]) -> None:
+        """Run a button's `action` and show `shown(result)` in the apply box, or its error there."""
         try:
-            path = self.write_label_table()
+            result = action()
         except Exception as e:
             self.apply_box.children = (W.HTML(_error_html(str(e))),)
             return
-        self.apply_box.children = (
-            W.HTML(
-                f"<b>Wrote the label table {html.escape(str(path))}; no image was changed.</b> Build the next "
-                f"run's loaders with <code>label_table={html.escape(repr(str(path)))}</code>."
-            ),
-        )
+        self.apply_box.children = shown(result)
+
+    def _write_table_clicked(self) -> None:
+        def shown(path: Path) -> tuple:
+            return (
+                W.HTML(
+                    f"<b>Wrote the label table {html.escape(str(path))}; no image was changed.</b> Build the next "
+                    f"run's loaders with <code>label_table={html.escape(repr(str(path)))}</code>."
+                ),
+            )
+
+        self._in_apply_box(self.write_label_table, shown)
 
     def _confirm_apply(self) -> None:
         self.apply_box.children = (W.HTML("Applying…"),)
-        try:
-            report = self.apply(trash=True)
-        except Exception as e:
-            self.apply_box.children = (W.HTML(_error_html(str(e))),)
-            return
+        self._in_apply_box(lambda: self.apply(trash=True), self._applied_children)
+
+    def _applied_children(self, report: fileops.ApplyReport | pd.DataFrame) -> tuple:
         text = report.summary() if isinstance(report, fileops.ApplyReport) else "table rewritten"
         children = [W.HTML(f"<b>Applied: {html.escape(text)}.</b>")]
         if isinstance(report, fileops.ApplyReport) and report.journal:
             undo = W.Button(description="Undo this apply", icon="undo", layout=W.Layout(width="160px"))
             undo.on_click(lambda _: self._undo_apply_clicked())
             children.append(undo)
-        self.apply_box.children = tuple(children)
+        return tuple(children)
 
     def _undo_apply_clicked(self) -> None:
-        try:
-            report = self.undo_apply()
-        except Exception as e:
-            self.apply_box.children = (W.HTML(_error_html(str(e))),)
-            return
-        self.apply_box.children = (
-            W.HTML(f"<b>Undone: {html.escape(report.summary())}; the choices are pending again.</b>"),
+        self._in_apply_box(
+            self.undo_apply,
+            lambda report: (W.HTML(f"<b>Undone: {html.escape(report.summary())}; the choices are pending again.</b>"),),
         )
 
     def apply(self, dry_run: bool = False, trash: bool | None = None) -> fileops.ApplyReport | pd.DataFrame:
