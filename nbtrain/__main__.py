@@ -75,19 +75,20 @@ def demo(out: Path, epochs: int, size: int, noise: float, arch: str, bs: int) ->
 
 
 def _flipped_report(learn, sample) -> None:
-    """How many of the planted wrong labels sit among the training images the model finds worst."""
-    import torch
+    """How many of the planted wrong labels sit among the training images the cleaner's default ranking
+    puts first."""
+    from .label_issues import rank_labels
+    from .scores import SPLITS
 
-    probs, targets, losses = learn.get_preds(ds_idx=0, with_loss=True)
-    items = learn.dls.train_ds.items
     flipped = {str(sample.path / f) for f in sample.flipped}
     if not flipped:
         return
+    table = rank_labels(learn, with_bar=False)  # what ImageClassifierCleaner(learn) ranks by
+    train = table[table["split"] == SPLITS[0]].sort_values("loss", ascending=False, kind="stable")
     k = len(flipped)
-    top = torch.argsort(torch.nan_to_num(losses, nan=float("inf")), descending=True)[:k].tolist()
-    found = sum(str(items[i]) in flipped for i in top)
+    found = sum(str(p) in flipped for p in train["path"].head(k))
     print(
-        f"Planted wrong labels among the {k} highest-loss training images: {found} of {k} ({found / k:.0%}); "
+        f"Planted wrong labels among the {k} training images ranked worst: {found} of {k} ({found / k:.0%}); "
         "ImageClassifierCleaner shows them first."
     )
 
