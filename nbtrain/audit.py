@@ -49,9 +49,10 @@ from .neighbours import (
     cosine_knn,
     distance_to_class_core,
     group_robust_z,
-    label_diversity,
+    label_mix,
     nearest_neighbours,
     outlier_scores,
+    robust_sd,
     robust_z,
 )
 
@@ -77,20 +78,30 @@ OUTLIER_SMALL_SLOPE = 0.0
 # The most one piece of evidence adds to the outlier score: a stray is unusual in several ways at once,
 # a clean image that is extreme in one way (a night sky's darkness, a texture) gains no more than this.
 OUTLIER_CAP = 8.0
+# Pieces of outlier evidence that measure one thing, distance from the class in the same (last-layer)
+# features, counted once, as the largest: a clean image far from its class is far in both at once.
+OUTLIER_ALIKE = ("features", "core")
+# Grey among colour photos (or colour among grey) counts up to this many caps: judged against the class in
+# units of the dataset's spread (LOOK_FLOOR_SHARE), it is extreme only for an image of another kind.
+OUTLIER_WEIGHTS = {"colour": 1.5}
+# Colour and detail are judged against the class in units of at least this share of the dataset's spread:
+# the tiles of one picture barely differ, so their own spread would make a natural variation extreme.
+LOOK_FLOOR_SHARE = 0.75
 
 # Rules that need a model, with why each default (see image_properties for the others).
 MODEL_THRESHOLDS: dict[str, float] = {
     "label": 0.5,
-    "outlier": 32.0,
+    "outlier": 28.5,
     "near_duplicate_similarity": 0.97,
 }
 MODEL_THRESHOLD_NOTES: dict[str, str] = {
     "label": "normalised margin (p[given] - max p[other] + 1) / 2 below this: another class is more likely "
     "than the given one",
-    "outlier": "the sum of the independent evidence (outlier_evidence: features, texture, neighbours' labels, "
-    "colour and detail for the class, distance to the class's core, a group apart), each counted up to "
-    f"{OUTLIER_CAP:g} robust standard deviations: set from the tail of clean real photos' scores, so few clean "
-    "images pass it while photos among digits do (docs/audit.md has the figures)",
+    "outlier": "the sum of the independent evidence (outlier_evidence: features or distance to the class's core, "
+    "texture, neighbours' labels, colour and detail for the class, a group apart), each counted up to "
+    f"{OUTLIER_CAP:g} robust standard deviations (colour up to {OUTLIER_WEIGHTS['colour']:g} times that): set "
+    "from the tail of clean real photos' scores, so few clean images pass it while photos among digits do "
+    "(docs/audit.md has the figures)",
     "near_duplicate_similarity": "cosine similarity of the model's features at or above this: as find_duplicates",
 }
 OUTLIER_K = 10
@@ -107,19 +118,20 @@ def outlier_evidence(
 
     - `features`: far from its nearest images and nearer other classes than its own (outlier_scores);
     - `texture`: the same in the body's first-block texture;
-    - `labels`: how many labels its nearest images carry, which a group of strays spread over the
-      classes raises, as each other's neighbours;
+    - `labels`: how many labels its nearest images carry, times the share not its own
+      (neighbours.label_mix), which a group of strays spread over the classes raises, as each other's
+      neighbours;
     - `colour`: grey among its class's colour (or colour among grey), judged against the class's core;
     - `detail`: sharpness unusual for its class's core, either way (enlarged or drawn among photos);
     - `core`: far from the core of its class (neighbours.distance_to_class_core), for a group of
-      strays all in one class;
+      strays all in one class; counted with `features` as one piece (OUTLIER_ALIKE);
     - `group`: in a part of its class that looks unlike the whole dataset, grey or blurred, and sits
       apart from the other classes (neighbours.class_cores): strays that may outnumber their class.
     Rows of `stats` are the images' measurements (image_properties.measure_images), in `feats`' order."""
     z = outlier_scores(feats, targets, k)[0]
     zt = outlier_scores(texture, targets, k)[0] if texture is not None else np.full(len(z), np.nan)
     _, idx = cosine_knn(feats, NEIGHBOURS_FOR_LABELS)
-    labels = robust_z(label_diversity(idx, targets), floor=0.5)
+    labels = robust_z(label_mix(idx, targets), floor=0.5)
     ok = (stats["error"] == "").to_numpy()
     looks = np.full((2, len(z)), np.nan)
     looks[0, ok] = np.log(stats["colour"].to_numpy()[ok] + 0.01)
@@ -128,13 +140,18 @@ def outlier_evidence(
     unusual = np.clip(np.abs(robust_z(looks[0], floor=0.1)), 0, OUTLIER_CAP)
     unusual += np.clip(np.abs(robust_z(looks[1], floor=0.1)), 0, OUTLIER_CAP)
     cores, group = class_cores(feats, targets, unusual)
-    # A class is judged by its images outside a group of strays, which may be most of it.
-    colour, detail = (np.abs(group_robust_z(x, targets, floor=0.1, reference=group == 0)) for x in looks)
+    # A class is judged by its core, outside a group of strays, which may be most of it.
+    colour, detail = (
+        np.abs(group_robust_z(x, targets, floor=max(0.1, LOOK_FLOOR_SHARE * robust_sd(x)), reference=cores))
+        for x in looks
+    )
     core = distance_to_class_core(feats, targets, cores)
     parts = {"features": z, "texture": zt, "labels": labels, "colour": colour, "detail": detail, "core": core}
     parts["group"] = group
     table = pd.DataFrame(parts)
-    table["score"] = np.where(np.isnan(z), np.nan, combined_evidence(parts, OUTLIER_CAP))
+    table["score"] = np.where(
+        np.isnan(z), np.nan, combined_evidence(parts, OUTLIER_CAP, OUTLIER_WEIGHTS, (OUTLIER_ALIKE,))
+    )
     return table
 
 
@@ -442,17 +459,19 @@ def _outlier_rows(
         else "outlier threshold"
     )
     parts = [c for c in ev.columns if c != "score"]
+    # The weight of the pieces counted, other than `group`, which only adds to the others'.
+    weight = {c: OUTLIER_WEIGHTS.get(c, 1.0) for c in parts if c not in ("group", *OUTLIER_ALIKE[1:])}
     rows = []
     for i in scored:
         props = explained.get(int(i), [])
         accounted = [PROPERTY_EVIDENCE[p] for p in props if p in PROPERTY_EVIDENCE]
         # Without the evidence a property accounts for, against the threshold's share of what is left
-        # (the share among the pieces other than `group`, which only adds to the others').
-        rest = z[i] - sum(min(max(float(np.nan_to_num(ev.at[i, c])), 0.0), OUTLIER_CAP) for c in accounted)
+        # (their weight's share of the pieces counted).
+        rest = z[i] - sum(weight[c] * min(max(float(np.nan_to_num(ev.at[i, c])), 0.0), OUTLIER_CAP) for c in accounted)
         rest -= min(float(ev.at[i, "group"]), OUTLIER_CAP) if accounted else 0.0
         # A dark, blank or stretched image is unlike the rest for that reason alone: reported as that.
         instead = [p for p in props if p not in PROPERTY_EVIDENCE]
-        flagged = bool(rest > thr * (1 - len(accounted) / (len(parts) - 1))) and not instead
+        flagged = bool(rest > thr * (1 - sum(weight[c] for c in accounted) / sum(weight.values()))) and not instead
         strongest = sorted(parts, key=lambda c: -np.nan_to_num(ev.at[i, c]))[:3]
         also = f"; also flagged {' and '.join(props)}" if props and not instead else ""
         also += f"; flagged as {' and '.join(instead)} instead" if instead and z[i] > thr else ""

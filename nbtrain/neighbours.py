@@ -9,6 +9,13 @@ import numpy as np
 import torch
 
 
+def robust_sd(x: np.ndarray) -> float:
+    """The robust standard deviation of `x` (1.4826 median absolute deviations), NaN ignored; 0 if all NaN."""
+    x = np.asarray(x, dtype=float)
+    x = x[~np.isnan(x)]
+    return 1.4826 * float(np.median(np.abs(x - np.median(x)))) if len(x) else 0.0
+
+
 def robust_z(x: np.ndarray, floor: float = 1e-9) -> np.ndarray:
     """`x` in robust standard deviations (1.4826 MADs) above its median, NaN kept. The MAD is floored
     at `floor`, so values that barely differ (a dataset of identical sizes) do not make every small
@@ -16,9 +23,7 @@ def robust_z(x: np.ndarray, floor: float = 1e-9) -> np.ndarray:
     ok = ~np.isnan(x)
     if not ok.any():
         return x
-    med = float(np.median(x[ok]))
-    mad = max(1.4826 * float(np.median(np.abs(x[ok] - med))), floor)
-    return (x - med) / mad
+    return (x - float(np.median(x[ok]))) / max(robust_sd(x), floor)
 
 
 def most_similar(
@@ -155,8 +160,7 @@ def group_robust_z(
 
 def _z_against(x: np.ndarray, base: np.ndarray, floor: float) -> np.ndarray:
     """`x` in robust standard deviations of `base` above the median of `base`."""
-    med = float(np.median(base))
-    return (x - med) / max(1.4826 * float(np.median(np.abs(base - med))), floor)
+    return (x - float(np.median(base))) / max(robust_sd(base), floor)
 
 
 def share_less_extreme(x: np.ndarray, groups: np.ndarray, min_size: int = 8) -> np.ndarray:
@@ -190,14 +194,39 @@ def label_diversity(idx: torch.Tensor | np.ndarray, targets: np.ndarray) -> np.n
     return out
 
 
-def combined_evidence(parts: dict[str, np.ndarray], cap: float, weights: dict[str, float] | None = None) -> np.ndarray:
+def label_mix(idx: torch.Tensor | np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """How many different labels an image's nearest neighbours (rows of `idx`, -1 for none) carry, times
+    the share of them that are not its own label. A stray among a group spread over the classes has
+    neighbours of many labels, few its own; a photo on the border of two or three classes has mostly its
+    own."""
+    idx = np.asarray(idx)
+    targets = np.asarray(targets)
+    own = np.array([np.mean(targets[r[r >= 0]] == targets[i]) if (r >= 0).any() else np.nan for i, r in enumerate(idx)])
+    return label_diversity(idx, targets) * (1 - own)
+
+
+def combined_evidence(
+    parts: dict[str, np.ndarray],
+    cap: float,
+    weights: dict[str, float] | None = None,
+    alike: tuple[tuple[str, ...], ...] = (),
+) -> np.ndarray:
     """The sum of independent pieces of evidence, each a robust z-score counted only above 0 and at
     most `cap`: a stray is unusual in several ways at once, while a clean image that is extreme in one
-    (a night sky's darkness) gains only `cap` from it. NaN parts count 0."""
+    (a night sky's darkness) gains only `cap` from it. Each tuple of names in `alike` is one piece
+    measured several ways (distances in the same features), counted once, as its largest; else a clean
+    image far from its class would gain it several times. NaN parts count 0."""
     weights = weights or {}
+    counted = {
+        name: weights.get(name, 1.0) * np.clip(np.nan_to_num(np.asarray(z, dtype=float), nan=0.0), 0.0, cap)
+        for name, z in parts.items()
+    }
+    for names in alike:
+        present = [counted.pop(n) for n in names if n in counted]
+        if present:
+            counted["+".join(names)] = np.maximum.reduce(present)
     total = None
-    for name, z in parts.items():
-        part = weights.get(name, 1.0) * np.clip(np.nan_to_num(np.asarray(z, dtype=float), nan=0.0), 0.0, cap)
+    for part in counted.values():
         total = part if total is None else total + part
     return total if total is not None else np.zeros(0)
 

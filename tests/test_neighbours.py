@@ -11,10 +11,12 @@ from nbtrain.neighbours import (
     distance_to_class_core,
     group_robust_z,
     label_diversity,
+    label_mix,
     local_outlier_factor,
     most_similar,
     nearest_neighbours,
     outlier_scores,
+    robust_sd,
     robust_z,
     share_less_extreme,
 )
@@ -107,10 +109,29 @@ def test_label_diversity_counts_the_labels_of_each_images_neighbours():
     assert label_diversity(idx, targets).tolist() == [1, 1, 2, 2, 2]
 
 
+def test_label_mix_counts_many_labels_only_where_few_neighbours_share_the_image_label():
+    targets = np.array([0, 0, 0, 1, 2, 3])
+    idx = np.array([[1, 2, 3], [0, 2, 4], [3, 4, 5], [0, 1, 2], [0, 1, 2], [-1, -1, -1]])
+    mix = label_mix(idx, targets)
+    # Mostly its own label: little; a stray among strays of three labels, none its own: 3.
+    assert np.allclose(mix[:5], [2 / 3, 2 / 3, 3.0, 1.0, 1.0])
+    assert np.isnan(mix[5])
+
+
+def test_robust_sd_is_the_scaled_median_absolute_deviation_ignoring_nan():
+    assert robust_sd(np.array([1.0, 2.0, 3.0, np.nan])) == 1.4826
+    assert robust_sd(np.array([np.nan])) == 0.0
+
+
 def test_combined_evidence_counts_each_piece_above_zero_and_up_to_the_cap():
     parts = {"a": np.array([20.0, -5.0, np.nan]), "b": np.array([1.0, 2.0, 3.0])}
     assert combined_evidence(parts, cap=8).tolist() == [9.0, 2.0, 3.0]
     assert combined_evidence(parts, cap=8, weights={"b": 0.5}).tolist() == [8.5, 1.0, 1.5]
+
+
+def test_combined_evidence_counts_pieces_that_measure_one_thing_once_as_the_largest():
+    parts = {"a": np.array([6.0, 1.0]), "b": np.array([7.0, 0.0]), "c": np.array([2.0, 2.0])}
+    assert combined_evidence(parts, cap=8, alike=(("a", "b"),)).tolist() == [9.0, 3.0]
 
 
 def test_a_group_of_strays_in_one_class_is_far_from_that_class_core():
