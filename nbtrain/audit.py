@@ -87,6 +87,9 @@ OUTLIER_WEIGHTS = {"colour": 1.5}
 # Colour and detail are judged against the class in units of at least this share of the dataset's spread:
 # the tiles of one picture barely differ, so their own spread would make a natural variation extreme.
 LOOK_FLOOR_SHARE = 0.75
+# In a grey class colour says nothing, so a stray there (a drawing among grey photos) shows in detail alone:
+# its detail is judged in units of at least this smaller share of the dataset's spread.
+GREY_CLASS_DETAIL_FLOOR_SHARE = 0.25
 
 # Rules that need a model, with why each default (see image_properties for the others).
 MODEL_THRESHOLDS: dict[str, float] = {
@@ -122,7 +125,8 @@ def outlier_evidence(
       (neighbours.label_mix), which a group of strays spread over the classes raises, as each other's
       neighbours;
     - `colour`: grey among its class's colour (or colour among grey), judged against the class's core;
-    - `detail`: sharpness unusual for its class's core, either way (enlarged or drawn among photos);
+    - `detail`: sharpness unusual for its class's core, either way (enlarged or drawn among photos),
+      judged more finely in a grey class, where colour tells nothing;
     - `core`: far from the core of its class (neighbours.distance_to_class_core), for a group of
       strays all in one class; counted with `features` as one piece (OUTLIER_ALIKE);
     - `group`: in a part of its class that looks unlike the whole dataset, grey or blurred, and sits
@@ -141,10 +145,13 @@ def outlier_evidence(
     unusual += np.clip(np.abs(robust_z(looks[1], floor=0.1)), 0, OUTLIER_CAP)
     cores, group = class_cores(feats, targets, unusual)
     # A class is judged by its core, outside a group of strays, which may be most of it.
-    colour, detail = (
-        np.abs(group_robust_z(x, targets, floor=max(0.1, LOOK_FLOOR_SHARE * robust_sd(x)), reference=cores))
-        for x in looks
+    colour, detail, detail_in_grey = (
+        np.abs(group_robust_z(x, targets, floor=max(0.1, share * robust_sd(x)), reference=cores))
+        for x, share in zip(looks[[0, 1, 1]], (LOOK_FLOOR_SHARE, LOOK_FLOOR_SHARE, GREY_CLASS_DETAIL_FLOOR_SHARE))
     )
+    grey = np.zeros(len(z), bool)
+    grey[ok] = stats["is_grey"].to_numpy()[ok].astype(bool) | (stats["colour"].to_numpy()[ok] < THRESHOLDS["grayscale"])
+    detail = np.where(_in_grey_class(grey, targets, cores), detail_in_grey, detail)
     core = distance_to_class_core(feats, targets, cores)
     parts = {"features": z, "texture": zt, "labels": labels, "colour": colour, "detail": detail, "core": core}
     parts["group"] = group
@@ -153,6 +160,17 @@ def outlier_evidence(
         np.isnan(z), np.nan, combined_evidence(parts, OUTLIER_CAP, OUTLIER_WEIGHTS, (OUTLIER_ALIKE,))
     )
     return table
+
+
+def _in_grey_class(grey: np.ndarray, targets: np.ndarray, core: np.ndarray) -> np.ndarray:
+    """Whether each image's class is grey, most of its core grey (faces, the moon): there colour cannot
+    tell a stray, so detail is judged more finely. Unlabelled rows (target -1): False."""
+    t = np.asarray(targets)
+    out = np.zeros(len(t), bool)
+    for c in np.unique(t[t >= 0]):
+        ref = (t == c) & np.asarray(core, bool)
+        out[t == c] = bool(ref.any()) and float(np.asarray(grey, bool)[ref].mean()) > 0.5
+    return out
 
 
 def outlier_k(n: int) -> int:

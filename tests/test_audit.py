@@ -485,3 +485,33 @@ def test_a_group_of_digits_outnumbering_the_photos_of_its_class_ranks_first(tmp_
     # All in one class, more than its twelve photos: the class's own median look is theirs.
     strays, _, rows = _digits_among_photos(tmp_path, ["class1"] * 14)
     assert set(rows["path"].head(14)) == strays, rows.head(16)[["path", "score", "reason"]]
+
+
+def _looks(grey_first: bool, rng: np.random.Generator) -> pd.DataFrame:
+    """A class of 20 with nearly equal detail (its last image a little smoother), and a class of 60 in
+    colour with detail spread widely, so that the dataset's spread is wide."""
+    first = np.r_[np.exp(rng.normal(0, 0.02, 19)), 0.6]
+    second = np.exp(rng.normal(0, 1.0, 60))
+    return pd.DataFrame(
+        {
+            "error": "",
+            "is_grey": np.r_[np.full(20, grey_first), np.zeros(60, bool)],
+            "colour": np.r_[np.full(20, 0.0 if grey_first else 0.3), rng.uniform(0.2, 0.4, 60)],
+            "sharpness": np.r_[first, second],
+            "fine_detail": 1.0,
+            "contrast": 0.5,
+        }
+    )
+
+
+def test_a_grey_class_judges_detail_more_finely_as_colour_tells_nothing_there():
+    from nbtrain.audit import outlier_evidence
+
+    rng = np.random.default_rng(0)
+    feats = torch.tensor(np.r_[rng.normal(0, 1, (20, 16)) + 3, rng.normal(0, 1, (60, 16)) - 3], dtype=torch.float32)
+    targets = np.r_[np.zeros(20, int), np.ones(60, int)]
+    in_grey = outlier_evidence(feats, None, _looks(True, np.random.default_rng(1)), targets, 5)["detail"]
+    in_colour = outlier_evidence(feats, None, _looks(False, np.random.default_rng(1)), targets, 5)["detail"]
+    assert in_grey[19] > in_colour[19] + 1
+    assert in_grey[19] == in_grey[:20].max()
+    np.testing.assert_allclose(in_grey[20:], in_colour[20:])
