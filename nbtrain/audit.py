@@ -34,6 +34,7 @@ from .image_properties import (
     THRESHOLD_NOTES,
     THRESHOLDS,
     exact_groups,
+    grey_images,
     hash_neighbours,
     measure_images,
     property_issues,
@@ -149,8 +150,7 @@ def outlier_evidence(
         np.abs(group_robust_z(x, targets, floor=max(0.1, share * robust_sd(x)), reference=cores))
         for x, share in zip(looks[[0, 1, 1]], (LOOK_FLOOR_SHARE, LOOK_FLOOR_SHARE, GREY_CLASS_DETAIL_FLOOR_SHARE))
     )
-    grey = np.zeros(len(z), bool)
-    grey[ok] = stats["is_grey"].to_numpy()[ok].astype(bool) | (stats["colour"].to_numpy()[ok] < THRESHOLDS["grayscale"])
+    grey = grey_images(stats) & ok
     detail = np.where(_in_grey_class(grey, targets, cores), detail_in_grey, detail)
     core = distance_to_class_core(feats, targets, cores)
     parts = {"features": z, "texture": zt, "labels": labels, "colour": colour, "detail": detail, "core": core}

@@ -409,12 +409,17 @@ class _ClassJudge:
                 out[m] = float(np.median(x[m]))
         return out
 
+    def extremity(self, bad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(robust deviations past its class's median, share of its class less extreme) of `bad`, each
+        image against its class (the dataset, for a small class or an unlabelled image)."""
+        z = group_robust_z(bad, self.groups, CLASS_MIN, floor=self.t["class_spread_floor"])
+        return z, share_less_extreme(bad, self.groups, CLASS_MIN)
+
     def judge(self, issue: str, bad: np.ndarray, past: np.ndarray, floor: np.ndarray) -> tuple[np.ndarray, list[str]]:
         """(flagged, how unusual) for `bad` (higher is worse, in log terms) of images `past` the fixed
         level: flagged when also more than class_z robust deviations out for the class, or past `floor`.
         A class most of whose images are past the level is noted once as a class trait."""
-        z = group_robust_z(bad, self.groups, CLASS_MIN, floor=self.t["class_spread_floor"])
-        share = share_less_extreme(bad, self.groups, CLASS_MIN)
+        z, share = self.extremity(bad)
         # Where few of a class (or one image) are past the level, being past it is extreme for that class.
         rare = np.full(len(bad), past.sum() <= max(1.0, self.t["class_rare"] * len(past)))
         for g in range(len(self.vocab)):
@@ -514,8 +519,7 @@ def _blur_checks(s: pd.DataFrame, t: dict[str, float], judge: _ClassJudge) -> li
     ratio = s["fine_to_coarse"].to_numpy()
     bad = -np.log(np.nan_to_num(ratio, nan=1.0) + 1e-4)
     past = ratio < t["blurry"]  # NaN (an image too small to tell) is never past
-    z = group_robust_z(bad, judge.groups, CLASS_MIN, floor=t["class_spread_floor"])
-    share = share_less_extreme(bad, judge.groups, CLASS_MIN)
+    z, share = judge.extremity(bad)
     sharp_class = judge.class_median(np.nan_to_num(ratio, nan=1.0)) >= t["blurry"]
     # The finest scale alone over the coarse one (fine over coarse times the square root of fine_detail):
     # a narrow blur of a small image (1.5 px at 28 px) leaves the half size almost whole.
@@ -583,11 +587,17 @@ def _shape_checks(s: pd.DataFrame, t: dict[str, float]) -> list[Check]:
     return found
 
 
+def grey_images(stats: pd.DataFrame, threshold: float = THRESHOLDS["grayscale"]) -> np.ndarray:
+    """Whether each measured image is grey: stored with grey levels only, or colour below `threshold`
+    (a grey picture saved in RGB). A file that gave no pixels is not grey."""
+    return stats["is_grey"].to_numpy().astype(bool) | (stats["colour"].to_numpy() < threshold)
+
+
 def _colour_checks(s: pd.DataFrame, t: dict[str, float], judge: _ClassJudge) -> list[Check]:
     """Grey among colour: flagged when most of its class (the dataset, for a small class) is in colour;
     a class that is grey as a whole is noted once as a class trait."""
     colour = s["colour"].to_numpy()
-    grey = s["is_grey"].to_numpy() | (colour < t["grayscale"])
+    grey = grey_images(s, t["grayscale"])
     mostly_colour_set = (~grey).mean() > 0.5
     mostly_colour = np.full(len(grey), mostly_colour_set)
     for g, c in enumerate(judge.vocab):
